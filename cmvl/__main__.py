@@ -1,0 +1,3 @@
+from cmvl.cli.main import main
+
+main()

@@ -1,0 +1,32 @@
+"""The Hydra entry point of one training job.
+
+`cmvl train k=v ...` re-points `sys.argv` at this file before calling `main()`. Lightning's DDP launcher starts
+ranks > 0 by re-running `sys.argv` (DESIGN.md, "DDP relaunch"), so they run this file with plain Hydra
+overrides, never the `cmvl` dispatcher and its sub-command.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from cmvl.config.paths import CONF_DIR
+from cmvl.errors import UserError
+
+
+@hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> float | None:
+    from cmvl.training.train import run_training
+
+    try:
+        summary = run_training(cfg)
+    except UserError as err:
+        print(f"cmvl: error: {err}", file=sys.stderr)
+        sys.exit(err.exit_code)
+    return summary["best_score"]
+
+
+if __name__ == "__main__":
+    main()

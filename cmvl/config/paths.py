@@ -1,0 +1,18 @@
+"""Where the config tree lives: `conf/` beside the package (editable install / source checkout)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cmvl
+
+CONF_DIR = Path(cmvl.__file__).resolve().parent.parent / "conf"
+
+
+def config_groups() -> dict[str, list[str]]:
+    """Config group name → its choices, read from the folders of `conf/`."""
+    return {
+        group.name: sorted(p.stem for p in group.glob("*.yaml"))
+        for group in sorted(CONF_DIR.iterdir())
+        if group.is_dir()
+    }

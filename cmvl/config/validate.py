@@ -1,0 +1,71 @@
+"""Value checks on a composed config that Hydra's composition cannot make (types, ranges, combinations)."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig, OmegaConf
+
+from cmvl.config.paths import CONF_DIR
+from cmvl.errors import ConfigError
+
+PRECISIONS = (
+    "64",
+    "64-true",
+    "32",
+    "32-true",
+    "16",
+    "16-mixed",
+    "16-true",
+    "bf16",
+    "bf16-mixed",
+    "bf16-true",
+    "transformer-engine",
+)
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
+
+
+def _positive_int(cfg: DictConfig, key: str) -> None:
+    value = OmegaConf.select(cfg, key)
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ConfigError(f"{key}={value}: must be a positive integer")
+
+
+def _datasets_providing(kind: str) -> list[str]:
+    names = []
+    for path in sorted((CONF_DIR / "dataset").glob("*.yaml")):
+        if kind in (OmegaConf.load(path).get("provides") or []):
+            names.append(path.stem)
+    return names
+
+
+def validate_config(cfg: DictConfig) -> None:
+    precision = str(cfg.trainer.precision)
+    if precision not in PRECISIONS:
+        raise ConfigError(f"trainer.precision={precision}: must be one of {', '.join(PRECISIONS)}")
+    if str(cfg.trainer.accelerator) not in ACCELERATORS:
+        raise ConfigError(f"trainer.accelerator={cfg.trainer.accelerator}: must be one of {', '.join(ACCELERATORS)}")
+    for key in ("data.batch_size", "data.eval_batch_size", "model.dim", "text.max_length"):
+        _positive_int(cfg, key)
+    if not isinstance(cfg.data.num_workers, int) or cfg.data.num_workers < 0:
+        raise ConfigError(f"data.num_workers={cfg.data.num_workers}: must be an integer >= 0")
+    if cfg.dataset.split not in ("train", "val", "test"):
+        raise ConfigError(f"dataset.split={cfg.dataset.split}: must be one of train, val, test")
+    needs = _task_needs(cfg)
+    provides = list(cfg.dataset.get("provides") or [])
+    if needs and needs not in provides:
+        raise ConfigError(
+            f"task={_choice(cfg.task)} needs '{needs}' annotations, which dataset={cfg.dataset.name} "
+            f"does not provide; datasets that do: {', '.join(_datasets_providing(needs)) or 'none'}"
+        )
+
+
+def _choice(node: DictConfig) -> str:
+    return str(node.get("_target_", "?")).rsplit(".", 1)[-1]
+
+
+def _task_needs(cfg: DictConfig) -> str | None:
+    from hydra.utils import get_class
+
+    try:
+        return get_class(cfg.task._target_).table_kind
+    except Exception:  # noqa: BLE001 - an unimportable target is reported when it is instantiated
+        return None

@@ -1,0 +1,143 @@
+"""`VLDataModule`: annotation tables + task targets + images + tokenizer → batches."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torchdata.stateful_dataloader import StatefulDataLoader
+from transformers import PreTrainedTokenizerFast
+
+from cmvl.data.images import build_transform, load_image
+from cmvl.data.sources.base import Source
+from cmvl.data.text import tokenizer_from_state, tokenizer_to_state
+from cmvl.tasks.base import SplitTargets, Task
+
+
+class ImageTextDataset(Dataset):
+    """Sample i = (image of row i, text of row i, i). Columns stay in Arrow/numpy: nothing per-row in Python
+    objects, so forked DataLoader workers share them instead of copying them page by page."""
+
+    def __init__(self, table: pa.Table, texts: list[str], image_root: Path, transform) -> None:
+        self.images = table.column("image").combine_chunks()
+        self.texts = pa.array(texts, type=pa.string())
+        self.image_root = image_root
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        image = load_image(self.image_root / self.images[i].as_py())
+        return {"image": self.transform(image), "text": self.texts[i].as_py(), "index": i}
+
+
+class Collator:
+    """Stacks images, tokenises texts as a batch, and asks the task's targets for the rest."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerFast, max_length: int, targets: SplitTargets) -> None:
+        self.tokenizer, self.max_length, self.targets = tokenizer, max_length, targets
+
+    def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        encoded = self.tokenizer(
+            [s["text"] for s in samples], padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
+        indices = [s["index"] for s in samples]
+        return {
+            "images": torch.stack([s["image"] for s in samples]),
+            "input_ids": encoded["input_ids"],
+            "attention_mask": encoded["attention_mask"],
+            "index": torch.as_tensor(indices),
+            **self.targets.collate(indices),
+        }
+
+
+class VLDataModule(pl.LightningDataModule):
+    """Builds everything data-side from a `Source`, a `Task` and a tokenizer builder.
+
+    `prepare()` (run in every process before the model is built) fits the task on the training split and
+    builds the tokenizer, unless both come from a checkpoint's `data_state`.
+    """
+
+    def __init__(
+        self,
+        *,
+        source: Source,
+        task: Task,
+        tokenizer_builder: Any,
+        text_max_length: int,
+        image: dict[str, Any],
+        batch_size: int = 64,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        data_state: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.source, self.task = source, task
+        self.tokenizer_builder, self.text_max_length = tokenizer_builder, text_max_length
+        self.image_cfg = dict(image)
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
+        self.num_workers, self.pin_memory = num_workers, pin_memory
+        self.tokenizer: PreTrainedTokenizerFast | None = None
+        self._tables: dict[str, pa.Table] = {}
+        if data_state is not None:
+            self.task.load_state_dict(data_state["task"])
+            self.tokenizer = tokenizer_from_state(data_state["tokenizer"])
+
+    def table(self, split: str) -> pa.Table:
+        if split not in self._tables:
+            self._tables[split] = self.source.table(self.task.table_kind, split)
+        return self._tables[split]
+
+    def prepare(self) -> None:
+        if self.tokenizer is not None:
+            return
+        train = self.table("train")
+        self.task.fit(train)
+        self.tokenizer = self.tokenizer_builder.build(self.task.texts(train))
+
+    def data_state(self) -> dict[str, Any]:
+        assert self.tokenizer is not None, "prepare() first"
+        return {"task": self.task.state_dict(), "tokenizer": tokenizer_to_state(self.tokenizer)}
+
+    def dataset(self, split: str, *, train: bool) -> tuple[ImageTextDataset, Collator]:
+        assert self.tokenizer is not None, "prepare() first"
+        table = self.table(split)
+        crop = self.image_cfg.get("random_crop_scale")
+        transform = build_transform(image_size=self.image_cfg["size"], train=train, random_crop_scale=crop)
+        dataset = ImageTextDataset(table, self.task.texts(table), self.source.image_root, transform)
+        return dataset, Collator(self.tokenizer, self.text_max_length, self.task.targets(table))
+
+    def train_dataloader(self) -> StatefulDataLoader:
+        # Stateful: its position and shuffle state go into the checkpoint, so a resume continues mid-epoch.
+        dataset, collate = self.dataset("train", train=True)
+        return StatefulDataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=True,
+            drop_last=True,
+            num_workers=self.num_workers,
+            collate_fn=collate,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def eval_dataloader(self, split: str) -> DataLoader:
+        dataset, collate = self.dataset(split, train=False)
+        return DataLoader(
+            dataset,
+            batch_size=self.eval_batch_size,
+            shuffle=False,
+            num_workers=self.num_workers,
+            collate_fn=collate,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        return self.eval_dataloader("val")

@@ -1,0 +1,55 @@
+"""The built-in shapes world as a dataset: generated on first use, then read by the official-format readers."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pyarrow as pa
+
+from cmvl.data.shapes.world import ShapesSpec, ensure_shapes_world
+from cmvl.data.sources.base import Source
+from cmvl.data.sources.vqa_v2 import read_vqa_v2, vqa_v2_files
+
+SHAPES_IMAGE_PATTERN = "{subtype}/COCO_{subtype}_{image_id:012d}.jpg"
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("CMVL_CACHE_DIR", Path.home() / ".cache" / "cmvl"))
+
+
+class ShapesSource(Source):
+    """Coloured shapes with VQA, caption, object and region annotations; no download needed."""
+
+    name = "shapes"
+    kinds = frozenset({"qa"})
+
+    def __init__(
+        self,
+        *,
+        root: str | None = None,
+        split: str = "val",
+        num_images: dict[str, int] | None = None,
+        questions_per_image: int = 5,
+        image_size: int = 64,
+        max_objects: int = 5,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(split=split)
+        self.spec = ShapesSpec(
+            images=dict(num_images or ShapesSpec().images),
+            questions_per_image=questions_per_image,
+            size=image_size,
+            max_objects=max_objects,
+            seed=seed,
+        )
+        self.root = Path(root) if root else default_cache_dir() / "shapes" / self.spec.cache_name()
+        ensure_shapes_world(self.root, self.spec)
+
+    @property
+    def image_root(self) -> Path:
+        return self.root
+
+    def _read(self, kind: str, split: str) -> pa.Table:
+        questions, annotations = vqa_v2_files(self.root, split)
+        return read_vqa_v2(questions, annotations, image_pattern=SHAPES_IMAGE_PATTERN)

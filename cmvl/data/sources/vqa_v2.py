@@ -1,0 +1,63 @@
+"""Reader for the official VQA v2 question and annotation files, into a columnar `qa` table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+
+from cmvl.data.jsonfile import load_json, require_keys
+
+QA_SCHEMA = pa.schema(
+    [
+        ("question_id", pa.int64()),
+        ("image_id", pa.int64()),
+        ("image", pa.string()),  # image file, relative to the image root
+        ("question", pa.string()),
+        ("answers", pa.list_(pa.string())),  # the 10 raw human answers; null where the split has no annotations
+        ("answer_type", pa.string()),
+        ("question_type", pa.string()),
+        ("multiple_choice_answer", pa.string()),
+    ]
+)
+
+
+def vqa_v2_files(root: str | Path, subtype: str) -> tuple[Path, Path]:
+    """The official file names of one data subtype (e.g. ``val2014``) of VQA v2."""
+    root = Path(root)
+    return (root / f"v2_OpenEnded_mscoco_{subtype}_questions.json", root / f"v2_mscoco_{subtype}_annotations.json")
+
+
+def read_vqa_v2(questions_file: str | Path, annotations_file: str | Path | None, *, image_pattern: str) -> pa.Table:
+    """Join questions with their annotations (when given) into a `qa` table.
+
+    `image_pattern` maps an image to its file relative to the image root, with the fields ``subtype`` and
+    ``image_id``, e.g. ``{subtype}/COCO_{subtype}_{image_id:012d}.jpg`` for the official COCO folders.
+    """
+    qdoc = load_json(questions_file, what="VQA v2 questions file")
+    require_keys(qdoc, ["questions", "data_subtype"], path=questions_file, where="the top level")
+    subtype = qdoc["data_subtype"]
+    questions = qdoc["questions"]
+    if questions:
+        require_keys(questions[0], ["image_id", "question", "question_id"], path=questions_file, where="a question")
+    by_qid: dict[int, dict] = {}
+    if annotations_file is not None:
+        adoc = load_json(annotations_file, what="VQA v2 annotations file")
+        require_keys(adoc, ["annotations"], path=annotations_file, where="the top level")
+        for ann in adoc["annotations"]:
+            require_keys(ann, ["question_id", "answers", "answer_type"], path=annotations_file, where="an annotation")
+            by_qid[ann["question_id"]] = ann
+    columns: dict[str, list] = {name: [] for name in QA_SCHEMA.names}
+    for q in questions:
+        ann = by_qid.get(q["question_id"])
+        if annotations_file is not None and ann is None:
+            continue  # question without annotation in an annotated split: not scoreable
+        columns["question_id"].append(q["question_id"])
+        columns["image_id"].append(q["image_id"])
+        columns["image"].append(image_pattern.format(subtype=subtype, image_id=q["image_id"]))
+        columns["question"].append(q["question"])
+        columns["answers"].append([a["answer"] for a in ann["answers"]] if ann else None)
+        columns["answer_type"].append(ann["answer_type"] if ann else None)
+        columns["question_type"].append(ann.get("question_type") if ann else None)
+        columns["multiple_choice_answer"].append(ann.get("multiple_choice_answer") if ann else None)
+    return pa.table(columns, schema=QA_SCHEMA)

@@ -1,0 +1,82 @@
+"""`evaluate_checkpoint`: rebuild everything from a checkpoint alone, score a split, write the results."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from cmvl.config.validate import validate_config
+from cmvl.errors import ConfigError
+from cmvl.training.build import build_datamodule, build_lit_module
+from cmvl.training.checkpoints import load_checkpoint
+from cmvl.training.lit_module import CHECKPOINT_KEY
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(tmp, path)
+
+
+def checkpoint_config(checkpoint: dict[str, Any], overrides: list[str]):
+    cfg = OmegaConf.create(checkpoint[CHECKPOINT_KEY]["config"])
+    OmegaConf.set_struct(cfg, True)  # an override of a key the run did not have is a typo, not a new key
+    try:
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{key}: no such config key in this checkpoint's config") from None
+    validate_config(cfg)
+    return cfg
+
+
+def evaluate_checkpoint(
+    ckpt_path: str | Path,
+    *,
+    overrides: list[str] = (),
+    out_dir: str | Path | None = None,
+) -> dict[str, Any]:
+    ckpt_path = Path(ckpt_path)
+    checkpoint = load_checkpoint(ckpt_path)
+    cfg = checkpoint_config(checkpoint, list(overrides))
+    split = cfg.dataset.split
+    datamodule = build_datamodule(cfg, data_state=checkpoint[CHECKPOINT_KEY]["data_state"])
+    lit = build_lit_module(cfg, datamodule)
+    lit.load_state_dict(checkpoint["state_dict"])
+    loader = datamodule.eval_dataloader(split)
+    lit.score_test = loader.collate_fn.targets.annotated
+    trainer = pl.Trainer(
+        accelerator=cfg.trainer.accelerator,
+        devices=1,
+        precision=cfg.trainer.precision,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=cfg.trainer.get("enable_progress_bar", True),
+    )
+    trainer.test(lit, dataloaders=loader, verbose=False)
+    metrics = {}
+    if lit.score_test:
+        metrics = {lit.metric_key(split, k): float(v) for k, v in lit.test_metric.compute().items()}
+    out = Path(out_dir) if out_dir else ckpt_path.parent
+    predictions = sorted(lit.test_predictions, key=lambda p: next(iter(p.values())))
+    predictions_file = out / f"predictions_{lit.task.name}_{split}.json"
+    write_json_atomic(predictions_file, predictions)
+    result = {
+        "checkpoint": str(ckpt_path),
+        "split": split,
+        "num_predictions": len(predictions),
+        "metrics": metrics,
+        "predictions_file": str(predictions_file),
+    }
+    write_json_atomic(out / "metrics.json", result)
+    return result

@@ -1,0 +1,70 @@
+"""Cross-attention fusion: text tokens attend to image tokens (optionally image to text too), N layers."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from cmvl.models.fusion.base import Fusion, mlp
+from cmvl.models.tokens import FusionOutput, Tokens
+
+
+class _CrossBlock(nn.Module):
+    """Pre-norm block: self-attention over the queries, cross-attention to the context, feed-forward."""
+
+    def __init__(self, dim: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.norm_self, self.norm_cross, self.norm_ff = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.self_attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        self.cross_attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        self.ff = mlp(dim, 4 * dim, dim, dropout)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tokens, context: Tokens, need_weights: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        h = self.norm_self(x.feats)
+        feats = x.feats + self.drop(self.self_attn(h, h, h, key_padding_mask=~x.mask, need_weights=False)[0])
+        h = self.norm_cross(feats)
+        attended, weights = self.cross_attn(
+            h,
+            context.feats,
+            context.feats,
+            key_padding_mask=~context.mask,
+            need_weights=need_weights,
+            average_attn_weights=False,
+        )
+        feats = feats + self.drop(attended)
+        feats = feats + self.drop(self.ff(self.norm_ff(feats)))
+        return feats, weights
+
+
+class CrossAttentionFusion(Fusion):
+    """`layers` blocks in which text attends to the image; with `co_attention` the image attends back to the text.
+
+    The pooled vector is the first text token ([CLS]) after the last block.
+    """
+
+    def __init__(
+        self, *, dim: int, layers: int = 2, heads: int = 4, dropout: float = 0.1, co_attention: bool = False
+    ) -> None:
+        super().__init__()
+        self.text_blocks = nn.ModuleList(_CrossBlock(dim, heads, dropout) for _ in range(layers))
+        self.vision_blocks = (
+            nn.ModuleList(_CrossBlock(dim, heads, dropout) for _ in range(layers)) if co_attention else None
+        )
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, vision: Tokens, text: Tokens) -> FusionOutput:
+        self._attention = {}
+        for i, block in enumerate(self.text_blocks):
+            text_feats, weights = block(text, vision, self.record_attention)
+            if self.vision_blocks is not None:
+                vision_feats, v_weights = self.vision_blocks[i](vision, text, self.record_attention)
+                vision = Tokens(vision_feats, vision.mask)
+                if v_weights is not None:
+                    self._attention[f"layer{i}.vision_to_text"] = v_weights.detach()
+            text = Tokens(text_feats, text.mask)
+            if weights is not None:
+                self._attention[f"layer{i}.text_to_vision"] = weights.detach()
+        text = Tokens(self.norm(text.feats), text.mask)
+        tokens = Tokens(torch.cat([text.feats, vision.feats], dim=1), torch.cat([text.mask, vision.mask], dim=1))
+        return FusionOutput(tokens, text.feats[:, 0])

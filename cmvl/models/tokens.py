@@ -1,0 +1,28 @@
+"""The one currency between encoders, fusion and heads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Tokens:
+    """A batch of token sequences: `feats` B×N×D and `mask` B×N (True = a real token, False = padding)."""
+
+    feats: torch.Tensor
+    mask: torch.Tensor
+
+    def pooled_mean(self) -> torch.Tensor:
+        """Masked mean over tokens, B×D."""
+        weights = self.mask.unsqueeze(-1).to(self.feats.dtype)
+        return (self.feats * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+
+
+@dataclass
+class FusionOutput:
+    """Fused tokens (B×N×D with mask) and a pooled vector B×D that heads read."""
+
+    tokens: Tokens
+    pooled: torch.Tensor

@@ -1,0 +1,149 @@
+"""Visual question answering as classification over an answer vocabulary, scored like the official evaluation."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cmvl.errors import DataError
+from cmvl.metrics.vqa_accuracy import VQAAccuracy, answer_type_index
+from cmvl.metrics.vqa_normalize import normalize_answer, prepare_human_answers, soft_scores
+from cmvl.models.fusion.base import mlp
+from cmvl.models.vl_model import VisionLanguageModel
+from cmvl.tasks.base import SplitTargets, Task
+
+
+@dataclass
+class VQATargets(SplitTargets):
+    """Sparse soft targets: question i has answers `answer_idx[offsets[i]:offsets[i+1]]` with their scores.
+
+    A score is exactly the official accuracy of predicting that vocabulary answer, so the accuracy of an
+    arg-max prediction is read off the dense target row on the device, with no string work in the loop.
+    """
+
+    question_id: np.ndarray  # int64 [Q]
+    answer_type: np.ndarray  # int64 [Q], index into ANSWER_TYPES or -1
+    offsets: np.ndarray  # int64 [Q+1]
+    answer_idx: np.ndarray  # int64 [nnz]
+    answer_score: np.ndarray  # float32 [nnz]
+    num_answers: int
+    annotated: bool
+
+    def collate(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        idx = np.asarray(indices)
+        dense = np.zeros((len(idx), self.num_answers), dtype=np.float32)
+        for row, i in enumerate(idx):
+            start, end = self.offsets[i], self.offsets[i + 1]
+            dense[row, self.answer_idx[start:end]] = self.answer_score[start:end]
+        return {
+            "question_id": torch.from_numpy(self.question_id[idx]),
+            "answer_type": torch.from_numpy(self.answer_type[idx]),
+            "targets": torch.from_numpy(dense),
+        }
+
+
+class VQATask(Task):
+    """Answer classification with BCE over official soft scores (0, .3, .6, .9, 1).
+
+    The vocabulary holds the normalised answers that are the majority (`multiple_choice_answer`) of at least
+    `min_answer_count` training questions (the common VQA v2 recipe: 9 → 3,129 answers), cut to `top_k`.
+    """
+
+    name = "vqa"
+    table_kind = "qa"
+    monitor_key = "acc"
+
+    def __init__(
+        self, *, min_answer_count: int = 9, top_k: int | None = None, head_hidden_mult: int = 2, dropout: float = 0.1
+    ) -> None:
+        self.min_answer_count = min_answer_count
+        self.top_k = top_k
+        self.head_hidden_mult = head_hidden_mult
+        self.dropout = dropout
+        self.answers: list[str] = []
+        self._index: dict[str, int] = {}
+
+    # -- data side -------------------------------------------------------------------------------------------
+    def fit(self, train_table: pa.Table) -> None:
+        majority = train_table.column("multiple_choice_answer").to_pylist()
+        if all(a is None for a in majority):
+            raise DataError("VQA training split has no annotations (multiple_choice_answer is missing)")
+        counts = Counter(normalize_answer(a) for a in majority if a)
+        ranked = sorted(
+            ((n, a) for a, n in counts.items() if n >= self.min_answer_count and a), key=lambda t: (-t[0], t[1])
+        )
+        if self.top_k:
+            ranked = ranked[: self.top_k]
+        if not ranked:
+            raise DataError(f"no answer occurs {self.min_answer_count}+ times in training; lower task.min_answer_count")
+        self._set_answers([a for _, a in ranked])
+
+    def _set_answers(self, answers: list[str]) -> None:
+        self.answers = list(answers)
+        self._index = {a: i for i, a in enumerate(self.answers)}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"answers": list(self.answers)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._set_answers(state["answers"])
+
+    def texts(self, table: pa.Table) -> list[str]:
+        return table.column("question").to_pylist()
+
+    def targets(self, table: pa.Table) -> VQATargets:
+        answers_col = table.column("answers").to_pylist()
+        annotated = any(a is not None for a in answers_col)
+        offsets = [0]
+        idx: list[int] = []
+        scores: list[float] = []
+        for human in answers_col:
+            if human:
+                for answer, score in soft_scores(prepare_human_answers(human)).items():
+                    j = self._index.get(answer)
+                    if j is not None and score > 0:
+                        idx.append(j)
+                        scores.append(score)
+            offsets.append(len(idx))
+        types = [answer_type_index(t) for t in table.column("answer_type").to_pylist()]
+        return VQATargets(
+            question_id=table.column("question_id").to_numpy().astype(np.int64),
+            answer_type=np.asarray(types, dtype=np.int64),
+            offsets=np.asarray(offsets, dtype=np.int64),
+            answer_idx=np.asarray(idx, dtype=np.int64),
+            answer_score=np.asarray(scores, dtype=np.float32),
+            num_answers=len(self.answers),
+            annotated=annotated,
+        )
+
+    # -- model side ------------------------------------------------------------------------------------------
+    def build_head(self, dim: int) -> nn.Module:
+        return mlp(dim, self.head_hidden_mult * dim, len(self.answers), self.dropout)
+
+    def forward(self, model: VisionLanguageModel, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        fused = model(batch["images"], batch["input_ids"], batch["attention_mask"])
+        return {"logits": model.heads[self.name](fused.pooled)}
+
+    def loss(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> torch.Tensor:
+        logits = outputs["logits"]
+        # Sum over answers, mean over questions: the usual VQA scaling of the soft-target BCE.
+        return F.binary_cross_entropy_with_logits(logits.float(), batch["targets"], reduction="sum") / logits.shape[0]
+
+    def make_metric(self) -> VQAAccuracy:
+        return VQAAccuracy()
+
+    def update_metric(self, metric: VQAAccuracy, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> None:
+        best = outputs["logits"].argmax(dim=1, keepdim=True)
+        metric.update(batch["targets"].gather(1, best).squeeze(1), batch["answer_type"])
+
+    def predictions(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> list[dict[str, Any]]:
+        best = outputs["logits"].argmax(dim=1).tolist()
+        qids = batch["question_id"].tolist()
+        return [{"question_id": int(q), "answer": self.answers[j]} for q, j in zip(qids, best)]

@@ -1,0 +1,68 @@
+"""Config → objects. The one place where the config tree is turned into sources, tasks, models and trainers,
+shared by `cmvl train` and `cmvl eval`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from cmvl.data.datamodule import VLDataModule
+from cmvl.data.sources.base import Source
+from cmvl.models.vl_model import VisionLanguageModel
+from cmvl.tasks.base import Task
+from cmvl.training.lit_module import VLLitModule
+
+DATASET_META_KEYS = ("name", "provides")  # documentation keys of a dataset config, not source arguments
+
+
+def build_task(cfg: DictConfig) -> Task:
+    return instantiate(cfg.task, _convert_="all")
+
+
+def build_source(cfg: DictConfig) -> Source:
+    node = OmegaConf.to_container(cfg.dataset, resolve=True)
+    for key in DATASET_META_KEYS:
+        node.pop(key, None)
+    return instantiate(node, _convert_="all")
+
+
+def build_datamodule(cfg: DictConfig, *, data_state: dict[str, Any] | None = None) -> VLDataModule:
+    task = build_task(cfg)
+    data = cfg.data
+    return VLDataModule(
+        source=build_source(cfg),
+        task=task,
+        tokenizer_builder=instantiate(cfg.text.tokenizer),
+        text_max_length=cfg.text.max_length,
+        image=OmegaConf.to_container(data.image, resolve=True),
+        batch_size=data.batch_size,
+        eval_batch_size=data.eval_batch_size,
+        num_workers=data.num_workers,
+        pin_memory=data.pin_memory,
+        data_state=data_state,
+    )
+
+
+def build_model(cfg: DictConfig, datamodule: VLDataModule) -> VisionLanguageModel:
+    task = datamodule.task
+    return VisionLanguageModel(
+        vision=instantiate(cfg.vision.encoder),
+        text=instantiate(cfg.text.encoder, tokenizer=datamodule.tokenizer),
+        fusion=instantiate(cfg.fusion),
+        heads={task.name: task.build_head(cfg.model.dim)},
+        dim=cfg.model.dim,
+        image_mean=list(cfg.data.image.mean),
+        image_std=list(cfg.data.image.std),
+    )
+
+
+def build_lit_module(cfg: DictConfig, datamodule: VLDataModule) -> VLLitModule:
+    run_state = {"config": OmegaConf.to_container(cfg, resolve=True), "data_state": datamodule.data_state()}
+    optim = {
+        "optimizer": instantiate(cfg.optim.optimizer),
+        "weight_decay": cfg.optim.weight_decay,
+        "scheduler": OmegaConf.to_container(cfg.optim.scheduler, resolve=True),
+    }
+    return VLLitModule(model=build_model(cfg, datamodule), task=datamodule.task, optim=optim, run_state=run_state)

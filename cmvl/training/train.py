@@ -1,0 +1,99 @@
+"""`run_training(cfg)`: the body of `cmvl train` for one job (one run directory)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar, TQDMProgressBar
+
+from cmvl.training.build import build_datamodule, build_lit_module
+from cmvl.training.checkpoint_io import AtomicCheckpointIO
+
+SUMMARY_FILE = "summary.json"
+
+
+def build_loggers(cfg: DictConfig) -> list[pl.loggers.Logger]:
+    return [instantiate(node) for node in (cfg.get("logger") or {}).values() if node is not None]
+
+
+def build_callbacks(cfg: DictConfig, monitor: str, mode: str, has_logger: bool) -> list[pl.Callback]:
+    ck = cfg.checkpoint
+    callbacks: list[pl.Callback] = [
+        # Fixed file names (no metric in the name: metric keys contain '/'), overwritten in place.
+        ModelCheckpoint(
+            dirpath=ck.dirpath,
+            filename="best",
+            monitor=monitor,
+            mode=mode,
+            save_top_k=1,
+            save_last=ck.save_last,
+            auto_insert_metric_name=False,
+            enable_version_counter=False,
+        ),
+    ]
+    if has_logger:
+        callbacks.append(LearningRateMonitor(logging_interval="step"))
+    if cfg.trainer.get("enable_progress_bar", True):
+        # Rich on a terminal; otherwise a plain bar that refreshes rarely (cheap, readable in CI logs).
+        callbacks.append(RichProgressBar() if sys.stderr.isatty() else TQDMProgressBar(refresh_rate=50))
+    return callbacks
+
+
+def run_training(cfg: DictConfig) -> dict[str, Any]:
+    out_dir = Path(cfg.paths.output_dir)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule = build_datamodule(cfg)
+    datamodule.prepare()
+    lit = build_lit_module(cfg, datamodule)
+    loggers = build_loggers(cfg)
+    trainer = pl.Trainer(
+        **OmegaConf.to_container(cfg.trainer, resolve=True),
+        logger=loggers or False,
+        callbacks=build_callbacks(cfg, lit.monitor, lit.task.monitor_mode, bool(loggers)),
+        plugins=[AtomicCheckpointIO()],
+        default_root_dir=str(out_dir),
+    )
+    if trainer.is_global_zero:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    started = time.perf_counter()
+    trainer.fit(lit, datamodule=datamodule)
+    summary = _summary(trainer, lit, time.perf_counter() - started)
+    if trainer.is_global_zero:
+        (out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+        _print_summary(summary)
+    return summary
+
+
+def _summary(trainer: pl.Trainer, lit, seconds: float) -> dict[str, Any]:
+    ckpt: ModelCheckpoint = trainer.checkpoint_callback
+    best_score = float(ckpt.best_model_score) if ckpt.best_model_score is not None else None
+    best_epoch = max(lit.val_history, key=lambda h: h[lit.monitor], default=None) if lit.val_history else None
+    return {
+        "monitor": lit.monitor,
+        "best_score": best_score,
+        "best_checkpoint": ckpt.best_model_path or None,
+        "last_checkpoint": ckpt.last_model_path or None,
+        "best_epoch_metrics": best_epoch,
+        "epochs": trainer.current_epoch,
+        "global_step": trainer.global_step,
+        "train_seconds": round(seconds, 1),
+    }
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    score = summary["best_score"]
+    print(f"best {summary['monitor']} = {score:.6f}" if score is not None else "no validation score was logged")
+    metrics = summary.get("best_epoch_metrics") or {}
+    for key, value in metrics.items():
+        if key not in ("epoch", "step", summary["monitor"]):
+            print(f"  {key} = {value:.6f}")
+    if summary["best_checkpoint"]:
+        print(f"best checkpoint: {summary['best_checkpoint']}")

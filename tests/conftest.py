@@ -1,0 +1,50 @@
+"""Shared fixtures: a tiny shapes world, and an isolated cache directory for every CLI run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cmvl.data.shapes.world import ShapesSpec, ensure_shapes_world
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = REPO.parent / "shared" / "fixtures"
+TINY_SPEC = ShapesSpec(images={"train": 60, "val": 20, "test": 12}, questions_per_image=5, size=32, seed=3)
+# CLI overrides that select the tiny world and tiny training budget.
+TINY_WORLD = [
+    "dataset.num_images={train:60,val:20,test:12}",
+    "dataset.image_size=32",
+    "dataset.seed=3",
+    "vision.image_size=32",
+    "task.min_answer_count=1",
+    "data.num_workers=0",
+]
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("cmvl-cache")
+    os.environ["CMVL_CACHE_DIR"] = str(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_world(cache_dir) -> Path:
+    return ensure_shapes_world(cache_dir / "shapes" / TINY_SPEC.cache_name(), TINY_SPEC)
+
+
+def run_cli(*args: str, cwd: Path, env_extra: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {
+        **os.environ,
+        "WANDB_MODE": "disabled",
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONWARNINGS": "ignore",
+        **(env_extra or {}),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "cmvl", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )

@@ -1,0 +1,147 @@
+"""The real CLI in a subprocess: train a few steps → eval the checkpoint → the same number; sweeps; errors."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import TINY_WORLD, run_cli
+
+TRAIN_FAST = [
+    *TINY_WORLD,
+    "trainer=debug",
+    "trainer.limit_val_batches=null",
+    "trainer.max_epochs=2",
+    "trainer.limit_train_batches=3",
+    "data.batch_size=16",
+    "model.dim=32",
+    "vision.encoder.channels=32",
+    "text.encoder.hidden_size=32",
+    "text.encoder.intermediate_size=64",
+    "text.tokenizer.vocab_size=200",
+]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, cache_dir) -> Path:
+    run_dir = tmp_path_factory.mktemp("run")
+    result = run_cli("train", *TRAIN_FAST, f"hydra.run.dir={run_dir}", cwd=run_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "best val/vqa/acc = " in result.stdout
+    return run_dir
+
+
+def test_train_writes_the_run_directory(trained_run):
+    for name in (
+        "config.yaml",
+        "metrics.csv",
+        "summary.json",
+        "checkpoints/best.ckpt",
+        "checkpoints/last.ckpt",
+        ".hydra/config.yaml",
+    ):
+        assert (trained_run / name).exists(), name
+    header = (trained_run / "metrics.csv").read_text().splitlines()[0]
+    assert "val/vqa/acc" in header and "val/vqa/acc_yes_no" in header
+
+
+def test_eval_reproduces_the_logged_validation_accuracy(trained_run, tmp_path):
+    summary = json.loads((trained_run / "summary.json").read_text())
+    result = run_cli("eval", f"ckpt={trained_run / 'checkpoints' / 'best.ckpt'}", f"out={tmp_path}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())["metrics"]
+    assert math.isclose(metrics["val/vqa/acc"], summary["best_score"], abs_tol=1e-6)
+    assert f"val/vqa/acc = {metrics['val/vqa/acc']:.6f}" in result.stdout
+    predictions = json.loads((tmp_path / "predictions_vqa_val.json").read_text())
+    assert predictions and set(predictions[0]) == {"question_id", "answer"}
+    assert all(isinstance(p["question_id"], int) and isinstance(p["answer"], str) for p in predictions)
+
+
+def test_predictions_file_rescored_officially_gives_the_same_accuracy(trained_run, tmp_path, tiny_world):
+    from cmvl.metrics.vqa_normalize import vqa_score
+
+    run_cli("eval", f"ckpt={trained_run / 'checkpoints' / 'best.ckpt'}", f"out={tmp_path}", cwd=tmp_path)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())["metrics"]
+    predictions = {
+        p["question_id"]: p["answer"] for p in json.loads((tmp_path / "predictions_vqa_val.json").read_text())
+    }
+    annotations = json.loads((tiny_world / "v2_mscoco_val_annotations.json").read_text())["annotations"]
+    scores = [vqa_score(predictions[a["question_id"]], [x["answer"] for x in a["answers"]]) for a in annotations]
+    assert len(predictions) == len(annotations)
+    assert math.isclose(sum(scores) / len(scores), metrics["val/vqa/acc"], abs_tol=1e-9)
+
+
+def test_eval_test_split_and_bad_override(trained_run, tmp_path):
+    ok = run_cli(
+        "eval",
+        f"ckpt={trained_run / 'checkpoints' / 'last.ckpt'}",
+        "dataset.split=test",
+        f"out={tmp_path}",
+        cwd=tmp_path,
+    )
+    assert ok.returncode == 0, ok.stderr[-3000:]
+    assert (tmp_path / "predictions_vqa_test.json").exists()
+    bad = run_cli("eval", f"ckpt={trained_run / 'checkpoints' / 'last.ckpt'}", "data.batchsize=3", cwd=tmp_path)
+    assert bad.returncode == 2 and "data.batchsize" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_unknown_group_choice_exits_2_with_the_choices(tmp_path):
+    result = run_cli("train", "fusion=atention", cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "fusion=atention" in lines[0] and "attention" in lines[0] and "concat" in lines[0]
+
+
+def test_unknown_key_and_bad_value_exit_2(tmp_path):
+    for override, needle in [
+        ("model.dimm=3", "model.dimm"),
+        ("trainer.precision=17", "trainer.precision"),
+        ("data.batch_size=0", "data.batch_size"),
+    ]:
+        result = run_cli("train", override, cwd=tmp_path)
+        assert result.returncode == 2, (override, result.stderr)
+        assert needle in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_sweep_value_is_validated_before_any_job_runs(tmp_path):
+    result = run_cli("train", "-m", "fusion=concat,atention", cwd=tmp_path)
+    assert result.returncode == 2 and "atention" in result.stderr
+    assert not (tmp_path / "multirun").exists()
+
+
+def test_missing_checkpoint_exits_2(tmp_path):
+    result = run_cli("eval", f"ckpt={tmp_path / 'nope.ckpt'}", cwd=tmp_path)
+    assert result.returncode == 2 and "checkpoint not found" in result.stderr and "Traceback" not in result.stderr
+    garbage = tmp_path / "garbage.ckpt"
+    garbage.write_bytes(b"not a checkpoint at all")
+    result = run_cli("eval", f"ckpt={garbage}", cwd=tmp_path)
+    assert result.returncode == 2 and "garbage.ckpt" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_multirun_leaves_runs_and_a_summary(tmp_path, cache_dir):
+    sweep_dir = tmp_path / "sweep"
+    result = run_cli(
+        "train",
+        "-m",
+        "fusion=concat,attention",
+        *TRAIN_FAST,
+        "trainer.max_epochs=1",
+        f"hydra.sweep.dir={sweep_dir}",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (sweep_dir / "0" / "checkpoints" / "best.ckpt").exists()
+    assert (sweep_dir / "1" / "checkpoints" / "best.ckpt").exists()
+    table = (sweep_dir / "summary.txt").read_text()
+    assert "fusion=concat" in table and "fusion=attention" in table
+    assert "sweep summary" in result.stdout
+
+
+def test_help_lists_groups(tmp_path):
+    result = run_cli("train", "--help", cwd=tmp_path)
+    assert result.returncode == 0 and "fusion" in result.stdout and "concat" in result.stdout
+    assert run_cli("--help", cwd=tmp_path).returncode == 0
