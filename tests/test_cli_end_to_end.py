@@ -145,3 +145,12 @@ def test_help_lists_groups(tmp_path):
     result = run_cli("train", "--help", cwd=tmp_path)
     assert result.returncode == 0 and "fusion" in result.stdout and "concat" in result.stdout
     assert run_cli("--help", cwd=tmp_path).returncode == 0
+
+
+def test_data_shapes_command(tmp_path):
+    out = tmp_path / "world"
+    result = run_cli("data", "shapes", "--out", str(out), "--images", "8", "--size", "32", "--seed", "1", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (out / "v2_mscoco_train_annotations.json").exists() and (out / "annotations" / "captions_val.json").exists()
+    again = run_cli("data", "shapes", "--out", str(out), cwd=tmp_path)
+    assert again.returncode == 2 and "not empty" in again.stderr

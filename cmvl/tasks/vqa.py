@@ -68,6 +68,7 @@ class VQATask(Task):
         self.head_hidden_mult = head_hidden_mult
         self.dropout = dropout
         self.answers: list[str] = []
+        self.answer_prior: list[float] = []  # share of training questions whose majority answer is each class
         self._index: dict[str, int] = {}
 
     # -- data side -------------------------------------------------------------------------------------------
@@ -84,16 +85,18 @@ class VQATask(Task):
         if not ranked:
             raise DataError(f"no answer occurs {self.min_answer_count}+ times in training; lower task.min_answer_count")
         self._set_answers([a for _, a in ranked])
+        self.answer_prior = [n / len(majority) for n, _ in ranked]
 
     def _set_answers(self, answers: list[str]) -> None:
         self.answers = list(answers)
         self._index = {a: i for i, a in enumerate(self.answers)}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"answers": list(self.answers)}
+        return {"answers": list(self.answers), "answer_prior": list(self.answer_prior)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._set_answers(state["answers"])
+        self.answer_prior = list(state.get("answer_prior", []))
 
     def texts(self, table: pa.Table) -> list[str]:
         return table.column("question").to_pylist()
@@ -125,7 +128,14 @@ class VQATask(Task):
 
     # -- model side ------------------------------------------------------------------------------------------
     def build_head(self, dim: int) -> nn.Module:
-        return mlp(dim, self.head_hidden_mult * dim, len(self.answers), self.dropout)
+        head = mlp(dim, self.head_hidden_mult * dim, len(self.answers), self.dropout)
+        if self.answer_prior:
+            # Start from the answer priors: with a zero bias, Adam moves each bias by ~lr per step, so merely
+            # learning how rare each answer is would take thousands of steps.
+            prior = torch.tensor(self.answer_prior).clamp(1e-4, 1 - 1e-4)
+            with torch.no_grad():
+                head[-1].bias.copy_(torch.log(prior / (1 - prior)))
+        return head
 
     def forward(self, model: VisionLanguageModel, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         fused = model(batch["images"], batch["input_ids"], batch["attention_mask"])

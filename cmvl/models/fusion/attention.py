@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from cmvl.errors import ConfigError
 from cmvl.models.fusion.base import Fusion, mlp
 from cmvl.models.tokens import FusionOutput, Tokens
 
@@ -40,13 +41,24 @@ class _CrossBlock(nn.Module):
 class CrossAttentionFusion(Fusion):
     """`layers` blocks in which text attends to the image; with `co_attention` the image attends back to the text.
 
-    The pooled vector is the first text token ([CLS]) after the last block.
+    `pool` picks the pooled vector: `mean` of the text tokens after the last block (every word has looked up
+    the image itself), `all` (mean of text and image tokens) or `cls`, the first text token.
     """
 
     def __init__(
-        self, *, dim: int, layers: int = 2, heads: int = 4, dropout: float = 0.1, co_attention: bool = False
+        self,
+        *,
+        dim: int,
+        layers: int = 2,
+        heads: int = 4,
+        dropout: float = 0.1,
+        co_attention: bool = False,
+        pool: str = "mean",
     ) -> None:
         super().__init__()
+        if pool not in ("mean", "cls", "all"):
+            raise ConfigError(f"fusion.pool={pool}: must be mean, cls or all")
+        self.pool = pool
         self.text_blocks = nn.ModuleList(_CrossBlock(dim, heads, dropout) for _ in range(layers))
         self.vision_blocks = (
             nn.ModuleList(_CrossBlock(dim, heads, dropout) for _ in range(layers)) if co_attention else None
@@ -67,4 +79,5 @@ class CrossAttentionFusion(Fusion):
                 self._attention[f"layer{i}.text_to_vision"] = weights.detach()
         text = Tokens(self.norm(text.feats), text.mask)
         tokens = Tokens(torch.cat([text.feats, vision.feats], dim=1), torch.cat([text.mask, vision.mask], dim=1))
-        return FusionOutput(tokens, text.feats[:, 0])
+        pooled = {"mean": text.pooled_mean, "all": tokens.pooled_mean, "cls": lambda: text.feats[:, 0]}[self.pool]()
+        return FusionOutput(tokens, pooled)

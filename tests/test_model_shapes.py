@@ -1,0 +1,118 @@
+"""Every encoder and fusion returns the documented shapes; the full model runs forward and backward."""
+
+import pytest
+import torch
+
+from cmvl.data.text import TrainedWordPiece
+from cmvl.models.fusion.attention import CrossAttentionFusion
+from cmvl.models.fusion.concat import ConcatFusion
+from cmvl.models.fusion.film import FiLMFusion
+from cmvl.models.text.bert import TinyBertEncoder
+from cmvl.models.tokens import Tokens
+from cmvl.models.vision.grid import sincos_2d
+from cmvl.models.vision.tiny_cnn import TinyCNNEncoder
+from cmvl.models.vision.torchvision_cnn import TorchvisionResNetEncoder
+from cmvl.models.vl_model import VisionLanguageModel
+
+B, DIM = 3, 32
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return TrainedWordPiece(vocab_size=120).build(["is there a red circle?", "how many squares are there?"] * 5)
+
+
+def _text(tokenizer):
+    enc = tokenizer(
+        ["is there a red circle?", "how many?", "what color is the square left of it?"],
+        padding=True,
+        return_tensors="pt",
+    )
+    return enc["input_ids"], enc["attention_mask"]
+
+
+def test_tiny_cnn_grid_tokens():
+    enc = TinyCNNEncoder(channels=32, stem_stride=4, downsample=1)
+    out = enc(torch.randn(B, 3, 64, 64))
+    assert out.feats.shape == (B, 64, 32) and out.mask.shape == (B, 64) and out.mask.all()
+    assert enc.out_dim == 32
+
+
+def test_resnet_grid_tokens():
+    enc = TorchvisionResNetEncoder(name="resnet18")
+    out = enc(torch.randn(2, 3, 64, 64))
+    assert out.feats.shape == (2, 4, 512) and enc.out_dim == 512
+
+
+def test_resnet_pretrained_path_round_trip(tmp_path):
+    import torchvision
+
+    net = torchvision.models.resnet18()
+    torch.save(net.state_dict(), tmp_path / "r18.pt")
+    enc = TorchvisionResNetEncoder(name="resnet18", pretrained=str(tmp_path / "r18.pt"))
+    assert torch.equal(enc.body[0].weight, net.conv1.weight)
+
+
+def test_tiny_bert_tokens(tokenizer):
+    ids, mask = _text(tokenizer)
+    enc = TinyBertEncoder(tokenizer=tokenizer, hidden_size=DIM, layers=1, heads=2, intermediate_size=64)
+    out = enc(ids, mask)
+    assert out.feats.shape == (*ids.shape, DIM) and torch.equal(out.mask, mask.bool())
+
+
+def test_sincos_positions_distinct():
+    pos = sincos_2d(4, 4, 16, device=torch.device("cpu"), dtype=torch.float32)
+    assert pos.shape == (16, 16) and torch.unique(pos, dim=0).shape[0] == 16
+
+
+@pytest.mark.parametrize(
+    "fusion",
+    [
+        ConcatFusion(dim=DIM),
+        CrossAttentionFusion(dim=DIM, layers=2, heads=4),
+        CrossAttentionFusion(dim=DIM, layers=1, heads=4, co_attention=True, pool="cls"),
+        FiLMFusion(dim=DIM, layers=2, heads=4),
+    ],
+)
+def test_fusion_shapes_and_padding(fusion):
+    vision = Tokens(torch.randn(B, 16, DIM), torch.ones(B, 16, dtype=torch.bool))
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 1, 0, 0, 0]], dtype=torch.bool)
+    text = Tokens(torch.randn(B, 5, DIM), mask)
+    fusion.eval()
+    out = fusion(vision, text)
+    assert out.pooled.shape == (B, DIM)
+    assert out.tokens.feats.shape[0] == B and out.tokens.feats.shape[-1] == DIM
+    assert out.tokens.mask.shape == out.tokens.feats.shape[:2]
+    # Padding must not leak: changing padded text positions leaves the pooled vector unchanged.
+    noisy = Tokens(torch.where(mask.unsqueeze(-1), text.feats, torch.randn_like(text.feats)), mask)
+    assert torch.allclose(fusion(vision, noisy).pooled, out.pooled, atol=1e-5)
+
+
+def test_attention_maps_recorded_on_request():
+    fusion = CrossAttentionFusion(dim=DIM, layers=2, heads=4)
+    vision = Tokens(torch.randn(B, 16, DIM), torch.ones(B, 16, dtype=torch.bool))
+    text = Tokens(torch.randn(B, 5, DIM), torch.ones(B, 5, dtype=torch.bool))
+    fusion(vision, text)
+    assert fusion.attention_maps() == {}
+    fusion.record_attention = True
+    fusion(vision, text)
+    maps = fusion.attention_maps()
+    assert maps["layer1.text_to_vision"].shape == (B, 4, 5, 16)
+
+
+def test_full_model_forward_backward(tokenizer):
+    ids, mask = _text(tokenizer)
+    model = VisionLanguageModel(
+        vision=TinyCNNEncoder(channels=32),
+        text=TinyBertEncoder(tokenizer=tokenizer, hidden_size=DIM, layers=1),
+        fusion=CrossAttentionFusion(dim=DIM, layers=1),
+        heads={"vqa": torch.nn.Linear(DIM, 7)},
+        dim=DIM,
+        image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.25, 0.25, 0.25],
+    )
+    images = torch.randint(0, 256, (B, 3, 32, 32), dtype=torch.uint8)
+    logits = model.heads["vqa"](model(images, ids, mask).pooled)
+    assert logits.shape == (B, 7)
+    logits.sum().backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
