@@ -11,7 +11,10 @@ from cmvl.models.tokens import FusionOutput, Tokens
 
 
 class _CrossBlock(nn.Module):
-    """Pre-norm block: self-attention over the queries, cross-attention to the context, feed-forward."""
+    """Pre-norm block: self-attention over the queries, cross-attention to the context, feed-forward.
+
+    Returns the updated queries, the cross-attention weights (if asked) and what the cross-attention retrieved.
+    """
 
     def __init__(self, dim: int, heads: int, dropout: float) -> None:
         super().__init__()
@@ -21,11 +24,11 @@ class _CrossBlock(nn.Module):
         self.ff = mlp(dim, 4 * dim, dim, dropout)
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: Tokens, context: Tokens, need_weights: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, x: Tokens, context: Tokens, need_weights: bool):
         h = self.norm_self(x.feats)
         feats = x.feats + self.drop(self.self_attn(h, h, h, key_padding_mask=~x.mask, need_weights=False)[0])
         h = self.norm_cross(feats)
-        attended, weights = self.cross_attn(
+        retrieved, weights = self.cross_attn(
             h,
             context.feats,
             context.feats,
@@ -33,16 +36,17 @@ class _CrossBlock(nn.Module):
             need_weights=need_weights,
             average_attn_weights=False,
         )
-        feats = feats + self.drop(attended)
+        feats = feats + self.drop(retrieved)
         feats = feats + self.drop(self.ff(self.norm_ff(feats)))
-        return feats, weights
+        return feats, weights, retrieved
 
 
 class CrossAttentionFusion(Fusion):
     """`layers` blocks in which text attends to the image; with `co_attention` the image attends back to the text.
 
-    `pool` picks the pooled vector: `mean` of the text tokens after the last block (every word has looked up
-    the image itself), `all` (mean of text and image tokens) or `cls`, the first text token.
+    `pool` picks the pooled vector: `mean` joins the mean text token with the mean of what the text retrieved from
+    the image in the last block (a direct path for image evidence, which otherwise is a small residual on top of
+    the text features and learns slowly), or `cls`, the first text token.
     """
 
     def __init__(
@@ -56,21 +60,24 @@ class CrossAttentionFusion(Fusion):
         pool: str = "mean",
     ) -> None:
         super().__init__()
-        if pool not in ("mean", "cls", "all"):
-            raise ConfigError(f"fusion.pool={pool}: must be mean, cls or all")
+        if pool not in ("mean", "cls"):
+            raise ConfigError(f"fusion.pool={pool}: must be mean or cls")
         self.pool = pool
         self.text_blocks = nn.ModuleList(_CrossBlock(dim, heads, dropout) for _ in range(layers))
         self.vision_blocks = (
             nn.ModuleList(_CrossBlock(dim, heads, dropout) for _ in range(layers)) if co_attention else None
         )
         self.norm = nn.LayerNorm(dim)
+        self.norm_retrieved = nn.LayerNorm(dim)
+        self.pool_proj = nn.Linear(2 * dim, dim)
 
     def forward(self, vision: Tokens, text: Tokens) -> FusionOutput:
         self._attention = {}
+        retrieved = text.feats
         for i, block in enumerate(self.text_blocks):
-            text_feats, weights = block(text, vision, self.record_attention)
+            text_feats, weights, retrieved = block(text, vision, self.record_attention)
             if self.vision_blocks is not None:
-                vision_feats, v_weights = self.vision_blocks[i](vision, text, self.record_attention)
+                vision_feats, v_weights, _ = self.vision_blocks[i](vision, text, self.record_attention)
                 vision = Tokens(vision_feats, vision.mask)
                 if v_weights is not None:
                     self._attention[f"layer{i}.vision_to_text"] = v_weights.detach()
@@ -79,5 +86,7 @@ class CrossAttentionFusion(Fusion):
                 self._attention[f"layer{i}.text_to_vision"] = weights.detach()
         text = Tokens(self.norm(text.feats), text.mask)
         tokens = Tokens(torch.cat([text.feats, vision.feats], dim=1), torch.cat([text.mask, vision.mask], dim=1))
-        pooled = {"mean": text.pooled_mean, "all": tokens.pooled_mean, "cls": lambda: text.feats[:, 0]}[self.pool]()
-        return FusionOutput(tokens, pooled)
+        if self.pool == "cls":
+            return FusionOutput(tokens, text.feats[:, 0])
+        evidence = Tokens(self.norm_retrieved(retrieved), text.mask).pooled_mean()
+        return FusionOutput(tokens, self.pool_proj(torch.cat([text.pooled_mean(), evidence], dim=-1)))
