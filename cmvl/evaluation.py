@@ -8,13 +8,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import pytorch_lightning as pl
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from cmvl.config.validate import validate_config
 from cmvl.errors import ConfigError
-from cmvl.training.build import build_datamodule, build_lit_module
+from cmvl.training.build import build_datamodule, build_lit_module, single_device_trainer
 from cmvl.training.checkpoints import load_checkpoint
 from cmvl.training.lit_module import CHECKPOINT_KEY
 
@@ -54,15 +53,7 @@ def evaluate_checkpoint(
     lit.load_state_dict(checkpoint["state_dict"])
     loader = datamodule.eval_dataloader(split)
     lit.score_test = loader.collate_fn.targets.annotated
-    trainer = pl.Trainer(
-        accelerator=cfg.trainer.accelerator,
-        devices=1,
-        precision=cfg.trainer.precision,
-        logger=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        enable_progress_bar=cfg.trainer.get("enable_progress_bar", True),
-    )
+    trainer = single_device_trainer(cfg, enable_progress_bar=cfg.trainer.get("enable_progress_bar", True))
     trainer.test(lit, dataloaders=loader, verbose=False)
     metrics = {}
     if lit.score_test:

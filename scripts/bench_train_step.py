@@ -14,15 +14,9 @@ import time
 
 import pytorch_lightning as pl
 import torch
-from hydra import compose, initialize_config_dir
 
-from cmvl.config.paths import CONF_DIR
-from cmvl.training.build import build_datamodule, build_lit_module
-
-
-def _compose(overrides: list[str]):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("train", overrides=["paths.output_dir=/tmp/cmvl-bench", *overrides])
+from cmvl.config.compose import compose_config
+from cmvl.training.build import build_datamodule, build_lit_module, single_device_trainer
 
 
 def _plain_loop(lit, batches, device: torch.device) -> float:
@@ -75,7 +69,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=200)
     args, overrides = parser.parse_known_args()
-    cfg = _compose(["data.num_workers=0", *overrides])
+    cfg = compose_config(["data.num_workers=0", "paths.output_dir=/tmp/cmvl-bench", *overrides])
     pl.seed_everything(0, verbose=False)
     datamodule = build_datamodule(cfg)
     datamodule.prepare()
@@ -90,18 +84,8 @@ def main() -> None:
     plain = _plain_loop(build_lit_module(cfg, datamodule), batches, device)
 
     timer = _Timer()
-    trainer = pl.Trainer(
-        accelerator=cfg.trainer.accelerator,
-        devices=1,
-        precision=cfg.trainer.precision,
-        max_steps=steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        gradient_clip_val=1.0,
-        limit_val_batches=0,
-        callbacks=[timer],
+    trainer = single_device_trainer(
+        cfg, max_steps=steps, enable_progress_bar=False, gradient_clip_val=1.0, limit_val_batches=0, callbacks=[timer]
     )
     trainer.fit(build_lit_module(cfg, datamodule), train_dataloaders=_Replay(batches))
     size = batches[0]["images"].shape[0]

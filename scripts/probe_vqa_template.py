@@ -13,9 +13,8 @@ import argparse
 
 import pyarrow.compute as pc
 import torch
-from hydra import compose, initialize_config_dir
 
-from cmvl.config.paths import CONF_DIR
+from cmvl.config.compose import compose_config
 from cmvl.training.build import build_datamodule, build_lit_module
 
 
@@ -27,8 +26,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=2e-3)
     args, overrides = parser.parse_known_args()
     torch.manual_seed(0)
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=["data.num_workers=0", "paths.output_dir=/tmp/cmvl-probe", *overrides])
+    cfg = compose_config(["data.num_workers=0", "paths.output_dir=/tmp/cmvl-probe", *overrides])
     datamodule = build_datamodule(cfg)
     for split in ("train", "val"):
         table = datamodule.table(split)

@@ -7,13 +7,13 @@ value.
 
 from __future__ import annotations
 
-from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from cmvl.config.paths import CONF_DIR, config_groups
+from cmvl.config.compose import compose_config
+from cmvl.config.paths import config_groups
 from cmvl.config.validate import validate_config
 from cmvl.errors import ConfigError
 
@@ -32,8 +32,7 @@ def _check_group_choices(key: str, values: list[str], groups: dict[str, list[str
 
 def _compose(overrides: list[str], config_name: str) -> DictConfig:
     try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            return compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
+        return compose_config(overrides, config_name=config_name, return_hydra_config=True)
     except (HydraException, OmegaConfBaseException) as err:
         message = str(err).strip().splitlines()[0]
         if "not in struct mode" in str(err) or "Could not override" in message:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -66,3 +67,17 @@ def build_lit_module(cfg: DictConfig, datamodule: VLDataModule) -> VLLitModule:
         "scheduler": OmegaConf.to_container(cfg.optim.scheduler, resolve=True),
     }
     return VLLitModule(model=build_model(cfg, datamodule), task=datamodule.task, optim=optim, run_state=run_state)
+
+
+def single_device_trainer(cfg: DictConfig, **kwargs: Any) -> pl.Trainer:
+    """A `Trainer` on one device of the run's accelerator and precision, writing nothing (no logger, no
+    checkpoints): for evaluation and measurements. `kwargs` add or replace `Trainer` arguments."""
+    arguments = {
+        "accelerator": cfg.trainer.accelerator,
+        "devices": 1,
+        "precision": cfg.trainer.precision,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_model_summary": False,
+    }
+    return pl.Trainer(**{**arguments, **kwargs})

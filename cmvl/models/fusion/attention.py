@@ -24,7 +24,9 @@ class _CrossBlock(nn.Module):
         self.ff = mlp(dim, 4 * dim, dim, dropout)
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: Tokens, context: Tokens, need_weights: bool):
+    def forward(
+        self, x: Tokens, context: Tokens, need_weights: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         h = self.norm_self(x.feats)
         feats = x.feats + self.drop(self.self_attn(h, h, h, key_padding_mask=~x.mask, need_weights=False)[0])
         h = self.norm_cross(feats)
