@@ -47,6 +47,7 @@ def validate_config(cfg: DictConfig) -> None:
         _positive_int(cfg, key)
     if not isinstance(cfg.data.num_workers, int) or cfg.data.num_workers < 0:
         raise ConfigError(f"data.num_workers={cfg.data.num_workers}: must be an integer >= 0")
+    _check_checkpointing(cfg)
     if cfg.dataset.split not in ("train", "val", "test"):
         raise ConfigError(f"dataset.split={cfg.dataset.split}: must be one of train, val, test")
     needs = _task_needs(cfg)
@@ -56,6 +57,17 @@ def validate_config(cfg: DictConfig) -> None:
             f"task={_choice(cfg.task)} needs '{needs}' annotations, which dataset={cfg.dataset.name} "
             f"does not provide; datasets that do: {', '.join(_datasets_providing(needs)) or 'none'}"
         )
+
+
+def _check_checkpointing(cfg: DictConfig) -> None:
+    keep_last = cfg.checkpoint.keep_last
+    if not isinstance(keep_last, int) or isinstance(keep_last, bool) or keep_last < 2:
+        raise ConfigError(f"checkpoint.keep_last={keep_last}: must be an integer >= 2")
+    if cfg.checkpoint.every_n_steps is not None:
+        _positive_int(cfg, "checkpoint.every_n_steps")
+    resume = str(cfg.resume)
+    if resume not in ("never", "auto") and not resume.endswith(".ckpt"):
+        raise ConfigError(f"resume={resume}: must be never, auto or the path of a .ckpt file")
 
 
 def _choice(node: DictConfig) -> str:

@@ -10,7 +10,7 @@ import torch
 
 from cmvl.models.vl_model import VisionLanguageModel
 from cmvl.tasks.base import Task
-from cmvl.training.optim import build_scheduler, param_groups
+from cmvl.training.optim import build_scheduler, param_groups, set_total_steps
 
 CHECKPOINT_KEY = "cmvl"  # where the resolved config and the data state live inside a checkpoint
 
@@ -67,12 +67,16 @@ class VLLitModule(pl.LightningModule):
         sched = cfg["scheduler"]
         scheduler = build_scheduler(
             optimizer,
-            total_steps=int(self.trainer.estimated_stepping_batches),
             warmup_steps=sched.get("warmup_steps"),
             warmup_ratio=sched["warmup_ratio"],
             min_lr_ratio=sched["min_lr_ratio"],
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_train_start(self) -> None:
+        # After the checkpoint (if any) is restored and the train loader is set up; see optim.WarmupCosine.
+        for config in self.trainer.lr_scheduler_configs:
+            set_total_steps(config.scheduler, int(self.trainer.estimated_stepping_batches))
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CHECKPOINT_KEY] = {**self.run_state, "val_history": list(self.val_history)}

@@ -12,9 +12,15 @@ import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar, TQDMProgressBar
+from pytorch_lightning.utilities import rank_zero_only
 
+from cmvl.errors import UserError
 from cmvl.training.build import build_datamodule, build_lit_module
 from cmvl.training.checkpoint_io import AtomicCheckpointIO
+from cmvl.training.checkpoints import load_checkpoint
+from cmvl.training.lit_module import CHECKPOINT_KEY
+from cmvl.training.preemption import EXIT_PREEMPTED, PreemptionCallback, PreemptionStop
+from cmvl.training.resume import RNGStateCallback, checkpoint_global_step, find_resume_checkpoint
 
 SUMMARY_FILE = "summary.json"
 
@@ -26,6 +32,8 @@ def build_loggers(cfg: DictConfig) -> list[pl.loggers.Logger]:
 def build_callbacks(cfg: DictConfig, monitor: str, mode: str, has_logger: bool) -> list[pl.Callback]:
     ck = cfg.checkpoint
     callbacks: list[pl.Callback] = [
+        # User callbacks first: a signal one of them raises in a step is seen by PreemptionCallback in that step.
+        *(instantiate(node) for node in (cfg.get("callbacks") or {}).values() if node is not None),
         # Fixed file names (no metric in the name: metric keys contain '/'), overwritten in place.
         ModelCheckpoint(
             dirpath=ck.dirpath,
@@ -37,6 +45,19 @@ def build_callbacks(cfg: DictConfig, monitor: str, mode: str, has_logger: bool) 
             auto_insert_metric_name=False,
             enable_version_counter=False,
         ),
+        # The newest `keep_last` checkpoints by global step, every `every_n_steps` steps (or every epoch).
+        ModelCheckpoint(
+            dirpath=ck.dirpath,
+            filename="step{step:08d}",
+            monitor="step",
+            mode="max",
+            save_top_k=ck.keep_last,
+            every_n_train_steps=ck.every_n_steps,
+            auto_insert_metric_name=False,
+            enable_version_counter=False,
+        ),
+        RNGStateCallback(),
+        PreemptionCallback(ck.dirpath),
     ]
     if has_logger:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
@@ -49,7 +70,10 @@ def build_callbacks(cfg: DictConfig, monitor: str, mode: str, has_logger: bool) 
 def run_training(cfg: DictConfig) -> dict[str, Any]:
     out_dir = Path(cfg.paths.output_dir)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule = build_datamodule(cfg)
+    ckpt_path = _resume_checkpoint(cfg)
+    # A resumed run keeps the tokenizer and answer vocabulary it started with (the checkpoint's), never rebuilt ones.
+    data_state = load_checkpoint(ckpt_path, mmap=True)[CHECKPOINT_KEY]["data_state"] if ckpt_path else None
+    datamodule = build_datamodule(cfg, data_state=data_state)
     datamodule.prepare()
     lit = build_lit_module(cfg, datamodule)
     loggers = build_loggers(cfg)
@@ -64,12 +88,37 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     started = time.perf_counter()
-    trainer.fit(lit, datamodule=datamodule)
+    try:
+        trainer.fit(lit, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    except PreemptionStop as stop:
+        raise Preempted(stop.step, stop.path) from None
     summary = _summary(trainer, lit, time.perf_counter() - started)
     if trainer.is_global_zero:
         (out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
         _print_summary(summary)
     return summary
+
+
+def _resume_checkpoint(cfg: DictConfig) -> Path | None:
+    ckpt_path, skipped = find_resume_checkpoint(str(cfg.resume), Path(cfg.checkpoint.dirpath))
+    if rank_zero_only.rank == 0:
+        for line in skipped:
+            print(f"cmvl: {line}", file=sys.stderr)
+        if ckpt_path is not None:
+            step = checkpoint_global_step(ckpt_path)
+            print(f"cmvl: resuming from {ckpt_path} (global step {step})", file=sys.stderr)
+        elif cfg.resume == "auto":
+            print(f"cmvl: no checkpoint to resume in {cfg.checkpoint.dirpath}; starting fresh", file=sys.stderr)
+    return ckpt_path
+
+
+class Preempted(UserError):
+    """The run saved a checkpoint at a step boundary on SIGTERM/SIGUSR1 and stopped; `resume=auto` continues it."""
+
+    exit_code = EXIT_PREEMPTED
+
+    def __init__(self, step: int, path: Path) -> None:
+        super().__init__(f"preempted: saved step {step} to {path}; continue with resume=auto and the same run dir")
 
 
 def _summary(trainer: pl.Trainer, lit, seconds: float) -> dict[str, Any]:

@@ -1,0 +1,62 @@
+"""Preemption (SIGTERM, or SIGUSR1 as SLURM sends before a time limit): save at the next step boundary and stop.
+
+The signal handler only records the signal; the checkpoint is written from `on_train_batch_end`, between two
+optimizer steps, never inside the handler. Then the run stops at once (`PreemptionStop`), so no epoch-end hook
+runs and writes a checkpoint whose loop state claims a finished epoch. Under DDP the ranks agree on the stop step:
+the flag is all-reduced every step (any rank that saw the signal stops them all).
+
+cmvl's handler replaces Lightning's SIGTERM handler for the duration of `fit` (Lightning's raises at the end of the
+step without saving) and puts the previous handlers back afterwards.
+"""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+from types import FrameType
+
+import pytorch_lightning as pl
+
+EXIT_PREEMPTED = 3  # process exit code of a run that saved and stopped on a preemption signal
+SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGUSR1") if hasattr(signal, name))
+
+
+def step_checkpoint_name(step: int) -> str:
+    return f"step{step:08d}.ckpt"
+
+
+class PreemptionStop(Exception):
+    """Raised out of `trainer.fit` after the preemption checkpoint is on disk."""
+
+    def __init__(self, step: int, path: Path) -> None:
+        super().__init__(f"preempted at step {step}; saved {path}")
+        self.step, self.path = step, path
+
+
+class PreemptionCallback(pl.Callback):
+    def __init__(self, dirpath: str | Path) -> None:
+        self.dirpath = Path(dirpath)
+        self._signalled = False
+        self._previous: dict[int, object] = {}
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._signalled = True
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        for signum in SIGNALS:
+            self._previous[signum] = signal.signal(signum, self._on_signal)
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args) -> None:
+        stop = self._signalled
+        if trainer.world_size > 1:
+            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+        if not stop:
+            return
+        path = self.dirpath / step_checkpoint_name(trainer.global_step)
+        trainer.save_checkpoint(path)
+        raise PreemptionStop(trainer.global_step, path)

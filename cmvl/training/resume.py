@@ -1,0 +1,115 @@
+"""Exact resume: random-number-generator state in every checkpoint, and picking the checkpoint to resume from.
+
+Lightning restores weights, optimizer, scheduler, loop counters and the stateful train loader's position, but no
+RNG state; `RNGStateCallback` adds that (python, numpy, torch CPU and CUDA, one entry per rank), so dropout masks
+and random augmentations after a resume are the ones the uninterrupted run would have drawn.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import torch.distributed as dist
+
+from cmvl.errors import CheckpointError
+
+RNG_KEY = "cmvl_rng"  # checkpoint section: list of per-rank RNG states, index = global rank
+EPOCH_END_KEY = "cmvl_saved_at_epoch_end"  # whether the checkpoint was written after an epoch's last batch
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """This process's RNG states as tensors and plain containers (loadable with `torch.load(weights_only=True)`)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, mt_state, gauss = random.getstate()
+    return {
+        "python": [version, list(mt_state), gauss],
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    version, mt_state, gauss = state["python"]
+    random.setstate((version, tuple(mt_state), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class RNGStateCallback(pl.Callback):
+    """Saves every rank's RNG state with each checkpoint; restores this rank's when training (re)starts."""
+
+    def __init__(self) -> None:
+        self._pending: dict[str, Any] | None = None
+        self._at_epoch_end = False
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        state = capture_rng_state()
+        if dist.is_available() and dist.is_initialized() and trainer.world_size > 1:
+            states: list[Any] = [None] * trainer.world_size
+            dist.all_gather_object(states, state)
+        else:
+            states = [state]
+        checkpoint[RNG_KEY] = states
+        checkpoint[EPOCH_END_KEY] = bool(trainer.fit_loop.epoch_loop.batch_progress.is_last_batch)
+
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        states = checkpoint.get(RNG_KEY) or []
+        rank = trainer.global_rank
+        self._pending = states[rank] if rank < len(states) else None
+        self._at_epoch_end = bool(checkpoint.get(EPOCH_END_KEY, False))
+
+    # The train loader draws a seed from the global RNG whenever it starts an epoch's iterator. Saved at an epoch's
+    # last batch, the uninterrupted run's next draw is that seed: restore before the loader starts the new epoch.
+    # Saved mid-epoch, the draw was made before the save: restore after the resumed loader has made it again.
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._at_epoch_end:
+            self._restore()
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args) -> None:
+        self._restore()
+
+    def _restore(self) -> None:
+        if self._pending is not None:
+            restore_rng_state(self._pending)
+            self._pending = None
+
+
+def checkpoint_global_step(path: Path) -> int:
+    """The global step stored in a cmvl checkpoint (memory-mapped: tensors are not read)."""
+    from cmvl.training.checkpoints import load_checkpoint
+
+    checkpoint = load_checkpoint(path, mmap=True)
+    return int(checkpoint.get("global_step", -1))
+
+
+def find_resume_checkpoint(resume: str, checkpoint_dir: Path) -> tuple[Path | None, list[str]]:
+    """`resume=never` → None; a path → that file (checked); `auto` → the valid checkpoint in `checkpoint_dir` with
+    the highest global step (file times are not trusted). Also returns one line per unreadable file skipped."""
+    if resume == "never":
+        return None, []
+    if resume != "auto":
+        path = Path(resume)
+        checkpoint_global_step(path)  # raises CheckpointError with one readable line
+        return path, []
+    best: tuple[int, int, Path] | None = None
+    skipped = []
+    for path in sorted(checkpoint_dir.glob("*.ckpt")) if checkpoint_dir.is_dir() else []:
+        try:
+            step = checkpoint_global_step(path)
+        except CheckpointError as err:
+            skipped.append(f"skipping {err}")
+            continue
+        # On a tie prefer a step checkpoint / last.ckpt over best.ckpt (best may be older in loop state).
+        rank = (step, 0 if path.stem == "best" else 1, path)
+        if best is None or rank[:2] > best[:2]:
+            best = rank
+    return (best[2] if best else None), skipped
