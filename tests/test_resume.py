@@ -138,7 +138,7 @@ def test_keep_last_and_fallback_past_a_truncated_checkpoint(tiny_world, tmp_path
         data = (checkpoints / name).read_bytes()
         (checkpoints / name).write_bytes(data[: len(data) // 2])
     (checkpoints / "best.ckpt").unlink()
-    path, skipped = find_resume_checkpoint("auto", checkpoints)
+    path, _, skipped = find_resume_checkpoint("auto", checkpoints)
     assert path == checkpoints / "step00000011.ckpt"
     assert len(skipped) == 2 and all("not a readable checkpoint" in line for line in skipped)
 

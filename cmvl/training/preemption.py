@@ -21,8 +21,7 @@ EXIT_PREEMPTED = 3  # process exit code of a run that saved and stopped on a pre
 SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGUSR1") if hasattr(signal, name))
 
 
-def step_checkpoint_name(step: int) -> str:
-    return f"step{step:08d}.ckpt"
+STEP_CHECKPOINT = "step{step:08d}"  # file name (without .ckpt) of step checkpoints; ModelCheckpoint's format too
 
 
 class PreemptionStop(Exception):
@@ -57,6 +56,6 @@ class PreemptionCallback(pl.Callback):
             stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
         if not stop:
             return
-        path = self.dirpath / step_checkpoint_name(trainer.global_step)
+        path = self.dirpath / f"{STEP_CHECKPOINT.format(step=trainer.global_step)}.ckpt"
         trainer.save_checkpoint(path)
         raise PreemptionStop(trainer.global_step, path)

@@ -17,10 +17,9 @@ from pytorch_lightning.utilities import rank_zero_only
 from cmvl.errors import UserError
 from cmvl.training.build import build_datamodule, build_lit_module
 from cmvl.training.checkpoint_io import AtomicCheckpointIO
-from cmvl.training.checkpoints import load_checkpoint
 from cmvl.training.lit_module import CHECKPOINT_KEY
-from cmvl.training.preemption import EXIT_PREEMPTED, PreemptionCallback, PreemptionStop
-from cmvl.training.resume import RNGStateCallback, checkpoint_global_step, find_resume_checkpoint
+from cmvl.training.preemption import EXIT_PREEMPTED, STEP_CHECKPOINT, PreemptionCallback, PreemptionStop
+from cmvl.training.resume import RNGStateCallback, find_resume_checkpoint
 
 SUMMARY_FILE = "summary.json"
 
@@ -48,7 +47,7 @@ def build_callbacks(cfg: DictConfig, monitor: str, mode: str, has_logger: bool) 
         # The newest `keep_last` checkpoints by global step, every `every_n_steps` steps (or every epoch).
         ModelCheckpoint(
             dirpath=ck.dirpath,
-            filename="step{step:08d}",
+            filename=STEP_CHECKPOINT,
             monitor="step",
             mode="max",
             save_top_k=ck.keep_last,
@@ -70,9 +69,9 @@ def build_callbacks(cfg: DictConfig, monitor: str, mode: str, has_logger: bool) 
 def run_training(cfg: DictConfig) -> dict[str, Any]:
     out_dir = Path(cfg.paths.output_dir)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    ckpt_path = _resume_checkpoint(cfg)
+    ckpt_path, checkpoint = _resume_checkpoint(cfg)
     # A resumed run keeps the tokenizer and answer vocabulary it started with (the checkpoint's), never rebuilt ones.
-    data_state = load_checkpoint(ckpt_path, mmap=True)[CHECKPOINT_KEY]["data_state"] if ckpt_path else None
+    data_state = checkpoint[CHECKPOINT_KEY]["data_state"] if checkpoint else None
     datamodule = build_datamodule(cfg, data_state=data_state)
     datamodule.prepare()
     lit = build_lit_module(cfg, datamodule)
@@ -99,17 +98,17 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
     return summary
 
 
-def _resume_checkpoint(cfg: DictConfig) -> Path | None:
-    ckpt_path, skipped = find_resume_checkpoint(str(cfg.resume), Path(cfg.checkpoint.dirpath))
+def _resume_checkpoint(cfg: DictConfig) -> tuple[Path | None, dict[str, Any] | None]:
+    ckpt_path, checkpoint, skipped = find_resume_checkpoint(str(cfg.resume), Path(cfg.checkpoint.dirpath))
     if rank_zero_only.rank == 0:
         for line in skipped:
             print(f"cmvl: {line}", file=sys.stderr)
-        if ckpt_path is not None:
-            step = checkpoint_global_step(ckpt_path)
+        if checkpoint is not None:
+            step = int(checkpoint.get("global_step", -1))
             print(f"cmvl: resuming from {ckpt_path} (global step {step})", file=sys.stderr)
         elif cfg.resume == "auto":
             print(f"cmvl: no checkpoint to resume in {cfg.checkpoint.dirpath}; starting fresh", file=sys.stderr)
-    return ckpt_path
+    return ckpt_path, checkpoint
 
 
 class Preempted(UserError):
