@@ -5,8 +5,12 @@ import torch
 
 from cmvl.data.text import TrainedWordPiece
 from cmvl.models.fusion.attention import CrossAttentionFusion
+from cmvl.models.fusion.bilinear import BilinearFusion
 from cmvl.models.fusion.concat import ConcatFusion
 from cmvl.models.fusion.film import FiLMFusion
+from cmvl.models.fusion.graph import GraphFusion, grid_adjacency
+from cmvl.models.fusion.merged import MergedFusion
+from cmvl.models.fusion.residual import GatedResidualFusion
 from cmvl.models.text.bert import TinyBertEncoder
 from cmvl.models.tokens import Tokens
 from cmvl.models.vision.grid import sincos_2d
@@ -72,7 +76,14 @@ def test_sincos_positions_distinct():
         CrossAttentionFusion(dim=DIM, layers=2, heads=4),
         CrossAttentionFusion(dim=DIM, layers=1, heads=4, co_attention=True, pool="cls"),
         FiLMFusion(dim=DIM, layers=2, heads=4),
+        GatedResidualFusion(dim=DIM, layers=2, heads=4),
+        BilinearFusion(dim=DIM, factors=3, glimpses=2),
+        MergedFusion(dim=DIM, layers=2, heads=4),
+        MergedFusion(dim=DIM, layers=1, heads=4, pool="mean"),
+        GraphFusion(dim=DIM, layers=2, heads=4),
+        GraphFusion(dim=DIM, layers=1, heads=4, text_window=None, image_edges="full"),
     ],
+    ids=lambda f: type(f).__name__,
 )
 def test_fusion_shapes_and_padding(fusion):
     vision = Tokens(torch.randn(B, 16, DIM), torch.ones(B, 16, dtype=torch.bool))
@@ -88,8 +99,20 @@ def test_fusion_shapes_and_padding(fusion):
     assert torch.allclose(fusion(vision, noisy).pooled, out.pooled, atol=1e-5)
 
 
-def test_attention_maps_recorded_on_request():
-    fusion = CrossAttentionFusion(dim=DIM, layers=2, heads=4)
+@pytest.mark.parametrize(
+    ("fusion", "key", "shape"),
+    [
+        (CrossAttentionFusion(dim=DIM, layers=2, heads=4), "layer1.text_to_vision", (B, 4, 5, 16)),
+        (FiLMFusion(dim=DIM, layers=2, heads=4), "layer1.vision_self", (B, 4, 16, 16)),
+        (GatedResidualFusion(dim=DIM, layers=2, heads=4), "layer1.text_to_vision", (B, 4, 5, 16)),
+        (BilinearFusion(dim=DIM, glimpses=2), "glimpses", (B, 2, 1, 16)),
+        (MergedFusion(dim=DIM, layers=2, heads=4), "layer1.joint", (B, 4, 22, 22)),
+        (GraphFusion(dim=DIM, layers=2, heads=4), "layer1.to_image", (B, 4, 16, 21)),
+    ],
+    ids=lambda x: type(x).__name__ if isinstance(x, torch.nn.Module) else None,
+)
+def test_attention_maps_recorded_on_request(fusion, key, shape):
+    fusion.eval()  # no attention dropout
     vision = Tokens(torch.randn(B, 16, DIM), torch.ones(B, 16, dtype=torch.bool))
     text = Tokens(torch.randn(B, 5, DIM), torch.ones(B, 5, dtype=torch.bool))
     fusion(vision, text)
@@ -97,7 +120,25 @@ def test_attention_maps_recorded_on_request():
     fusion.record_attention = True
     fusion(vision, text)
     maps = fusion.attention_maps()
-    assert maps["layer1.text_to_vision"].shape == (B, 4, 5, 16)
+    assert maps[key].shape == shape
+    # Attention rows are distributions over what the query may see.
+    assert torch.allclose(maps[key].sum(-1), torch.ones(shape[:-1]), atol=1e-5)
+
+
+def test_graph_edges():
+    grid = grid_adjacency(9, torch.device("cpu"))  # 3×3 grid: the centre sees all 9, a corner sees 4
+    assert grid[4].sum() == 9 and grid[0].sum() == 4 and torch.equal(grid, grid.T)
+    assert grid_adjacency(10, torch.device("cpu")).all()  # not a square grid: all-to-all
+    fusion = GraphFusion(dim=DIM, layers=1, heads=4, text_window=1)
+    fusion.record_attention = True
+    fusion(
+        Tokens(torch.randn(1, 9, DIM), torch.ones(1, 9, dtype=torch.bool)),
+        Tokens(torch.randn(1, 5, DIM), torch.ones(1, 5, dtype=torch.bool)),
+    )
+    to_text = fusion.attention_maps()["layer0.to_text"][0, 0]  # 5 words × (5 words + 9 regions)
+    assert (to_text[0, 2:5] == 0).all() and (to_text[0, :2] > 0).all() and (to_text[:, 5:] > 0).all()
+    to_image = fusion.attention_maps()["layer0.to_image"][0, 0]  # 9 regions × (5 words + 9 regions)
+    assert (to_image[0, 5:][~grid[0]] == 0).all()
 
 
 def test_full_model_forward_backward(tokenizer):

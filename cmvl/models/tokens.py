@@ -14,6 +14,11 @@ class Tokens:
     feats: torch.Tensor
     mask: torch.Tensor
 
+    @staticmethod
+    def concat(*parts: Tokens) -> Tokens:
+        """The parts side by side along the token axis (masks concatenated the same way)."""
+        return Tokens(torch.cat([p.feats for p in parts], dim=1), torch.cat([p.mask for p in parts], dim=1))
+
     def pooled_mean(self) -> torch.Tensor:
         """Masked mean over tokens, B×D."""
         weights = self.mask.unsqueeze(-1).to(self.feats.dtype)

@@ -81,13 +81,11 @@ class CrossAttentionFusion(Fusion):
             if self.vision_blocks is not None:
                 vision_feats, v_weights, _ = self.vision_blocks[i](vision, text, self.record_attention)
                 vision = Tokens(vision_feats, vision.mask)
-                if v_weights is not None:
-                    self._attention[f"layer{i}.vision_to_text"] = v_weights.detach()
+                self._keep_attention(f"layer{i}.vision_to_text", v_weights)
             text = Tokens(text_feats, text.mask)
-            if weights is not None:
-                self._attention[f"layer{i}.text_to_vision"] = weights.detach()
+            self._keep_attention(f"layer{i}.text_to_vision", weights)
         text = Tokens(self.norm(text.feats), text.mask)
-        tokens = Tokens(torch.cat([text.feats, vision.feats], dim=1), torch.cat([text.mask, vision.mask], dim=1))
+        tokens = Tokens.concat(text, vision)
         if self.pool == "cls":
             return FusionOutput(tokens, text.feats[:, 0])
         evidence = Tokens(self.norm_retrieved(retrieved), text.mask).pooled_mean()

@@ -17,5 +17,5 @@ class ConcatFusion(Fusion):
 
     def forward(self, vision: Tokens, text: Tokens) -> FusionOutput:
         pooled = self.norm(self.mlp(torch.cat([vision.pooled_mean(), text.pooled_mean()], dim=-1)))
-        tokens = Tokens(torch.cat([text.feats, vision.feats], dim=1), torch.cat([text.mask, vision.mask], dim=1))
+        tokens = Tokens.concat(text, vision)
         return FusionOutput(tokens, pooled)

@@ -50,10 +50,9 @@ class FiLMFusion(Fusion):
         for i, block in enumerate(self.blocks):
             feats, weights = block(vision, condition, self.record_attention)
             vision = Tokens(feats, vision.mask)
-            if weights is not None:
-                self._attention[f"layer{i}.vision_self"] = weights.detach()
+            self._keep_attention(f"layer{i}.vision_self", weights)
         vision = Tokens(self.norm(vision.feats), vision.mask)
         masked_max = vision.feats.masked_fill(~vision.mask.unsqueeze(-1), float("-inf")).amax(dim=1)
         pooled = self.pool(torch.cat([vision.pooled_mean(), masked_max], dim=-1))
-        tokens = Tokens(torch.cat([text.feats, vision.feats], dim=1), torch.cat([text.mask, vision.mask], dim=1))
+        tokens = Tokens.concat(text, vision)
         return FusionOutput(tokens, pooled)
