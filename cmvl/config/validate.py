@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from cmvl.config.paths import CONF_DIR
 from cmvl.errors import ConfigError
@@ -38,6 +38,9 @@ def _datasets_providing(kind: str) -> list[str]:
 
 
 def validate_config(cfg: DictConfig) -> None:
+    missing = _first_missing_key(cfg)
+    if missing:
+        raise ConfigError(f"{missing} is required: set it on the command line ({missing}=...)")
     precision = str(cfg.trainer.precision)
     if precision not in PRECISIONS:
         raise ConfigError(f"trainer.precision={precision}: must be one of {', '.join(PRECISIONS)}")
@@ -57,6 +60,25 @@ def validate_config(cfg: DictConfig) -> None:
             f"task={_choice(cfg.task)} needs '{needs}' annotations, which dataset={cfg.dataset.name} "
             f"does not provide; datasets that do: {', '.join(_datasets_providing(needs)) or 'none'}"
         )
+
+
+def _first_missing_key(node, prefix: str = "") -> str | None:
+    """The first `???` value, found without resolving interpolations (some need Hydra's runtime config)."""
+    keys = node.keys() if isinstance(node, DictConfig) else range(len(node))
+    for key in keys:
+        if prefix == "" and key == "hydra":
+            continue
+        path = f"{prefix}{key}" if isinstance(key, str) else f"{prefix.rstrip('.')}[{key}]"
+        if OmegaConf.is_missing(node, key):
+            return path
+        if OmegaConf.is_interpolation(node, key):
+            continue
+        child = node._get_node(key)
+        if isinstance(child, (DictConfig, ListConfig)):
+            found = _first_missing_key(child, path + ".")
+            if found:
+                return found
+    return None
 
 
 def _check_checkpointing(cfg: DictConfig) -> None:

@@ -12,6 +12,8 @@ from collections.abc import Iterable
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
+from cmvl.errors import DataError
+
 SPECIAL_TOKENS = {
     "pad_token": "[PAD]",
     "unk_token": "[UNK]",
@@ -66,13 +68,40 @@ class TrainedWordPiece:
         return wrap_tokenizer(tok)
 
 
-def wrap_tokenizer(tok: Tokenizer) -> PreTrainedTokenizerFast:
-    return PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIAL_TOKENS)
+class PretrainedTokenizer:
+    """The tokenizer that goes with a pretrained text model: `AutoTokenizer` from a local directory, a packaged
+    model (`pkg://package/subdir`) or a hub name (the only case that may reach the network).
+
+    Models without a padding token (GPT-2) pad with their end-of-text token.
+    """
+
+    def __init__(self, *, name: str) -> None:
+        self.name = name
+
+    def build(self, texts: Iterable[str]) -> PreTrainedTokenizerFast:
+        from transformers import AutoTokenizer
+
+        from cmvl.models.pretrained import resolve_pretrained
+
+        tokenizer = AutoTokenizer.from_pretrained(resolve_pretrained(self.name), use_fast=True)
+        if not isinstance(tokenizer, PreTrainedTokenizerFast):
+            raise DataError(f"text tokenizer {self.name}: no fast (Rust) tokenizer available")
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        return tokenizer
 
 
-def tokenizer_to_state(tokenizer: PreTrainedTokenizerFast) -> str:
-    return tokenizer.backend_tokenizer.to_str()
+def wrap_tokenizer(tok: Tokenizer, special_tokens: dict[str, str] | None = None) -> PreTrainedTokenizerFast:
+    return PreTrainedTokenizerFast(tokenizer_object=tok, **(special_tokens or SPECIAL_TOKENS))
 
 
-def tokenizer_from_state(state: str) -> PreTrainedTokenizerFast:
-    return wrap_tokenizer(Tokenizer.from_str(state))
+def tokenizer_to_state(tokenizer: PreTrainedTokenizerFast) -> dict[str, object]:
+    """The whole tokenizer (vocabulary, normaliser, post-processor) as JSON plus its special-token roles."""
+    special = {k: v for k, v in tokenizer.special_tokens_map.items() if isinstance(v, str)}
+    return {"tokenizer_json": tokenizer.backend_tokenizer.to_str(), "special_tokens": special}
+
+
+def tokenizer_from_state(state: str | dict) -> PreTrainedTokenizerFast:
+    if isinstance(state, str):  # checkpoints written before special-token roles were stored: WordPiece only
+        return wrap_tokenizer(Tokenizer.from_str(state))
+    return wrap_tokenizer(Tokenizer.from_str(state["tokenizer_json"]), state["special_tokens"])
