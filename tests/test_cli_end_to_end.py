@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.conftest import TINY_WORLD, run_cli
 
@@ -46,6 +47,10 @@ def test_train_writes_the_run_directory(trained_run):
         assert (trained_run / name).exists(), name
     header = (trained_run / "metrics.csv").read_text().splitlines()[0]
     assert "val/vqa/acc" in header and "val/vqa/acc_yes_no" in header
+    # last.ckpt is the final state even when the monitored metric stopped improving before the end.
+    summary = json.loads((trained_run / "summary.json").read_text())
+    last = torch.load(trained_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert last["global_step"] == summary["global_step"]
 
 
 def test_eval_reproduces_the_logged_validation_accuracy(trained_run, tmp_path):
@@ -101,6 +106,7 @@ def test_unknown_key_and_bad_value_exit_2(tmp_path):
         ("model.dimm=3", "model.dimm"),
         ("trainer.precision=17", "trainer.precision"),
         ("data.batch_size=0", "data.batch_size"),
+        ("text=hf", "text.encoder.name is required"),
     ]:
         result = run_cli("train", override, cwd=tmp_path)
         assert result.returncode == 2, (override, result.stderr)

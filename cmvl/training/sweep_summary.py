@@ -28,19 +28,31 @@ def collect_sweep(sweep_dir: Path) -> list[dict[str, Any]]:
         row["best"] = summary.get("best_score")
         row["epochs"] = summary.get("epochs")
         row["train_seconds"] = summary.get("train_seconds")
+        row["samples/s"] = summary.get("train_samples_per_second")
+        row["params"] = summary.get("parameters")
+        for key, value in (summary.get("best_epoch_metrics") or {}).items():
+            if key not in ("epoch", "step"):
+                row[key.removeprefix("val/")] = value
         rows.append(row)
     return rows
 
 
+FIXED_COLUMNS = ["job", "overrides", "best", "epochs", "train_seconds", "samples/s", "params", "status"]
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float) and abs(value) <= 1.0:
+        return f"{value:.4f}"
+    return str(value)
+
+
 def format_table(rows: list[dict[str, Any]]) -> str:
-    headers = ["job", "overrides", "best", "epochs", "train_seconds", "status"]
-    cells = [
-        [
-            ("" if r.get(h) is None else f"{r[h]:.4f}" if isinstance(r.get(h), float) and h == "best" else str(r[h]))
-            for h in headers
-        ]
-        for r in rows
-    ]
+    """Fixed columns, then the best epoch's validation metrics (overall and per answer type, etc.)."""
+    metric_columns = [k for r in rows for k in r if k not in FIXED_COLUMNS and k not in ("monitor", "best")]
+    headers = FIXED_COLUMNS + list(dict.fromkeys(metric_columns))
+    cells = [[_cell(r.get(h)) for h in headers] for r in rows]
     widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(headers)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(cell, widths)) for cell in cells]
@@ -60,6 +72,7 @@ class SweepSummary(Callback):
         print(f"\nsweep summary ({monitor}), {sweep_dir}:\n{table}")
         (sweep_dir / "summary.txt").write_text(f"{monitor}\n{table}\n")
         with open(sweep_dir / "summary.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            fields = list(dict.fromkeys(k for r in rows for k in r))
+            writer = csv.DictWriter(f, fieldnames=fields)
             writer.writeheader()
             writer.writerows(rows)

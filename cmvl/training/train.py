@@ -40,20 +40,11 @@ def build_callbacks(cfg: DictConfig, monitor: str, mode: str, has_logger: bool) 
             monitor=monitor,
             mode=mode,
             save_top_k=1,
-            save_last=ck.save_last,
             auto_insert_metric_name=False,
             enable_version_counter=False,
         ),
-        # The newest `keep_last` checkpoints by global step, every `every_n_steps` steps (or every epoch).
-        ModelCheckpoint(
-            dirpath=ck.dirpath,
-            filename=STEP_CHECKPOINT,
-            monitor="step",
-            mode="max",
-            save_top_k=ck.keep_last,
-            every_n_train_steps=ck.every_n_steps,
-            auto_insert_metric_name=False,
-            enable_version_counter=False,
+        StepCheckpoint(
+            dirpath=ck.dirpath, keep_last=ck.keep_last, every_n_steps=ck.every_n_steps, save_last=ck.save_last
         ),
         RNGStateCallback(),
         PreemptionCallback(ck.dirpath),
@@ -64,6 +55,34 @@ def build_callbacks(cfg: DictConfig, monitor: str, mode: str, has_logger: bool) 
         # Rich on a terminal; otherwise a plain bar that refreshes rarely (cheap, readable in CI logs).
         callbacks.append(RichProgressBar() if sys.stderr.isatty() else TQDMProgressBar(refresh_rate=50))
     return callbacks
+
+
+class StepCheckpoint(ModelCheckpoint):
+    """The newest `keep_last` step<N>.ckpt by global step, every `every_n_steps` steps (or every epoch), and
+    last.ckpt written with each of them and once more at the end of fit, so last.ckpt is always the newest state.
+
+    (last.ckpt cannot hang off the best-metric checkpoint: Lightning writes `last` only in a step where its owner
+    saved, so a run whose metric stopped improving would leave a stale last.ckpt.)
+    """
+
+    def __init__(self, *, dirpath: str, keep_last: int, every_n_steps: int | None, save_last: bool) -> None:
+        super().__init__(
+            dirpath=dirpath,
+            filename=STEP_CHECKPOINT,
+            monitor="step",
+            mode="max",
+            save_top_k=keep_last,
+            every_n_train_steps=every_n_steps,
+            save_last=save_last,
+            auto_insert_metric_name=False,
+            enable_version_counter=False,
+        )
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self._should_skip_saving_checkpoint(trainer):
+            candidates = self._monitor_candidates(trainer)
+            self._save_topk_checkpoint(trainer, candidates)
+            self._save_last_checkpoint(trainer, candidates)
 
 
 def run_training(cfg: DictConfig) -> dict[str, Any]:
@@ -91,7 +110,7 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
         trainer.fit(lit, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
     except PreemptionStop as stop:
         raise Preempted(stop.step, stop.path) from None
-    summary = _summary(trainer, lit, time.perf_counter() - started)
+    summary = _summary(trainer, lit, time.perf_counter() - started, cfg.data.batch_size)
     if trainer.is_global_zero:
         (out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
         _print_summary(summary)
@@ -120,7 +139,7 @@ class Preempted(UserError):
         super().__init__(f"preempted: saved step {step} to {path}; continue with resume=auto and the same run dir")
 
 
-def _summary(trainer: pl.Trainer, lit, seconds: float) -> dict[str, Any]:
+def _summary(trainer: pl.Trainer, lit, seconds: float, batch_size: int) -> dict[str, Any]:
     ckpt: ModelCheckpoint = trainer.checkpoint_callback
     best_score = float(ckpt.best_model_score) if ckpt.best_model_score is not None else None
     best_epoch = max(lit.val_history, key=lambda h: h[lit.monitor], default=None) if lit.val_history else None
@@ -133,6 +152,11 @@ def _summary(trainer: pl.Trainer, lit, seconds: float) -> dict[str, Any]:
         "epochs": trainer.current_epoch,
         "global_step": trainer.global_step,
         "train_seconds": round(seconds, 1),
+        # Wall-clock throughput of this process's fit (validation included), all ranks together.
+        "train_samples_per_second": round(
+            trainer.global_step * batch_size * trainer.world_size / max(seconds, 1e-9), 1
+        ),
+        "parameters": sum(p.numel() for p in lit.model.parameters() if p.requires_grad),
     }
 
 
