@@ -88,7 +88,7 @@ def main() -> None:
         cfg, max_steps=steps, enable_progress_bar=False, gradient_clip_val=1.0, limit_val_batches=0, callbacks=[timer]
     )
     trainer.fit(build_lit_module(cfg, datamodule), train_dataloaders=_Replay(batches))
-    size = batches[0]["images"].shape[0]
+    size = batches[0]["input_ids"].shape[0]
     measured = steps - 5
     plain_rate, cmvl_rate = measured * size / plain, measured * size / timer.seconds
     print(f"steps={measured} batch={size} device={device.type} precision={cfg.trainer.precision}")

@@ -51,6 +51,7 @@ def test_train_writes_the_run_directory(trained_run):
     summary = json.loads((trained_run / "summary.json").read_text())
     last = torch.load(trained_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert last["global_step"] == summary["global_step"]
+    assert summary["last_checkpoint"] == str(trained_run / "checkpoints" / "last.ckpt")
 
 
 def test_eval_reproduces_the_logged_validation_accuracy(trained_run, tmp_path):

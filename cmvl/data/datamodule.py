@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -13,17 +15,24 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from transformers import PreTrainedTokenizerFast
 
 from cmvl.data.images import build_transform, load_image
+from cmvl.data.sampling import ImageGroupedSampler
 from cmvl.data.sources.base import Source
 from cmvl.data.text import tokenizer_from_state, tokenizer_to_state
 from cmvl.tasks.base import SplitTargets, Task
 
 
 class ImageTextDataset(Dataset):
-    """Sample i = (image of row i, text of row i, i). Columns stay in Arrow/numpy: nothing per-row in Python
-    objects, so forked DataLoader workers share them instead of copying them page by page."""
+    """Sample i = (image of row i, text of row i, i, image id of row i). Columns stay in Arrow/numpy: nothing
+    per-row in Python objects, so forked DataLoader workers share them instead of copying them page by page.
+
+    A batch fetch (`__getitems__`) decodes and transforms each distinct image once; its rows share that tensor
+    (so a random crop is the same for all questions about one image, which the model's per-image encoding needs).
+    """
 
     def __init__(self, table: pa.Table, texts: list[str], image_root: Path, transform) -> None:
-        self.images = table.column("image").combine_chunks()
+        encoded = pc.dictionary_encode(table.column("image").combine_chunks())
+        self.image_files = encoded.dictionary
+        self.image_ids = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
         self.texts = pa.array(texts, type=pa.string())
         self.image_root = image_root
         self.transform = transform
@@ -31,13 +40,29 @@ class ImageTextDataset(Dataset):
     def __len__(self) -> int:
         return len(self.texts)
 
+    def _image(self, image_id: int) -> torch.Tensor:
+        return self.transform(load_image(self.image_root / self.image_files[image_id].as_py()))
+
+    def _sample(self, i: int, image: torch.Tensor) -> dict[str, Any]:
+        return {"image": image, "text": self.texts[i].as_py(), "index": i, "image_id": int(self.image_ids[i])}
+
     def __getitem__(self, i: int) -> dict[str, Any]:
-        image = load_image(self.image_root / self.images[i].as_py())
-        return {"image": self.transform(image), "text": self.texts[i].as_py(), "index": i}
+        return self._sample(i, self._image(int(self.image_ids[i])))
+
+    def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
+        images: dict[int, torch.Tensor] = {}
+        samples = []
+        for i in indices:
+            image_id = int(self.image_ids[i])
+            if image_id not in images:
+                images[image_id] = self._image(image_id)
+            samples.append(self._sample(i, images[image_id]))
+        return samples
 
 
 class Collator:
-    """Stacks images, tokenises texts as a batch, and asks the task's targets for the rest."""
+    """Stacks each distinct image once (`images`: U×3×H×W, `image_index`: B, row → its image), tokenises the texts
+    as a batch, and asks the task's targets for the rest."""
 
     def __init__(self, tokenizer: PreTrainedTokenizerFast, max_length: int, targets: SplitTargets) -> None:
         self.tokenizer, self.max_length, self.targets = tokenizer, max_length, targets
@@ -47,8 +72,16 @@ class Collator:
             [s["text"] for s in samples], padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
         )
         indices = [s["index"] for s in samples]
+        slot: dict[int, int] = {}
+        images, image_index = [], []
+        for sample in samples:
+            if sample["image_id"] not in slot:
+                slot[sample["image_id"]] = len(images)
+                images.append(sample["image"])
+            image_index.append(slot[sample["image_id"]])
         return {
-            "images": torch.stack([s["image"] for s in samples]),
+            "images": torch.stack(images),
+            "image_index": torch.as_tensor(image_index),
             "input_ids": encoded["input_ids"],
             "attention_mask": encoded["attention_mask"],
             "index": torch.as_tensor(indices),
@@ -72,6 +105,8 @@ class VLDataModule(pl.LightningDataModule):
         text_max_length: int,
         image: dict[str, Any],
         batch_size: int = 64,
+        group_by_image: bool = True,
+        seed: int = 0,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
         pin_memory: bool = False,
@@ -82,6 +117,7 @@ class VLDataModule(pl.LightningDataModule):
         self.tokenizer_builder, self.text_max_length = tokenizer_builder, text_max_length
         self.image_cfg = dict(image)
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
+        self.group_by_image, self.seed = group_by_image, seed
         self.num_workers, self.pin_memory = num_workers, pin_memory
         self.tokenizer: PreTrainedTokenizerFast | None = None
         self._tables: dict[str, pa.Table] = {}
@@ -116,10 +152,12 @@ class VLDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> StatefulDataLoader:
         # Stateful: its position and shuffle state go into the checkpoint, so a resume continues mid-epoch.
         dataset, collate = self.dataset("train", train=True)
+        sampler = ImageGroupedSampler(dataset, dataset.image_ids, seed=self.seed) if self.group_by_image else None
         return StatefulDataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=True,
+            shuffle=sampler is None,
+            sampler=sampler,
             drop_last=True,
             num_workers=self.num_workers,
             collate_fn=collate,

@@ -38,12 +38,27 @@ class VisionLanguageModel(nn.Module):
         self.heads = nn.ModuleDict(heads)
 
     def encode(
-        self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+        self,
+        images: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        image_index: torch.Tensor | None = None,
     ) -> tuple[Tokens, Tokens]:
+        """Each of the U images is encoded once; `image_index` (B) picks the image of each of the B texts
+        (None: image i goes with text i)."""
         v = self.vision(normalize_images(images, self.image_mean, self.image_std))
+        vision = Tokens(self.vision_proj(v.feats), v.mask)
+        if image_index is not None:
+            vision = Tokens(vision.feats[image_index], vision.mask[image_index])
         t = self.text(input_ids, attention_mask)
-        return Tokens(self.vision_proj(v.feats), v.mask), Tokens(self.text_proj(t.feats), t.mask)
+        return vision, Tokens(self.text_proj(t.feats), t.mask)
 
-    def forward(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> FusionOutput:
-        vision, text = self.encode(images, input_ids, attention_mask)
+    def forward(
+        self,
+        images: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        image_index: torch.Tensor | None = None,
+    ) -> FusionOutput:
+        vision, text = self.encode(images, input_ids, attention_mask, image_index)
         return self.fusion(vision, text)

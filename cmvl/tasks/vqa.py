@@ -138,7 +138,7 @@ class VQATask(Task):
         return head
 
     def forward(self, model: VisionLanguageModel, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        fused = model(batch["images"], batch["input_ids"], batch["attention_mask"])
+        fused = model(batch["images"], batch["input_ids"], batch["attention_mask"], batch.get("image_index"))
         return {"logits": model.heads[self.name](fused.pooled)}
 
     def loss(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> torch.Tensor:

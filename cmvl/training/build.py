@@ -39,6 +39,8 @@ def build_datamodule(cfg: DictConfig, *, data_state: dict[str, Any] | None = Non
         text_max_length=cfg.text.max_length,
         image=OmegaConf.to_container(data.image, resolve=True),
         batch_size=data.batch_size,
+        group_by_image=data.group_by_image,
+        seed=cfg.seed,
         eval_batch_size=data.eval_batch_size,
         num_workers=data.num_workers,
         pin_memory=data.pin_memory,

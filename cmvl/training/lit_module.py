@@ -40,7 +40,7 @@ class VLLitModule(pl.LightningModule):
         outputs = self.task.forward(self.model, batch)
         loss = self.task.loss(outputs, batch)
         # A tensor, not a float: Lightning reduces it at logging intervals, no host sync per step.
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=batch["images"].shape[0])
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=batch["input_ids"].shape[0])
         return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:

@@ -147,7 +147,8 @@ def _summary(trainer: pl.Trainer, lit, seconds: float, batch_size: int) -> dict[
         "monitor": lit.monitor,
         "best_score": best_score,
         "best_checkpoint": ckpt.best_model_path or None,
-        "last_checkpoint": ckpt.last_model_path or None,
+        "last_checkpoint": next((c.last_model_path for c in trainer.callbacks if isinstance(c, StepCheckpoint)), None)
+        or None,
         "best_epoch_metrics": best_epoch,
         "epochs": trainer.current_epoch,
         "global_step": trainer.global_step,
