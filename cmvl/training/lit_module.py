@@ -3,6 +3,7 @@ the task."""
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import pytorch_lightning as pl
@@ -63,7 +64,11 @@ class VLLitModule(pl.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         cfg = self.optim_cfg
-        optimizer = cfg["optimizer"](param_groups(self.model, cfg["weight_decay"]))
+        build_optimizer = cfg["optimizer"]
+        if self._grad_scaler() is not None and self.trainer.gradient_clip_val:
+            # fp16: a fused optimizer unscales inside its step, too late to clip; clipping needs unfused AdamW.
+            build_optimizer = functools.partial(build_optimizer, fused=False)
+        optimizer = build_optimizer(param_groups(self.model, cfg["weight_decay"]))
         sched = cfg["scheduler"]
         scheduler = build_scheduler(
             optimizer,
@@ -72,6 +77,28 @@ class VLLitModule(pl.LightningModule):
             min_lr_ratio=sched["min_lr_ratio"],
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _grad_scaler(self) -> Any:
+        return getattr(self.trainer.precision_plugin, "scaler", None)
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        if not gradient_clip_val:
+            return
+        if self._grad_scaler() is None and optimizer.defaults.get("fused"):
+            # Lightning's mixed-precision plugin refuses to clip for any fused optimizer, but without a gradient
+            # scaler (bf16) the gradients here are the true ones, so clipping them directly is exact.
+            params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+            if gradient_clip_algorithm == "value":
+                torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
+            else:
+                torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
+            return
+        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def on_train_start(self) -> None:
         # After the checkpoint (if any) is restored and the train loader is set up; see optim.WarmupCosine.
