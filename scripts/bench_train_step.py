@@ -21,7 +21,7 @@ from cmvl.training.build import build_datamodule, build_lit_module, single_devic
 
 def _plain_loop(lit, batches, device: torch.device) -> float:
     model, task = lit.model.to(device), lit.task
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    optimizer = lit.optim_cfg["optimizer"](model.parameters())  # the configured optimiser (fused AdamW by default)
     start = None
     for i, batch in enumerate(batches):
         if i == 5:  # warm-up steps excluded
