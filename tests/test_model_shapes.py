@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from cmvl.data.text import TrainedWordPiece
+from cmvl.errors import ConfigError
 from cmvl.models.fusion.attention import CrossAttentionFusion
 from cmvl.models.fusion.bilinear import BilinearFusion
 from cmvl.models.fusion.concat import ConcatFusion
@@ -15,7 +16,7 @@ from cmvl.models.text.bert import TinyBertEncoder
 from cmvl.models.tokens import Tokens
 from cmvl.models.vision.grid import sincos_2d
 from cmvl.models.vision.tiny_cnn import TinyCNNEncoder
-from cmvl.models.vision.torchvision_cnn import TorchvisionResNetEncoder
+from cmvl.models.vision.torchvision_cnn import TorchvisionCNNEncoder
 from cmvl.models.vl_model import VisionLanguageModel
 
 B, DIM = 3, 32
@@ -43,7 +44,7 @@ def test_tiny_cnn_grid_tokens():
 
 
 def test_resnet_grid_tokens():
-    enc = TorchvisionResNetEncoder(name="resnet18")
+    enc = TorchvisionCNNEncoder(name="resnet18")
     out = enc(torch.randn(2, 3, 64, 64))
     assert out.feats.shape == (2, 4, 512) and enc.out_dim == 512
 
@@ -53,8 +54,35 @@ def test_resnet_pretrained_path_round_trip(tmp_path):
 
     net = torchvision.models.resnet18()
     torch.save(net.state_dict(), tmp_path / "r18.pt")
-    enc = TorchvisionResNetEncoder(name="resnet18", pretrained=str(tmp_path / "r18.pt"))
+    enc = TorchvisionCNNEncoder(name="resnet18", pretrained=str(tmp_path / "r18.pt"))
     assert torch.equal(enc.body[0].weight, net.conv1.weight)
+
+
+@pytest.mark.parametrize(
+    ("name", "channels"),
+    [("mobilenet_v3_small", 576), ("efficientnet_b0", 1280), ("regnet_y_400mf", 440), ("convnext_tiny", 768)],
+)
+def test_any_torchvision_cnn_by_name(name, channels):
+    enc = TorchvisionCNNEncoder(name=name)
+    out = enc(torch.randn(1, 3, 64, 64))
+    assert enc.out_dim == channels and out.feats.shape[-1] == channels
+
+
+def test_torchvision_cnn_freeze_first_stages_keeps_their_batchnorm_statistics():
+    enc = TorchvisionCNNEncoder(name="resnet18", freeze=2).train()
+    trainable = {name.split(".")[1] for name, p in enc.named_parameters() if p.requires_grad}
+    assert trainable == {"6", "7"}  # body = conv1, bn1, relu, maxpool, layer1..layer4: only layer3 and layer4 learn
+    frozen_bn, live_bn = enc.body[4][0].bn1, enc.body[6][0].bn1
+    before = frozen_bn.running_mean.clone(), live_bn.running_mean.clone()
+    enc(torch.randn(2, 3, 64, 64) * 3 + 1)
+    assert torch.equal(frozen_bn.running_mean, before[0]) and not torch.equal(live_bn.running_mean, before[1])
+
+
+@pytest.mark.parametrize("bad", [("vit_b_16", "not a torchvision CNN"), ("resnet_7", "unknown torchvision")])
+def test_torchvision_cnn_bad_names_say_why(bad):
+    name, message = bad
+    with pytest.raises(ConfigError, match=message):
+        TorchvisionCNNEncoder(name=name)
 
 
 def test_tiny_bert_tokens(tokenizer):
