@@ -51,8 +51,9 @@ def validate_config(cfg: DictConfig) -> None:
     if not isinstance(cfg.data.num_workers, int) or cfg.data.num_workers < 0:
         raise ConfigError(f"data.num_workers={cfg.data.num_workers}: must be an integer >= 0")
     _check_checkpointing(cfg)
-    if cfg.dataset.split not in ("train", "val", "test"):
-        raise ConfigError(f"dataset.split={cfg.dataset.split}: must be one of train, val, test")
+    splits = [str(s) for s in cfg.dataset.get("splits") or ("train", "val", "test")]
+    if cfg.dataset.split not in splits:
+        raise ConfigError(f"dataset.split={cfg.dataset.split}: must be one of {', '.join(splits)}")
     needs = _task_needs(cfg)
     provides = list(cfg.dataset.get("provides") or [])
     if needs and needs not in provides:

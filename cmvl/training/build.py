@@ -6,16 +6,32 @@ from __future__ import annotations
 from typing import Any
 
 import pytorch_lightning as pl
-from hydra.utils import instantiate
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from cmvl.data.datamodule import VLDataModule
 from cmvl.data.sources.base import Source
+from cmvl.errors import UserError
 from cmvl.models.vl_model import VisionLanguageModel
 from cmvl.tasks.base import Task
 from cmvl.training.lit_module import VLLitModule
 
-DATASET_META_KEYS = ("name", "provides")  # documentation keys of a dataset config, not source arguments
+DATASET_META_KEYS = ("name", "provides", "splits")  # documentation keys of a dataset config, not source arguments
+
+
+def instantiate(node: Any, **kwargs: Any) -> Any:
+    """Hydra's `instantiate`, except that a user error raised by the target (a missing folder, an unknown model
+    name) surfaces as itself, the one-line message, not wrapped in Hydra's exception with a traceback."""
+    try:
+        return hydra_instantiate(node, **kwargs)
+    except InstantiationException as err:
+        cause = err.__cause__
+        while cause is not None and not isinstance(cause, UserError):
+            cause = cause.__cause__
+        if cause is None:
+            raise
+        raise cause from None
 
 
 def build_task(cfg: DictConfig) -> Task:

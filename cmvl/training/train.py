@@ -9,13 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar, TQDMProgressBar
 from pytorch_lightning.utilities import rank_zero_only
 
 from cmvl.errors import UserError
-from cmvl.training.build import build_datamodule, build_lit_module
+from cmvl.training.build import build_datamodule, build_lit_module, instantiate
 from cmvl.training.checkpoint_io import AtomicCheckpointIO
 from cmvl.training.lit_module import CHECKPOINT_KEY
 from cmvl.training.preemption import EXIT_PREEMPTED, STEP_CHECKPOINT, PreemptionCallback, PreemptionStop

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from abc import ABC, abstractmethod
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 
-from cmvl.errors import ConfigError
+from cmvl.errors import ConfigError, DataError
 
 
 class Source(ABC):
@@ -36,3 +39,42 @@ class Source(ABC):
         if split not in self.splits:
             raise ConfigError(f"dataset '{self.name}' has no split '{split}' (choices: {', '.join(self.splits)})")
         return self._read(kind, split)
+
+
+MISSING_IMAGE_POLICIES = ("skip", "error")
+
+
+def drop_missing_images(table: pa.Table, image_root: Path, *, policy: str, what: str) -> pa.Table:
+    """Rows whose image file exists under `image_root`; the others are dropped with one line (policy ``skip``)
+    or refused with one line naming the first missing file (policy ``error``).
+
+    Each image folder is listed once (one directory read instead of a stat per image), so checking the ~123k
+    COCO images of VQA v2 costs about a second.
+    """
+    if policy not in MISSING_IMAGE_POLICIES:
+        raise ConfigError(f"dataset.missing_images={policy}: must be one of {', '.join(MISSING_IMAGE_POLICIES)}")
+    images = table.column("image").to_numpy(zero_copy_only=False).astype(str)
+    distinct = np.unique(images)
+    listings: dict[str, set[str]] = {}
+    present = np.zeros(len(distinct), dtype=bool)
+    for i, rel in enumerate(distinct):
+        folder, _, name = rel.rpartition("/")
+        if folder not in listings:
+            directory = image_root / folder
+            listings[folder] = set(os.listdir(directory)) if directory.is_dir() else set()
+        present[i] = name in listings[folder]
+    if present.all():
+        return table
+    missing = distinct[~present]
+    if policy == "error" or not present.any():
+        raise DataError(
+            f"{what}: {len(missing)} of {len(distinct)} images are missing under {image_root}, "
+            f"e.g. {missing[0]} (dataset.missing_images=skip drops their rows)"
+        )
+    keep = np.isin(images, distinct[present])
+    print(
+        f"cmvl: {what}: skipping {int((~keep).sum())} of {len(keep)} rows: {len(missing)} of {len(distinct)} images "
+        f"are missing under {image_root} (e.g. {missing[0]})",
+        file=sys.stderr,
+    )
+    return table.filter(pa.array(keep))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pyarrow as pa
@@ -10,12 +9,9 @@ import pyarrow as pa
 from cmvl.data.shapes.world import ShapesSpec, ensure_shapes_world
 from cmvl.data.sources.base import Source
 from cmvl.data.sources.vqa_v2 import read_vqa_v2, vqa_v2_files
+from cmvl.data.table_cache import default_cache_dir
 
 SHAPES_IMAGE_PATTERN = "{subtype}/COCO_{subtype}_{image_id:012d}.jpg"
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("CMVL_CACHE_DIR", Path.home() / ".cache" / "cmvl"))
 
 
 class ShapesSource(Source):

@@ -7,6 +7,9 @@ from pathlib import Path
 import pyarrow as pa
 
 from cmvl.data.jsonfile import load_json, require_keys
+from cmvl.data.sources.base import Source, drop_missing_images
+from cmvl.data.table_cache import cached_table
+from cmvl.errors import DataError
 
 QA_SCHEMA = pa.schema(
     [
@@ -28,15 +31,20 @@ def vqa_v2_files(root: str | Path, subtype: str) -> tuple[Path, Path]:
     return (root / f"v2_OpenEnded_mscoco_{subtype}_questions.json", root / f"v2_mscoco_{subtype}_annotations.json")
 
 
+# test-dev2015 is a subset of test2015: its questions point at images in the test2015 folder.
+IMAGE_SUBTYPE = {"test-dev2015": "test2015"}
+
+
 def read_vqa_v2(questions_file: str | Path, annotations_file: str | Path | None, *, image_pattern: str) -> pa.Table:
     """Join questions with their annotations (when given) into a `qa` table.
 
-    `image_pattern` maps an image to its file relative to the image root, with the fields ``subtype`` and
-    ``image_id``, e.g. ``{subtype}/COCO_{subtype}_{image_id:012d}.jpg`` for the official COCO folders.
+    `image_pattern` maps an image to its file relative to the image root, with the fields ``subtype`` (the
+    image folder's subtype: ``test2015`` for test-dev questions) and ``image_id``, e.g.
+    ``{subtype}/COCO_{subtype}_{image_id:012d}.jpg`` for the official COCO folders.
     """
     qdoc = load_json(questions_file, what="VQA v2 questions file")
     require_keys(qdoc, ["questions", "data_subtype"], path=questions_file, where="the top level")
-    subtype = qdoc["data_subtype"]
+    subtype = IMAGE_SUBTYPE.get(qdoc["data_subtype"], qdoc["data_subtype"])
     questions = qdoc["questions"]
     if questions:
         require_keys(questions[0], ["image_id", "question", "question_id"], path=questions_file, where="a question")
@@ -61,3 +69,56 @@ def read_vqa_v2(questions_file: str | Path, annotations_file: str | Path | None,
         columns["question_type"].append(ann.get("question_type") if ann else None)
         columns["multiple_choice_answer"].append(ann.get("multiple_choice_answer") if ann else None)
     return pa.table(columns, schema=QA_SCHEMA)
+
+
+COCO_IMAGE_PATTERN = "{subtype}/COCO_{subtype}_{image_id:012d}.jpg"
+ANNOTATED_SPLITS = ("train", "val")  # splits whose annotations must exist; others may be questions only
+READER_VERSION = 1  # bump when read_vqa_v2's output changes, so cached tables are rebuilt
+
+
+class VQAv2Source(Source):
+    """VQA v2 from its official files: questions + annotations JSON per subtype, COCO image folders."""
+
+    name = "vqa_v2"
+    kinds = frozenset({"qa"})
+
+    def __init__(
+        self,
+        *,
+        root: str,
+        images: str | None = None,
+        split: str = "val",
+        subtypes: dict[str, str] | None = None,
+        image_pattern: str = COCO_IMAGE_PATTERN,
+        missing_images: str = "skip",
+    ) -> None:
+        super().__init__(split=split)
+        self.root = Path(root)
+        self.images = Path(images) if images else self.root
+        self.subtypes = dict(subtypes or {"train": "train2014", "val": "val2014"})
+        self.splits = tuple(self.subtypes)
+        self.image_pattern = image_pattern
+        self.missing_images = missing_images
+        for key, folder in (("dataset.root", self.root), ("dataset.images", self.images)):
+            if not folder.is_dir():
+                raise DataError(f"{key}: folder not found: {folder}")
+
+    @property
+    def image_root(self) -> Path:
+        return self.images
+
+    def _read(self, kind: str, split: str) -> pa.Table:
+        subtype = self.subtypes[split]
+        questions, annotations = vqa_v2_files(self.root, subtype)
+        if not annotations.is_file():
+            if split in ANNOTATED_SPLITS:
+                raise DataError(f"VQA v2 annotations file not found: {annotations} (split '{split}' needs answers)")
+            annotations = None  # test / test-dev: questions only, `cmvl eval` writes the submission file
+        inputs = [questions] if annotations is None else [questions, annotations]
+        table = cached_table(
+            "vqa_v2_qa",
+            inputs,
+            {"pattern": self.image_pattern, "version": READER_VERSION},
+            lambda: read_vqa_v2(questions, annotations, image_pattern=self.image_pattern),
+        )
+        return drop_missing_images(table, self.images, policy=self.missing_images, what=f"vqa_v2 {subtype}")
