@@ -11,7 +11,7 @@ import pytest
 
 import cmvl.data.sources.vqa_v2 as vqa_v2
 from cmvl.data.sources.vqa_v2 import VQAv2Source
-from cmvl.errors import DataError
+from cmvl.errors import ConfigError, DataError
 from tests.conftest import FIXTURES, run_cli
 
 REAL = FIXTURES / "vqa_v2"
@@ -113,3 +113,24 @@ def test_train_then_eval_val_and_test_dev_through_the_cli(tmp_path, cache_dir):
     assert sorted(p["question_id"] for p in submission) == kept
     assert all(set(p) == {"question_id", "answer"} and isinstance(p["answer"], str) for p in submission)
     assert json.loads((tmp_path / "td" / "metrics.json").read_text())["metrics"] == {}
+
+
+def test_visual_genome_questions_join_training_except_on_evaluation_images(tmp_path, cache_dir, capfd):
+    (tmp_path / "vqa").mkdir()
+    root = _official_folder(tmp_path / "vqa")
+    vg = tmp_path / "vg"
+    vg.mkdir()
+    records = json.loads((FIXTURES / "visual_genome" / "image_data.json").read_text())
+    records[3]["coco_id"] = PRESENT_IMAGE  # VG image 4 is also the val2014 image: its questions must stay out
+    (vg / "image_data.json").write_text(json.dumps(records))
+    (vg / "question_answers.json").symlink_to(FIXTURES / "visual_genome" / "question_answers.json")
+    (vg / "VG_100K").symlink_to(FIXTURES / "visual_genome" / "VG_100K")
+    source = VQAv2Source(root=str(root), train_splits=["train2014", "vg"], vg_root=str(vg))
+    table = source.table("qa", "train")
+    err = capfd.readouterr().err
+    assert "left out the Visual Genome questions of 1 images that are also in" in err
+    vg_rows = [img for img in table.column("image").to_pylist() if "VG_100K" in img]
+    vqa_rows = [img for img in table.column("image").to_pylist() if "VG_100K" not in img]
+    assert len(vqa_rows) == 3 and vg_rows and set(vg_rows) == {str((vg / "VG_100K" / "5.jpg").resolve())}
+    with pytest.raises(ConfigError, match="dataset.vg_root is required"):
+        VQAv2Source(root=str(root), train_splits=["train2014", "vg"])

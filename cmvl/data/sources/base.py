@@ -12,6 +12,20 @@ import pyarrow as pa
 
 from cmvl.errors import ConfigError, DataError
 
+# The `qa` annotation table, shared by every source that has question answering.
+QA_SCHEMA = pa.schema(
+    [
+        ("question_id", pa.int64()),
+        ("image_id", pa.int64()),
+        ("image", pa.string()),  # image file, relative to the image root
+        ("question", pa.string()),
+        ("answers", pa.list_(pa.string())),  # the 10 raw human answers; null where the split has no annotations
+        ("answer_type", pa.string()),
+        ("question_type", pa.string()),
+        ("multiple_choice_answer", pa.string()),
+    ]
+)
+
 
 class Source(ABC):
     """Reads one dataset. `kinds` lists the annotation tables it provides (`qa`, `captions`, ...)."""

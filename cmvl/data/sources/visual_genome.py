@@ -9,8 +9,7 @@ import numpy as np
 import pyarrow as pa
 
 from cmvl.data.jsonfile import load_json, require_keys
-from cmvl.data.sources.base import Source, drop_missing_images
-from cmvl.data.sources.vqa_v2 import QA_SCHEMA
+from cmvl.data.sources.base import QA_SCHEMA, Source, drop_missing_images
 from cmvl.data.table_cache import cached_table
 from cmvl.errors import ConfigError, DataError
 from cmvl.metrics.vqa_normalize import normalize_answer
@@ -27,17 +26,21 @@ def _image_id(record: dict, path: Path) -> int:
     raise DataError(f"{path}: an image record has neither 'image_id' nor 'id'")
 
 
-def read_image_files(image_data_file: Path) -> dict[int, str]:
-    """image id → file relative to the VG root (`VG_100K/…jpg` or `VG_100K_2/…jpg`, taken from the record's url)."""
+def read_image_records(image_data_file: Path) -> tuple[dict[int, str], dict[int, int]]:
+    """image id → file relative to the VG root (`VG_100K/…jpg` or `VG_100K_2/…jpg`, from the record's url), and
+    image id → COCO image id for the VG images that are also COCO images."""
     records = load_json(image_data_file, what="Visual Genome image_data.json")
     if not isinstance(records, list):
         raise DataError(f"{image_data_file}: expected a list of image records")
-    files = {}
+    files, coco_ids = {}, {}
     for record in records:
         require_keys(record, ["url"], path=image_data_file, where="an image record")
         folder, name = record["url"].rstrip("/").split("/")[-2:]
-        files[_image_id(record, image_data_file)] = f"{folder}/{name}"
-    return files
+        image_id = _image_id(record, image_data_file)
+        files[image_id] = f"{folder}/{name}"
+        if record.get("coco_id") is not None:
+            coco_ids[image_id] = int(record["coco_id"])
+    return files, coco_ids
 
 
 def image_split_share(image_ids: np.ndarray, seed: int) -> np.ndarray:
@@ -146,7 +149,7 @@ class VisualGenomeSource(Source):
         image_data, qa_file = self.root / "image_data.json", self.root / "question_answers.json"
 
         def build() -> pa.Table:
-            image_files = read_image_files(image_data)
+            image_files, _ = read_image_records(image_data)
             keep = self._split_images(split, np.array(sorted(image_files), dtype=np.int64))
             return read_visual_genome_qa(qa_file, image_files, keep)
 

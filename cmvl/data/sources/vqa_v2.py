@@ -2,27 +2,17 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 
 from cmvl.data.jsonfile import load_json, require_keys
-from cmvl.data.sources.base import Source, drop_missing_images
+from cmvl.data.sources.base import QA_SCHEMA, Source, drop_missing_images
+from cmvl.data.sources.visual_genome import read_image_records, read_visual_genome_qa
 from cmvl.data.table_cache import cached_table
-from cmvl.errors import DataError
-
-QA_SCHEMA = pa.schema(
-    [
-        ("question_id", pa.int64()),
-        ("image_id", pa.int64()),
-        ("image", pa.string()),  # image file, relative to the image root
-        ("question", pa.string()),
-        ("answers", pa.list_(pa.string())),  # the 10 raw human answers; null where the split has no annotations
-        ("answer_type", pa.string()),
-        ("question_type", pa.string()),
-        ("multiple_choice_answer", pa.string()),
-    ]
-)
+from cmvl.errors import ConfigError, DataError
 
 
 def vqa_v2_files(root: str | Path, subtype: str) -> tuple[Path, Path]:
@@ -77,7 +67,12 @@ READER_VERSION = 1  # bump when read_vqa_v2's output changes, so cached tables a
 
 
 class VQAv2Source(Source):
-    """VQA v2 from its official files: questions + annotations JSON per subtype, COCO image folders."""
+    """VQA v2 from its official files: questions + annotations JSON per subtype, COCO image folders.
+
+    `train_splits` (e.g. ``[train2014, vg]``) trains on several subtypes at once; ``vg`` adds the Visual Genome
+    QA pairs of `vg_root`, except those on images that are also in an evaluation split (VG shares ~50k images with
+    COCO): they would leak evaluation images into training.
+    """
 
     name = "vqa_v2"
     kinds = frozenset({"qa"})
@@ -89,6 +84,8 @@ class VQAv2Source(Source):
         images: str | None = None,
         split: str = "val",
         subtypes: dict[str, str] | None = None,
+        train_splits: list[str] | None = None,
+        vg_root: str | None = None,
         image_pattern: str = COCO_IMAGE_PATTERN,
         missing_images: str = "skip",
     ) -> None:
@@ -97,9 +94,14 @@ class VQAv2Source(Source):
         self.images = Path(images) if images else self.root
         self.subtypes = dict(subtypes or {"train": "train2014", "val": "val2014"})
         self.splits = tuple(self.subtypes)
+        self.train_splits = list(train_splits or [self.subtypes.get("train", "train2014")])
+        self.vg_root = Path(vg_root) if vg_root else None
         self.image_pattern = image_pattern
         self.missing_images = missing_images
-        for key, folder in (("dataset.root", self.root), ("dataset.images", self.images)):
+        if "vg" in self.train_splits and self.vg_root is None:
+            raise ConfigError("dataset.vg_root is required when dataset.train_splits has vg")
+        folders = [("dataset.root", self.root), ("dataset.images", self.images)]
+        for key, folder in [*folders, *([("dataset.vg_root", self.vg_root)] if self.vg_root else [])]:
             if not folder.is_dir():
                 raise DataError(f"{key}: folder not found: {folder}")
 
@@ -108,11 +110,19 @@ class VQAv2Source(Source):
         return self.images
 
     def _read(self, kind: str, split: str) -> pa.Table:
-        subtype = self.subtypes[split]
+        if split != "train":
+            return self._subtype_table(self.subtypes[split], annotated=split in ANNOTATED_SPLITS)
+        parts = [
+            self._visual_genome_table() if name == "vg" else self._subtype_table(name, annotated=True)
+            for name in self.train_splits
+        ]
+        return parts[0] if len(parts) == 1 else pa.concat_tables(parts)
+
+    def _subtype_table(self, subtype: str, *, annotated: bool) -> pa.Table:
         questions, annotations = vqa_v2_files(self.root, subtype)
         if not annotations.is_file():
-            if split in ANNOTATED_SPLITS:
-                raise DataError(f"VQA v2 annotations file not found: {annotations} (split '{split}' needs answers)")
+            if annotated:
+                raise DataError(f"VQA v2 annotations file not found: {annotations} ({subtype} needs answers)")
             annotations = None  # test / test-dev: questions only, `cmvl eval` writes the submission file
         inputs = [questions] if annotations is None else [questions, annotations]
         table = cached_table(
@@ -122,3 +132,28 @@ class VQAv2Source(Source):
             lambda: read_vqa_v2(questions, annotations, image_pattern=self.image_pattern),
         )
         return drop_missing_images(table, self.images, policy=self.missing_images, what=f"vqa_v2 {subtype}")
+
+    def _visual_genome_table(self) -> pa.Table:
+        """VG QA pairs as `qa` rows whose `image` is an absolute path (the images live under `vg_root`)."""
+        image_data, qa_file = self.vg_root / "image_data.json", self.vg_root / "question_answers.json"
+        evaluation = [vqa_v2_files(self.root, sub)[0] for name, sub in self.subtypes.items() if name != "train"]
+        evaluation = [path for path in evaluation if path.is_file()]
+
+        def build() -> pa.Table:
+            files, coco_ids = read_image_records(image_data)
+            held_out = {q["image_id"] for path in evaluation for q in load_json(path, what="questions")["questions"]}
+            keep = np.array(sorted(i for i in files if coco_ids.get(i) not in held_out), dtype=np.int64)
+            absolute = {i: str((self.vg_root / f).resolve()) for i, f in files.items()}
+            table = read_visual_genome_qa(qa_file, absolute, keep)
+            return table.replace_schema_metadata({"refused_images": str(len(files) - len(keep))})
+
+        params = {"version": READER_VERSION, "vg": True}
+        table = cached_table("vqa_v2_vg_qa", [image_data, qa_file, *evaluation], params, build)
+        refused = int(table.schema.metadata[b"refused_images"])
+        if refused:
+            print(
+                f"cmvl: vqa_v2 train: left out the Visual Genome questions of {refused} images that are also in "
+                f"{', '.join(p.name for p in evaluation)}",
+                file=sys.stderr,
+            )
+        return drop_missing_images(table, self.images, policy=self.missing_images, what="vqa_v2 train (vg)")
