@@ -1,8 +1,14 @@
-"""`cmvl data shapes --out DIR [--images N] [--seed S] [--size PX]`: write the shapes world."""
+"""`cmvl data shapes|info|prepare`: write the shapes world, show what a dataset config reads, resize its images.
+
+cmvl data shapes --out DIR [--images N] [--seed S] [--size PX]
+cmvl data info [dataset=... dataset.root=...]
+cmvl data prepare --out DIR [--size 384] [--workers N] [dataset=... dataset.root=...]
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from cmvl.errors import UserError
@@ -18,11 +24,46 @@ def _parser() -> argparse.ArgumentParser:
     shapes.add_argument("--seed", type=int, default=0, help="generator seed (same seed, same bytes)")
     shapes.add_argument("--size", type=int, default=64, help="image side in pixels")
     shapes.add_argument("--max-objects", type=int, default=5, help="at most this many shapes per image")
+    info = sub.add_parser("info", help="rows, images and answer types of every split a dataset config reads")
+    info.add_argument("overrides", nargs="*", help="config overrides, e.g. dataset=vqa_v2 dataset.root=/data/vqa")
+    prepare = sub.add_parser("prepare", help="write a resized copy of a dataset's images (then set dataset.images)")
+    prepare.add_argument("--out", required=True, type=Path, help="folder for the copy (same relative paths)")
+    prepare.add_argument("--size", type=int, default=384, help="shorter side in pixels (never upscaled)")
+    prepare.add_argument("--quality", type=int, default=90, help="JPEG quality")
+    prepare.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes resizing images")
+    prepare.add_argument("overrides", nargs="*", help="config overrides, e.g. dataset=vqa_v2 dataset.root=/data/vqa")
     return parser
+
+
+def _source(overrides: list[str]):
+    from cmvl.config.compose import compose_config
+    from cmvl.config.preflight import preflight
+    from cmvl.training.build import build_source
+
+    preflight(overrides)
+    return build_source(compose_config(overrides))
 
 
 def data_command(args: list[str]) -> None:
     parsed = _parser().parse_args(args)
+    if parsed.action == "info":
+        from cmvl.data.inspect import format_report, read_splits, split_report
+
+        source = _source(parsed.overrides)
+        print(format_report(source.name, source.image_root, split_report(read_splits(source))))
+        return
+    if parsed.action == "prepare":
+        from cmvl.data.inspect import prepare_images
+
+        source = _source(parsed.overrides)
+        done = prepare_images(
+            source, parsed.out, size=parsed.size, quality=parsed.quality, workers=max(1, parsed.workers)
+        )
+        print(f"wrote {done['written']} images to {parsed.out} (shorter side <= {parsed.size} px)")
+        if done["outside_image_root"]:
+            print(f"left {done['outside_image_root']} images outside {source.image_root} as they are")
+        print(f"train on the copy with: dataset.images={parsed.out.resolve()}")
+        return
     from cmvl.data.shapes.world import ShapesSpec, ensure_shapes_world
 
     if parsed.out.exists() and any(parsed.out.iterdir()):

@@ -13,6 +13,8 @@ commands:
                                 config groups and their choices.
   eval ckpt=PATH [key=value]    evaluate a checkpoint: metrics.json + predictions in the official format
   data shapes --out DIR         write the built-in shapes world (VQA v2, COCO, Visual Genome layouts)
+  data info [key=value ...]     rows, images and answer types of every split a dataset config reads
+  data prepare --out DIR        write a resized copy of a dataset's images (then train with dataset.images=DIR)
 
 Run `cmvl <command> --help` for a command's options."""
 

@@ -24,6 +24,7 @@ class ShapesSource(Source):
         self,
         *,
         root: str | None = None,
+        images: str | None = None,
         split: str = "val",
         num_images: dict[str, int] | None = None,
         questions_per_image: int = 5,
@@ -41,10 +42,11 @@ class ShapesSource(Source):
         )
         self.root = Path(root) if root else default_cache_dir() / "shapes" / self.spec.cache_name()
         ensure_shapes_world(self.root, self.spec)
+        self.images = Path(images) if images else self.root
 
     @property
     def image_root(self) -> Path:
-        return self.root
+        return self.images
 
     def _read(self, kind: str, split: str) -> pa.Table:
         questions, annotations = vqa_v2_files(self.root, split)

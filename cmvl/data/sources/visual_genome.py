@@ -104,6 +104,7 @@ class VisualGenomeSource(Source):
         self,
         *,
         root: str,
+        images: str | None = None,
         split: str = "val",
         split_fractions: dict[str, float] | None = None,
         split_seed: int = 0,
@@ -112,8 +113,10 @@ class VisualGenomeSource(Source):
     ) -> None:
         super().__init__(split=split)
         self.root = Path(root)
-        if not self.root.is_dir():
-            raise DataError(f"dataset.root: folder not found: {self.root}")
+        self.images = Path(images) if images else self.root
+        for key, folder in (("dataset.root", self.root), ("dataset.images", self.images)):
+            if not folder.is_dir():
+                raise DataError(f"{key}: folder not found: {folder}")
         self.split_seed = split_seed
         self.split_file = Path(split_file) if split_file else None
         self.missing_images = missing_images
@@ -133,7 +136,7 @@ class VisualGenomeSource(Source):
 
     @property
     def image_root(self) -> Path:
-        return self.root
+        return self.images
 
     def _split_images(self, split: str, image_ids: np.ndarray) -> np.ndarray:
         if self.fractions is None:
@@ -156,4 +159,4 @@ class VisualGenomeSource(Source):
         inputs = [image_data, qa_file, *([self.split_file] if self.split_file else [])]
         params = {"split": split, "fractions": self.fractions, "seed": self.split_seed, "version": READER_VERSION}
         table = cached_table("visual_genome_qa", inputs, params, build)
-        return drop_missing_images(table, self.root, policy=self.missing_images, what=f"visual_genome {split}")
+        return drop_missing_images(table, self.images, policy=self.missing_images, what=f"visual_genome {split}")
