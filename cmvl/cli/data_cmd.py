@@ -40,7 +40,7 @@ def _source(overrides: list[str]):
     from cmvl.config.preflight import preflight
     from cmvl.training.build import build_source
 
-    preflight(overrides)
+    preflight(overrides, check_task=False)  # the data commands read every table kind, whatever the task
     return build_source(compose_config(overrides))
 
 

@@ -41,7 +41,7 @@ def _compose(overrides: list[str], config_name: str) -> DictConfig:
         raise ConfigError(f"invalid override: {message}") from None
 
 
-def preflight(overrides: list[str], *, config_name: str = "train") -> None:
+def preflight(overrides: list[str], *, config_name: str = "train", check_task: bool = True) -> None:
     """Raise `ConfigError` if any override (or any value of a sweep) is not a valid configuration."""
     user = [o for o in overrides if not o.startswith(("hydra.", "hydra/", "+hydra", "~hydra"))]
     try:
@@ -62,14 +62,14 @@ def preflight(overrides: list[str], *, config_name: str = "train") -> None:
             _check_group_choices(key, [override.get_value_element_as_str()], groups)
             base.append(override.input_line)
             variants.append([])
-    _validate(base, config_name)
+    _validate(base, config_name, check_task)
     for i, alternatives in enumerate(variants):
         for alternative in alternatives:
-            _validate(base[:i] + [alternative] + base[i + 1 :], config_name)
+            _validate(base[:i] + [alternative] + base[i + 1 :], config_name, check_task)
 
 
-def _validate(overrides: list[str], config_name: str) -> None:
+def _validate(overrides: list[str], config_name: str, check_task: bool) -> None:
     cfg = _compose(overrides, config_name)
     OmegaConf.set_struct(cfg, False)
     cfg.pop("hydra", None)
-    validate_config(cfg)
+    validate_config(cfg, check_task=check_task)

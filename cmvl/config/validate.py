@@ -37,7 +37,7 @@ def _datasets_providing(kind: str) -> list[str]:
     return names
 
 
-def validate_config(cfg: DictConfig) -> None:
+def validate_config(cfg: DictConfig, *, check_task: bool = True) -> None:
     missing = _first_missing_key(cfg)
     if missing:
         raise ConfigError(f"{missing} is required: set it on the command line ({missing}=...)")
@@ -54,11 +54,11 @@ def validate_config(cfg: DictConfig) -> None:
     splits = [str(s) for s in cfg.dataset.get("splits") or ("train", "val", "test")]
     if cfg.dataset.split not in splits:
         raise ConfigError(f"dataset.split={cfg.dataset.split}: must be one of {', '.join(splits)}")
-    needs = _task_needs(cfg)
+    needs = _task_needs(cfg) if check_task else None
     provides = list(cfg.dataset.get("provides") or [])
     if needs and needs not in provides:
         raise ConfigError(
-            f"task={_choice(cfg.task)} needs '{needs}' annotations, which dataset={cfg.dataset.name} "
+            f"task={_task_name(cfg)} needs '{needs}' annotations, which dataset={cfg.dataset.name} "
             f"does not provide; datasets that do: {', '.join(_datasets_providing(needs)) or 'none'}"
         )
 
@@ -91,6 +91,15 @@ def _check_checkpointing(cfg: DictConfig) -> None:
     resume = str(cfg.resume)
     if resume not in ("never", "auto") and not resume.endswith(".ckpt"):
         raise ConfigError(f"resume={resume}: must be never, auto or the path of a .ckpt file")
+
+
+def _task_name(cfg: DictConfig) -> str:
+    from hydra.utils import get_class
+
+    try:
+        return get_class(cfg.task._target_).name
+    except Exception:  # noqa: BLE001 - an unimportable target is reported when it is instantiated
+        return _choice(cfg.task)
 
 
 def _choice(node: DictConfig) -> str:

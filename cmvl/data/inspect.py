@@ -54,7 +54,7 @@ def _distinct_images(table: pa.Table) -> list[str]:
 def format_report(name: str, image_root: Path, report: list[dict[str, Any]]) -> str:
     lines = [f"dataset {name}: images under {image_root}"]
     for row in report:
-        head = f"  {row['kind']:<4} {row['split']:<9}"
+        head = f"  {row['kind']:<8} {row['split']:<9}"
         if "error" in row:
             lines.append(f"{head} unavailable: {row['error']}")
             continue

@@ -55,6 +55,27 @@ class Source(ABC):
         return self._read(kind, split)
 
 
+class FolderSource(Source):
+    """A dataset read from an annotation folder (`root`) and an image folder (`images`, default: `root`), whose
+    rows for missing image files are skipped or refused by `missing_images`."""
+
+    def __init__(self, *, root: str, images: str | None, split: str, missing_images: str) -> None:
+        super().__init__(split=split)
+        self.root = Path(root)
+        self.images = Path(images) if images else self.root
+        for key, folder in (("dataset.root", self.root), ("dataset.images", self.images)):
+            if not folder.is_dir():
+                raise DataError(f"{key}: folder not found: {folder}")
+        self.missing_images = missing_images
+
+    @property
+    def image_root(self) -> Path:
+        return self.images
+
+    def with_images_present(self, table: pa.Table, what: str) -> pa.Table:
+        return drop_missing_images(table, self.images, policy=self.missing_images, what=f"{self.name} {what}")
+
+
 MISSING_IMAGE_POLICIES = ("skip", "error")
 
 

@@ -8,6 +8,7 @@ import pyarrow as pa
 
 from cmvl.data.shapes.world import ShapesSpec, ensure_shapes_world
 from cmvl.data.sources.base import Source
+from cmvl.data.sources.coco import read_coco_captions, read_coco_instances
 from cmvl.data.sources.vqa_v2 import read_vqa_v2, vqa_v2_files
 from cmvl.data.table_cache import default_cache_dir
 
@@ -18,7 +19,7 @@ class ShapesSource(Source):
     """Coloured shapes with VQA, caption, object and region annotations; no download needed."""
 
     name = "shapes"
-    kinds = frozenset({"qa"})
+    kinds = frozenset({"qa", "captions", "objects"})
 
     def __init__(
         self,
@@ -49,5 +50,9 @@ class ShapesSource(Source):
         return self.images
 
     def _read(self, kind: str, split: str) -> pa.Table:
+        if kind == "captions":
+            return read_coco_captions(self.root / "annotations" / f"captions_{split}.json", image_folder=split)
+        if kind == "objects":
+            return read_coco_instances([(self.root / "annotations" / f"instances_{split}.json", split)])
         questions, annotations = vqa_v2_files(self.root, split)
         return read_vqa_v2(questions, annotations, image_pattern=SHAPES_IMAGE_PATTERN)

@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 
 from cmvl.data.jsonfile import load_json, require_keys
-from cmvl.data.sources.base import QA_SCHEMA, Source, drop_missing_images
+from cmvl.data.sources.base import QA_SCHEMA, FolderSource
 from cmvl.data.table_cache import cached_table
 from cmvl.errors import ConfigError, DataError
 from cmvl.metrics.vqa_normalize import normalize_answer
@@ -93,7 +93,7 @@ def read_visual_genome_qa(qa_file: Path, image_files: dict[int, str], keep_image
     return pa.table(columns, schema=QA_SCHEMA)
 
 
-class VisualGenomeSource(Source):
+class VisualGenomeSource(FolderSource):
     """Visual Genome (v1.0/1.2/1.4 key variants). Splits are a seeded image-level partition (`split_fractions`,
     `split_seed`) or a user split file (JSON: split name → list of image ids)."""
 
@@ -111,15 +111,9 @@ class VisualGenomeSource(Source):
         split_file: str | None = None,
         missing_images: str = "skip",
     ) -> None:
-        super().__init__(split=split)
-        self.root = Path(root)
-        self.images = Path(images) if images else self.root
-        for key, folder in (("dataset.root", self.root), ("dataset.images", self.images)):
-            if not folder.is_dir():
-                raise DataError(f"{key}: folder not found: {folder}")
+        super().__init__(root=root, images=images, split=split, missing_images=missing_images)
         self.split_seed = split_seed
         self.split_file = Path(split_file) if split_file else None
-        self.missing_images = missing_images
         if self.split_file is not None:
             self.split_ids = {
                 str(k): np.asarray(v, dtype=np.int64)
@@ -133,10 +127,6 @@ class VisualGenomeSource(Source):
             if not self.fractions or any(v < 0 for v in self.fractions.values()) or abs(total - 1) > 1e-6:
                 raise ConfigError(f"dataset.split_fractions={self.fractions}: non-negative shares that sum to 1")
             self.splits = tuple(self.fractions)
-
-    @property
-    def image_root(self) -> Path:
-        return self.images
 
     def _split_images(self, split: str, image_ids: np.ndarray) -> np.ndarray:
         if self.fractions is None:
@@ -159,4 +149,4 @@ class VisualGenomeSource(Source):
         inputs = [image_data, qa_file, *([self.split_file] if self.split_file else [])]
         params = {"split": split, "fractions": self.fractions, "seed": self.split_seed, "version": READER_VERSION}
         table = cached_table("visual_genome_qa", inputs, params, build)
-        return drop_missing_images(table, self.images, policy=self.missing_images, what=f"visual_genome {split}")
+        return self.with_images_present(table, split)

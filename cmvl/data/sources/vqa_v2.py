@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 
 from cmvl.data.jsonfile import load_json, require_keys
-from cmvl.data.sources.base import QA_SCHEMA, Source, drop_missing_images
+from cmvl.data.sources.base import QA_SCHEMA, FolderSource
 from cmvl.data.sources.visual_genome import read_image_records, read_visual_genome_qa
 from cmvl.data.table_cache import cached_table
 from cmvl.errors import ConfigError, DataError
@@ -66,7 +66,7 @@ ANNOTATED_SPLITS = ("train", "val")  # splits whose annotations must exist; othe
 READER_VERSION = 1  # bump when read_vqa_v2's output changes, so cached tables are rebuilt
 
 
-class VQAv2Source(Source):
+class VQAv2Source(FolderSource):
     """VQA v2 from its official files: questions + annotations JSON per subtype, COCO image folders.
 
     `train_splits` (e.g. ``[train2014, vg]``) trains on several subtypes at once; ``vg`` adds the Visual Genome
@@ -89,25 +89,16 @@ class VQAv2Source(Source):
         image_pattern: str = COCO_IMAGE_PATTERN,
         missing_images: str = "skip",
     ) -> None:
-        super().__init__(split=split)
-        self.root = Path(root)
-        self.images = Path(images) if images else self.root
+        super().__init__(root=root, images=images, split=split, missing_images=missing_images)
         self.subtypes = dict(subtypes or {"train": "train2014", "val": "val2014"})
         self.splits = tuple(self.subtypes)
         self.train_splits = list(train_splits or [self.subtypes.get("train", "train2014")])
         self.vg_root = Path(vg_root) if vg_root else None
         self.image_pattern = image_pattern
-        self.missing_images = missing_images
         if "vg" in self.train_splits and self.vg_root is None:
             raise ConfigError("dataset.vg_root is required when dataset.train_splits has vg")
-        folders = [("dataset.root", self.root), ("dataset.images", self.images)]
-        for key, folder in [*folders, *([("dataset.vg_root", self.vg_root)] if self.vg_root else [])]:
-            if not folder.is_dir():
-                raise DataError(f"{key}: folder not found: {folder}")
-
-    @property
-    def image_root(self) -> Path:
-        return self.images
+        if self.vg_root is not None and not self.vg_root.is_dir():
+            raise DataError(f"dataset.vg_root: folder not found: {self.vg_root}")
 
     def _read(self, kind: str, split: str) -> pa.Table:
         if split != "train":
@@ -131,7 +122,7 @@ class VQAv2Source(Source):
             {"pattern": self.image_pattern, "version": READER_VERSION},
             lambda: read_vqa_v2(questions, annotations, image_pattern=self.image_pattern),
         )
-        return drop_missing_images(table, self.images, policy=self.missing_images, what=f"vqa_v2 {subtype}")
+        return self.with_images_present(table, subtype)
 
     def _visual_genome_table(self) -> pa.Table:
         """VG QA pairs as `qa` rows whose `image` is an absolute path (the images live under `vg_root`)."""
@@ -156,4 +147,4 @@ class VQAv2Source(Source):
                 f"{', '.join(p.name for p in evaluation)}",
                 file=sys.stderr,
             )
-        return drop_missing_images(table, self.images, policy=self.missing_images, what="vqa_v2 train (vg)")
+        return self.with_images_present(table, "train (vg)")

@@ -1,0 +1,181 @@
+"""COCO from its official files: captions and instances JSON per subtype, or the Karpathy split file, as
+`captions` and `objects` tables."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from cmvl.data.jsonfile import load_json, require_keys
+from cmvl.data.sources.base import FolderSource
+from cmvl.data.table_cache import cached_table
+from cmvl.errors import ConfigError, DataError
+
+READER_VERSION = 1  # bump when the tables built here change, so cached tables are rebuilt
+SPLIT_SCHEMES = ("official", "karpathy")
+
+CAPTIONS_SCHEMA = pa.schema(
+    [
+        ("image_id", pa.int64()),
+        ("image", pa.string()),  # image file, relative to the image root
+        ("caption_id", pa.int64()),
+        ("caption", pa.string()),  # the raw caption as annotated
+    ]
+)
+OBJECTS_SCHEMA = pa.schema(
+    [
+        ("image_id", pa.int64()),
+        ("image", pa.string()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("labels", pa.list_(pa.int32())),  # index into the category list (schema metadata `categories`), not COCO id
+        ("boxes", pa.list_(pa.list_(pa.float32(), 4))),  # COCO [x, y, width, height] in pixels
+        ("iscrowd", pa.list_(pa.bool_())),
+    ]
+)
+
+
+def read_coco_captions(captions_file: Path, *, image_folder: str) -> pa.Table:
+    """One row per caption; `image_folder` is the image subfolder of this subtype (e.g. ``val2017``)."""
+    doc = load_json(captions_file, what="COCO captions file")
+    require_keys(doc, ["images", "annotations"], path=captions_file, where="the top level")
+    files = {int(im["id"]): f"{image_folder}/{im['file_name']}" for im in doc["images"]}
+    columns: dict[str, list] = {name: [] for name in CAPTIONS_SCHEMA.names}
+    for ann in doc["annotations"]:
+        require_keys(ann, ["image_id", "id", "caption"], path=captions_file, where="a caption")
+        image_id = int(ann["image_id"])
+        if image_id not in files:
+            raise DataError(f"{captions_file}: caption {ann['id']} names image {image_id}, which is not in images")
+        columns["image_id"].append(image_id)
+        columns["image"].append(files[image_id])
+        columns["caption_id"].append(int(ann["id"]))
+        columns["caption"].append(ann["caption"].strip())
+    return pa.table(columns, schema=CAPTIONS_SCHEMA)
+
+
+def read_coco_instances(instances_files: list[tuple[Path, str]], *, keep: set[int] | None = None) -> pa.Table:
+    """One row per image (also images without objects) from one or more (instances file, image folder) pairs.
+
+    Labels index the sorted COCO category ids (80 for COCO, so label 0 is `person`); the category names go into the
+    schema metadata as `categories` (JSON list). Every file must share the same categories.
+    """
+    categories: list[dict] | None = None
+    columns: dict[str, list] = {name: [] for name in OBJECTS_SCHEMA.names}
+    for path, image_folder in instances_files:
+        doc = load_json(path, what="COCO instances file")
+        require_keys(doc, ["images", "annotations", "categories"], path=path, where="the top level")
+        file_categories = sorted(doc["categories"], key=lambda c: c["id"])
+        if categories is None:
+            categories = file_categories
+        elif [c["id"] for c in categories] != [c["id"] for c in file_categories]:
+            raise DataError(f"{path}: its categories differ from those of {instances_files[0][0]}")
+        label = {c["id"]: i for i, c in enumerate(categories)}
+        per_image: dict[int, list[dict]] = {}
+        for ann in doc["annotations"]:
+            require_keys(ann, ["image_id", "category_id", "bbox"], path=path, where="an object")
+            per_image.setdefault(int(ann["image_id"]), []).append(ann)
+        for im in sorted(doc["images"], key=lambda im: im["id"]):
+            image_id = int(im["id"])
+            if keep is not None and image_id not in keep:
+                continue
+            objects = per_image.get(image_id, [])
+            columns["image_id"].append(image_id)
+            columns["image"].append(f"{image_folder}/{im['file_name']}")
+            columns["width"].append(int(im["width"]))
+            columns["height"].append(int(im["height"]))
+            columns["labels"].append([label[a["category_id"]] for a in objects])
+            columns["boxes"].append([[float(v) for v in a["bbox"]] for a in objects])
+            columns["iscrowd"].append([bool(a.get("iscrowd", 0)) for a in objects])
+    names = [c["name"] for c in categories or []]
+    return pa.table(columns, schema=OBJECTS_SCHEMA.with_metadata({"categories": json.dumps(names)}))
+
+
+def read_karpathy_captions(karpathy_file: Path, split_names: list[str]) -> pa.Table:
+    """Captions of the Karpathy split file's images whose `split` is in `split_names` (`raw` sentences)."""
+    doc = load_json(karpathy_file, what="Karpathy split file")
+    require_keys(doc, ["images"], path=karpathy_file, where="the top level")
+    columns: dict[str, list] = {name: [] for name in CAPTIONS_SCHEMA.names}
+    for im in doc["images"]:
+        require_keys(im, ["filepath", "filename", "cocoid", "split", "sentences"], path=karpathy_file, where="an image")
+        if im["split"] not in split_names:
+            continue
+        for sentence in im["sentences"]:
+            columns["image_id"].append(int(im["cocoid"]))
+            columns["image"].append(f"{im['filepath']}/{im['filename']}")
+            columns["caption_id"].append(int(sentence.get("sentid", -1)))
+            columns["caption"].append(sentence["raw"].strip())
+    return pa.table(columns, schema=CAPTIONS_SCHEMA)
+
+
+class COCOSource(FolderSource):
+    """COCO captions (`captions` table) and instances (`objects` table) from the official files, split by
+    subtype (`official`) or by the Karpathy split file (`karpathy`: train / val / test of 5k images each for val
+    and test; `restval` joins train unless `karpathy_restval: false`)."""
+
+    name = "coco"
+    kinds = frozenset({"captions", "objects"})
+
+    def __init__(
+        self,
+        *,
+        root: str,
+        images: str | None = None,
+        split: str = "val",
+        subtypes: dict[str, str] | None = None,
+        split_scheme: str = "official",
+        karpathy_file: str | None = None,
+        karpathy_restval: bool = True,
+        missing_images: str = "skip",
+    ) -> None:
+        super().__init__(root=root, images=images, split=split, missing_images=missing_images)
+        if split_scheme not in SPLIT_SCHEMES:
+            raise ConfigError(f"dataset.split_scheme={split_scheme}: must be one of {', '.join(SPLIT_SCHEMES)}")
+        self.subtypes = dict(subtypes or {"train": "train2017", "val": "val2017"})
+        self.split_scheme = split_scheme
+        self.karpathy_file = Path(karpathy_file) if karpathy_file else self.root / "dataset_coco.json"
+        self.karpathy_restval = karpathy_restval
+        self.splits = ("train", "val", "test") if split_scheme == "karpathy" else tuple(self.subtypes)
+
+    def _karpathy_names(self, split: str) -> list[str]:
+        return ["train", "restval"] if split == "train" and self.karpathy_restval else [split]
+
+    def _read(self, kind: str, split: str) -> pa.Table:
+        if self.split_scheme == "karpathy":
+            table = self._read_karpathy(kind, split)
+        else:
+            subtype = self.subtypes[split]
+            path = self.root / "annotations" / f"{kind.replace('objects', 'instances')}_{subtype}.json"
+            if kind == "captions":
+                build = lambda: read_coco_captions(path, image_folder=subtype)  # noqa: E731
+            else:
+                build = lambda: read_coco_instances([(path, subtype)])  # noqa: E731
+            table = cached_table(f"coco_{kind}", [path], {"folder": subtype, "version": READER_VERSION}, build)
+        return self.with_images_present(table, f"{kind} {split}")
+
+    def _read_karpathy(self, kind: str, split: str) -> pa.Table:
+        names = self._karpathy_names(split)
+        if kind == "captions":
+            params = {"splits": names, "version": READER_VERSION}
+            return cached_table(
+                "coco_karpathy_captions",
+                [self.karpathy_file],
+                params,
+                lambda: read_karpathy_captions(self.karpathy_file, names),
+            )
+        # Karpathy images come from train2014 and val2014: read the instances of every subtype that has a file
+        pairs = [(self.root / "annotations" / f"instances_{sub}.json", sub) for sub in self.subtypes.values()]
+        pairs = [(path, sub) for path, sub in pairs if path.is_file()]
+        if not pairs:
+            raise DataError(
+                f"no COCO instances file under {self.root / 'annotations'} for {list(self.subtypes.values())}"
+            )
+
+        def build() -> pa.Table:
+            ids = read_karpathy_captions(self.karpathy_file, names).column("image_id").to_numpy()
+            return read_coco_instances(pairs, keep=set(np.unique(ids).tolist()))
+
+        params = {"splits": names, "subtypes": [s for _, s in pairs], "version": READER_VERSION}
+        return cached_table("coco_karpathy_objects", [self.karpathy_file, *(p for p, _ in pairs)], params, build)
