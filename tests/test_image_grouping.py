@@ -68,6 +68,32 @@ def test_resume_from_state_continues_the_same_epoch_order():
     assert list(restored) == full  # the next pass is a whole epoch again
 
 
+def test_saved_position_does_not_carry_into_the_next_epoch():
+    """A checkpoint at an epoch's last batch: Lightning sets the next epoch after loading the state."""
+    sampler = _sampler()
+    sampler.set_epoch(0)
+    list(sampler)
+    restored = _sampler()
+    restored.load_state_dict(sampler.state_dict())
+    restored.set_epoch(1)
+    reference = _sampler()
+    reference.set_epoch(1)
+    assert list(restored) == list(reference)
+
+
+def test_row_shuffle_and_loader_generator_are_functions_of_seed_and_epoch():
+    rows = ImageGroupedSampler(_Rows(), np.arange(len(IMAGE_IDS)), seed=0)
+    rows.set_epoch(3)
+    order, draw = list(rows), torch.randint(0, 2**62, (1,), generator=rows.loader_generator).item()
+    assert sorted(order) == list(range(len(IMAGE_IDS))) and order != sorted(order)
+    global_state = torch.get_rng_state()
+    again = ImageGroupedSampler(_Rows(), np.arange(len(IMAGE_IDS)), seed=0)
+    again.load_state_dict({"epoch": 3, "yielded": 0})
+    assert list(again) == order
+    assert torch.randint(0, 2**62, (1,), generator=again.loader_generator).item() == draw
+    assert torch.equal(torch.get_rng_state(), global_state)  # the global RNG is never touched
+
+
 def test_ddp_ranks_get_equal_disjoint_contiguous_slices(monkeypatch):
     monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
     monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 3)

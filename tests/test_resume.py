@@ -4,6 +4,7 @@ state it does not (negative control). Also keep_last, and falling back past a tr
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import pytest
@@ -21,9 +22,6 @@ RUN = [
     "data.batch_size=8",
     "logger=csv",
 ]
-
-EPOCH_GAP = "a checkpoint saved at an epoch's last batch resumes with a different shuffle for the next epoch"
-WORKER_GAP = "with loader worker processes the resumed run's global RNG stream differs (sample order is exact)"
 
 
 def _train(run_dir: Path, *extra: str, ids_file: Path, workers: int = 0):
@@ -46,6 +44,12 @@ def _final_state(run_dir: Path) -> dict:
     return {"weights": checkpoint["state_dict"], "optimizer": checkpoint["optimizer_states"][0]["state"]}
 
 
+def _logged_losses(run_dir: Path) -> list[tuple[int, str]]:
+    """(step, train/loss_step) of every row of the run's metrics.csv that has one."""
+    with (run_dir / "metrics.csv").open(newline="") as f:
+        return [(int(r["step"]), r["train/loss_step"]) for r in csv.DictReader(f) if r.get("train/loss_step")]
+
+
 def _equal(a: dict, b: dict) -> bool:
     return all(torch.equal(a["weights"][k], b["weights"][k]) for k in a["weights"]) and all(
         torch.equal(a["optimizer"][i][name], b["optimizer"][i][name])
@@ -62,7 +66,7 @@ def reference(tiny_world, tmp_path_factory):
         run_dir = root / f"w{workers}"
         done = _train(run_dir, ids_file=root / f"ids{workers}.txt", workers=workers)
         assert done.returncode == 0, done.stderr[-2000:]
-        states[workers] = (_final_state(run_dir), (root / f"ids{workers}.txt").read_text())
+        states[workers] = (_final_state(run_dir), (root / f"ids{workers}.txt").read_text(), _logged_losses(run_dir))
     return states
 
 
@@ -71,11 +75,8 @@ def reference(tiny_world, tmp_path_factory):
     [
         pytest.param(6, "SIGTERM", 0, id="mid-epoch"),
         pytest.param(1, "SIGUSR1", 0, id="first-step-sigusr1"),
-        # Known gaps (strict: the test fails once they are fixed, so the marks get removed).
-        pytest.param(4, "SIGTERM", 0, id="epoch-boundary", marks=pytest.mark.xfail(strict=True, reason=EPOCH_GAP)),
-        pytest.param(
-            6, "SIGTERM", 2, id="mid-epoch-2-workers", marks=pytest.mark.xfail(strict=True, reason=WORKER_GAP)
-        ),
+        pytest.param(4, "SIGTERM", 0, id="epoch-boundary"),  # the signal is honoured after epoch 0's validation
+        pytest.param(6, "SIGTERM", 2, id="mid-epoch-2-workers"),
     ],
 )
 def test_preempt_and_resume_is_exact(reference, tmp_path, stop_step, signal_name, workers):
@@ -96,9 +97,11 @@ def test_preempt_and_resume_is_exact(reference, tmp_path, stop_step, signal_name
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"(global step {stop_step})" in resumed.stderr
 
-    expected_state, expected_ids = reference[workers]
+    expected_state, expected_ids, expected_losses = reference[workers]
     assert ids.read_text() == expected_ids
     assert _equal(_final_state(run_dir), expected_state)
+    # metrics.csv holds the whole run: the rows logged before the preemption are kept, none is logged twice
+    assert _logged_losses(run_dir) == expected_losses
 
 
 def test_without_saved_rng_and_loader_state_resume_differs(reference, tmp_path):
@@ -117,7 +120,7 @@ def test_without_saved_rng_and_loader_state_resume_differs(reference, tmp_path):
 
     resumed = _train(run_dir, f"resume={stripped}", ids_file=ids)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    expected_state, expected_ids = reference[0]
+    expected_state, expected_ids, _ = reference[0]
     assert ids.read_text() != expected_ids
     assert not _equal(_final_state(run_dir), expected_state)
 

@@ -152,12 +152,14 @@ class VLDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> StatefulDataLoader:
         # Stateful: its position and shuffle state go into the checkpoint, so a resume continues mid-epoch.
         dataset, collate = self.dataset("train", train=True)
-        sampler = ImageGroupedSampler(dataset, dataset.image_ids, seed=self.seed) if self.group_by_image else None
+        # Shuffling images or single rows: either way the order is a pure function of (seed, epoch).
+        groups = dataset.image_ids if self.group_by_image else np.arange(len(dataset))
+        sampler = ImageGroupedSampler(dataset, groups, seed=self.seed)
         return StatefulDataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=sampler is None,
             sampler=sampler,
+            generator=sampler.loader_generator,
             drop_last=True,
             num_workers=self.num_workers,
             collate_fn=collate,
@@ -171,6 +173,7 @@ class VLDataModule(pl.LightningDataModule):
             dataset,
             batch_size=self.eval_batch_size,
             shuffle=False,
+            generator=torch.Generator().manual_seed(self.seed),  # not the global RNG: evaluation leaves it alone
             num_workers=self.num_workers,
             collate_fn=collate,
             pin_memory=self.pin_memory,

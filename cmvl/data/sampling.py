@@ -7,6 +7,7 @@ per image), and the collator decodes and the model encodes each image once (`ima
 from __future__ import annotations
 
 import numpy as np
+import torch
 import torch.distributed as dist
 from torch.utils.data import Dataset
 from torch.utils.data.distributed import DistributedSampler
@@ -25,6 +26,7 @@ class ImageGroupedSampler(DistributedSampler):
     """
 
     def __init__(self, dataset: Dataset, image_ids: np.ndarray, *, seed: int) -> None:
+        """`image_ids`: one per row; distinct ids per row (``np.arange``) give a plain row-level shuffle."""
         distributed = dist.is_available() and dist.is_initialized()
         world, rank = (dist.get_world_size(), dist.get_rank()) if distributed else (1, 0)
         super().__init__(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=False)
@@ -35,7 +37,19 @@ class ImageGroupedSampler(DistributedSampler):
         sorted_ids = image_ids[self.rows_by_image]
         self.starts = np.flatnonzero(np.r_[True, sorted_ids[1:] != sorted_ids[:-1], True])
         self.yielded = 0
-        self._resume_at: int | None = None
+        # The loader's own generator (`loader_generator`): the loader draws its workers' base seed from it when an
+        # epoch's iterator starts. Reseeded from (seed, epoch), so worker seeds are a function of the epoch and no
+        # loader ever draws from the global RNG, whose stream a resumed run restores exactly (RNGStateCallback).
+        self.loader_generator = torch.Generator()
+        self._seed_loader_generator()
+        self._resume: tuple[int, int] | None = None  # (epoch, rows already yielded) from a checkpoint
+
+    def _seed_loader_generator(self) -> None:
+        self.loader_generator.manual_seed(int(np.random.SeedSequence((self.seed, self.epoch)).generate_state(1)[0]))
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch)
+        self._seed_loader_generator()
 
     def order(self, epoch: int) -> np.ndarray:
         """All rows of this epoch, image after image (before the split across ranks)."""
@@ -48,7 +62,10 @@ class ImageGroupedSampler(DistributedSampler):
             rows = np.resize(rows, self.total_size)  # repeats from the start, like DistributedSampler's padding
         begin = self.rank * self.num_samples
         mine = rows[begin : begin + self.num_samples].tolist()
-        self.yielded, self._resume_at = self._resume_at or 0, None
+        # A checkpoint taken at an epoch's last batch resumes into the next epoch (Lightning sets it after the
+        # state is loaded): the saved position belongs to the saved epoch only.
+        resume_epoch, resume_at = self._resume or (self.epoch, 0)
+        self.yielded, self._resume = (resume_at if resume_epoch == self.epoch else 0), None
         for row in mine[self.yielded :]:
             self.yielded += 1
             yield row
@@ -57,4 +74,6 @@ class ImageGroupedSampler(DistributedSampler):
         return {"epoch": self.epoch, "yielded": self.yielded}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        self.epoch, self._resume_at = int(state["epoch"]), int(state["yielded"])
+        self.epoch = int(state["epoch"])
+        self._resume = (self.epoch, int(state["yielded"]))
+        self._seed_loader_generator()

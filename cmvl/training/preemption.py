@@ -2,8 +2,11 @@
 
 The signal handler only records the signal; the checkpoint is written from `on_train_batch_end`, between two
 optimizer steps, never inside the handler. Then the run stops at once (`PreemptionStop`), so no epoch-end hook
-runs and writes a checkpoint whose loop state claims a finished epoch. Under DDP the ranks agree on the stop step:
-the flag is all-reduced every step (any rank that saw the signal stops them all).
+runs and writes a checkpoint whose loop state claims a finished epoch. A signal seen at an epoch's last batch is
+honoured after that epoch's validation and checkpoints instead (from `on_train_epoch_end`), because Lightning
+resumes a checkpoint taken between the last batch and the validation in the next epoch, skipping both.
+Under DDP the ranks agree on the stop step: the flag is all-reduced every step (any rank that saw the signal
+stops them all).
 
 cmvl's handler replaces Lightning's SIGTERM handler for the duration of `fit` (Lightning's raises at the end of the
 step without saving) and puts the previous handlers back afterwards.
@@ -36,6 +39,7 @@ class PreemptionCallback(pl.Callback):
     def __init__(self, dirpath: str | Path) -> None:
         self.dirpath = Path(dirpath)
         self._signalled = False
+        self._stop_at_epoch_end = False
         self._previous: dict[int, object] = {}
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
@@ -50,12 +54,33 @@ class PreemptionCallback(pl.Callback):
             signal.signal(signum, handler)
         self._previous.clear()
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: object, batch: object, batch_idx: int
+    ) -> None:
         stop = self._signalled
         if trainer.world_size > 1:
             stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
-        if not stop:
+        if not stop or self._stop_at_epoch_end:
             return
+        last_batch = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+        if last_batch or batch_idx + 1 >= trainer.num_training_batches:
+            # The epoch's validation and checkpoints come next; a checkpoint taken before them would resume into
+            # the next epoch without them (Lightning does not rerun them), so the run stops right after them.
+            self._stop_at_epoch_end = True
+            return
+        self._save_and_stop(trainer)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._stop_at_epoch_end:
+            self._save_and_stop(trainer)
+
+    def _save_and_stop(self, trainer: pl.Trainer) -> None:
         path = self.dirpath / f"{STEP_CHECKPOINT.format(step=trainer.global_step)}.ckpt"
         trainer.save_checkpoint(path)
+        # Mid-epoch, the loop logs this step's metrics after the batch-end hooks, which the stop skips: log them
+        # here and flush the loggers, so the run's metrics up to the checkpoint are all on disk.
+        if not self._stop_at_epoch_end:
+            trainer._logger_connector.update_train_step_metrics()
+        for logger in trainer.loggers:
+            logger.save()
         raise PreemptionStop(trainer.global_step, path)

@@ -21,7 +21,6 @@ from cmvl.errors import CheckpointError
 from cmvl.training.checkpoints import load_checkpoint
 
 RNG_KEY = "cmvl_rng"  # checkpoint section: list of per-rank RNG states, index = global rank
-EPOCH_END_KEY = "cmvl_saved_at_epoch_end"  # whether the checkpoint was written after an epoch's last batch
 
 
 def capture_rng_state() -> dict[str, Any]:
@@ -51,7 +50,6 @@ class RNGStateCallback(pl.Callback):
 
     def __init__(self) -> None:
         self._pending: dict[str, Any] | None = None
-        self._at_epoch_end = False
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
         state = capture_rng_state()
@@ -61,22 +59,15 @@ class RNGStateCallback(pl.Callback):
         else:
             states = [state]
         checkpoint[RNG_KEY] = states
-        checkpoint[EPOCH_END_KEY] = bool(trainer.fit_loop.epoch_loop.batch_progress.is_last_batch)
 
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
         states = checkpoint.get(RNG_KEY) or []
         rank = trainer.global_rank
         self._pending = states[rank] if rank < len(states) else None
-        self._at_epoch_end = bool(checkpoint.get(EPOCH_END_KEY, False))
 
-    # The train loader draws a seed from the global RNG whenever it starts an epoch's iterator. Saved mid-epoch, the
-    # draw was made before the save: restore after the resumed loader has made it again. Saved at an epoch's last
-    # batch, the uninterrupted run's next draw comes after the save: restore at train start (this alone does not
-    # make that case exact yet; see the epoch-boundary expected failure in tests/test_resume.py).
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._at_epoch_end:
-            self._restore()
-
+    # Restored right before the first resumed step: nothing between a save and the next step draws from the global
+    # RNG in the uninterrupted run (the loaders draw their seeds from their own generators, see
+    # `ImageGroupedSampler`), so whatever Lightning's restart does in between cannot shift the stream.
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args) -> None:
         self._restore()
 

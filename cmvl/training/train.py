@@ -16,6 +16,7 @@ from pytorch_lightning.utilities import rank_zero_only
 from cmvl.errors import UserError
 from cmvl.training.build import build_datamodule, build_lit_module, instantiate
 from cmvl.training.checkpoint_io import AtomicCheckpointIO
+from cmvl.training.csv_logger import ResumableCSVLogger
 from cmvl.training.lit_module import CHECKPOINT_KEY
 from cmvl.training.preemption import EXIT_PREEMPTED, STEP_CHECKPOINT, PreemptionCallback, PreemptionStop
 from cmvl.training.resume import RNGStateCallback, find_resume_checkpoint
@@ -94,6 +95,10 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
     datamodule.prepare()
     lit = build_lit_module(cfg, datamodule)
     loggers = build_loggers(cfg)
+    if checkpoint:
+        for logger in loggers:
+            if isinstance(logger, ResumableCSVLogger):
+                logger.resume_from(int(checkpoint["global_step"]))
     trainer = pl.Trainer(
         **OmegaConf.to_container(cfg.trainer, resolve=True),
         logger=loggers or False,
