@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -10,11 +10,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytorch_lightning as pl
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 from transformers import PreTrainedTokenizerFast
 
-from cmvl.data.images import build_transform, load_image
+from cmvl.data.images import build_transform
 from cmvl.data.sampling import ImageGroupedSampler
 from cmvl.data.sources.base import Source
 from cmvl.data.text import tokenizer_from_state, tokenizer_to_state
@@ -29,19 +30,19 @@ class ImageTextDataset(Dataset):
     (so a random crop is the same for all questions about one image, which the model's per-image encoding needs).
     """
 
-    def __init__(self, table: pa.Table, texts: list[str], image_root: Path, transform) -> None:
+    def __init__(self, table: pa.Table, texts: list[str], open_image: Callable[[str], Image.Image], transform) -> None:
         encoded = pc.dictionary_encode(table.column("image").combine_chunks())
         self.image_files = encoded.dictionary
         self.image_ids = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
         self.texts = pa.array(texts, type=pa.string())
-        self.image_root = image_root
+        self.open_image = open_image  # the source's: a file under its image folder, or an image inside a dataset
         self.transform = transform
 
     def __len__(self) -> int:
         return len(self.texts)
 
     def _image(self, image_id: int) -> torch.Tensor:
-        return self.transform(load_image(self.image_root / self.image_files[image_id].as_py()))
+        return self.transform(self.open_image(self.image_files[image_id].as_py()))
 
     def _sample(self, i: int, image: torch.Tensor) -> dict[str, Any]:
         return {"image": image, "text": self.texts[i].as_py(), "index": i, "image_id": int(self.image_ids[i])}
@@ -146,7 +147,7 @@ class VLDataModule(pl.LightningDataModule):
         table = self.table(split)
         crop = self.image_cfg.get("random_crop_scale")
         transform = build_transform(image_size=self.image_cfg["size"], train=train, random_crop_scale=crop)
-        dataset = ImageTextDataset(table, self.task.texts(table), self.source.image_root, transform)
+        dataset = ImageTextDataset(table, self.task.texts(table), self.source.open_image, transform)
         return dataset, Collator(self.tokenizer, self.text_max_length, self.task.targets(table))
 
     def train_dataloader(self) -> StatefulDataLoader:

@@ -86,6 +86,8 @@ def prepare_images(source: Source, out: Path, *, size: int, quality: int = 90, w
     Files already in `out` are kept, so an interrupted prepare continues where it stopped; each file is written
     under a temporary name and renamed, so none is ever half-written under its final name.
     """
+    if not source.images_on_disk:
+        raise UserError(f"dataset={source.name} keeps its images inside the dataset: there are no files to prepare")
     if size < 16:
         raise UserError(f"size={size}: must be at least 16")
     root = source.image_root.resolve()

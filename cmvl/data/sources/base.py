@@ -9,7 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+from PIL import Image
 
+from cmvl.data.images import load_image
 from cmvl.errors import ConfigError, DataError
 
 # The `qa` annotation table, shared by every source that has question answering.
@@ -31,6 +33,7 @@ class Source(ABC):
     """Reads one dataset. `kinds` lists the annotation tables it provides (`qa`, `captions`, ...)."""
 
     name: str = "source"
+    images_on_disk: bool = True  # image values are files under `image_root` (false: images inside the dataset)
     kinds: frozenset[str] = frozenset()
     splits: tuple[str, ...] = ("train", "val", "test")
 
@@ -41,6 +44,10 @@ class Source(ABC):
     @abstractmethod
     def image_root(self) -> Path:
         """Folder that the `image` column of every table is relative to."""
+
+    def open_image(self, image: str) -> Image.Image:
+        """The RGB image that a table's `image` value names (by default a file relative to `image_root`)."""
+        return load_image(self.image_root / image)
 
     @abstractmethod
     def _read(self, kind: str, split: str) -> pa.Table: ...
