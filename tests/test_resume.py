@@ -31,6 +31,7 @@ def _train(run_dir: Path, *extra: str, ids_file: Path, workers: int = 0):
         *RUN,
         f"data.num_workers={workers}",
         f"hydra.run.dir={run_dir}",
+        "extra_target_prefixes=[tests.]",
         "+callbacks.ids._target_=tests.resume_helpers.RecordSampleIds",
         f"+callbacks.ids.path={ids_file}",
         *extra,

@@ -37,10 +37,48 @@ def _datasets_providing(kind: str) -> list[str]:
     return names
 
 
+ALLOWED_TARGET_PREFIXES = (
+    "cmvl.",
+    "torch.",
+    "torchvision.",
+    "timm.",
+    "transformers.",
+    "pytorch_lightning.",
+    "lightning.",
+    "torchmetrics.",
+)
+
+
+def _targets(node, prefix: str = ""):
+    """(key, `_target_` value) of every node below `node`, without resolving interpolations."""
+    keys = node.keys() if isinstance(node, DictConfig) else range(len(node))
+    for key in keys:
+        if prefix == "" and key == "hydra":
+            continue
+        path = f"{prefix}.{key}" if prefix else str(key)
+        value = node._get_node(key)
+        if isinstance(value, DictConfig | ListConfig):
+            yield from _targets(value, path)
+        elif key == "_target_":
+            yield path, str(value._value())
+
+
+def check_targets(cfg: DictConfig) -> None:
+    """Refuse `_target_`s outside the allowed packages (plus the user's `extra_target_prefixes`)."""
+    allowed = ALLOWED_TARGET_PREFIXES + tuple(str(p) for p in (cfg.get("extra_target_prefixes") or []))
+    for key, target in _targets(cfg):
+        if not target.startswith(allowed):
+            raise ConfigError(
+                f"{key}={target}: not an allowed class (packages: {', '.join(p.rstrip('.') for p in allowed)}); "
+                f"add its package with 'extra_target_prefixes=[{target.split('.')[0]}.]' if you trust it"
+            )
+
+
 def validate_config(cfg: DictConfig, *, check_task: bool = True) -> None:
     missing = _first_missing_key(cfg)
     if missing:
         raise ConfigError(f"{missing} is required: set it on the command line ({missing}=...)")
+    check_targets(cfg)
     precision = str(cfg.trainer.precision)
     if precision not in PRECISIONS:
         raise ConfigError(f"trainer.precision={precision}: must be one of {', '.join(PRECISIONS)}")

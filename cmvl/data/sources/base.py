@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from abc import ABC, abstractmethod
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pyarrow as pa
@@ -79,14 +79,17 @@ class FolderSource(Source):
     def image_root(self) -> Path:
         return self.images
 
-    def with_images_present(self, table: pa.Table, what: str) -> pa.Table:
-        return drop_missing_images(table, self.images, policy=self.missing_images, what=f"{self.name} {what}")
+    def with_images_present(self, table: pa.Table, what: str, *, absolute_ok: bool = False) -> pa.Table:
+        what = f"{self.name} {what}"
+        return drop_missing_images(table, self.images, policy=self.missing_images, what=what, absolute_ok=absolute_ok)
 
 
 MISSING_IMAGE_POLICIES = ("skip", "error")
 
 
-def drop_missing_images(table: pa.Table, image_root: Path, *, policy: str, what: str) -> pa.Table:
+def drop_missing_images(
+    table: pa.Table, image_root: Path, *, policy: str, what: str, absolute_ok: bool = False
+) -> pa.Table:
     """Rows whose image file exists under `image_root`; the others are dropped with one line (policy ``skip``)
     or refused with one line naming the first missing file (policy ``error``).
 
@@ -97,6 +100,10 @@ def drop_missing_images(table: pa.Table, image_root: Path, *, policy: str, what:
         raise ConfigError(f"dataset.missing_images={policy}: must be one of {', '.join(MISSING_IMAGE_POLICIES)}")
     images = table.column("image").to_numpy(zero_copy_only=False).astype(str)
     distinct = np.unique(images)
+    for rel in distinct:  # annotation files come from elsewhere: a file name must not reach outside the image folder
+        path = PurePosixPath(rel)
+        if ".." in path.parts or (path.is_absolute() and not absolute_ok):
+            raise DataError(f"{what}: image path '{rel}' points outside the image folder {image_root}; refused")
     listings: dict[str, set[str]] = {}
     present = np.zeros(len(distinct), dtype=bool)
     for i, rel in enumerate(distinct):

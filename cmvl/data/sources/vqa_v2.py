@@ -147,4 +147,4 @@ class VQAv2Source(FolderSource):
                 f"{', '.join(p.name for p in evaluation)}",
                 file=sys.stderr,
             )
-        return self.with_images_present(table, "train (vg)")
+        return self.with_images_present(table, "train (vg)", absolute_ok=True)  # absolute by construction above
