@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from cmvl.atomic_file import atomic_write
 from cmvl.config.validate import validate_config
 from cmvl.errors import ConfigError
 from cmvl.training.build import build_datamodule, build_lit_module, single_device_trainer
@@ -19,11 +18,8 @@ from cmvl.training.lit_module import CHECKPOINT_KEY
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
+    with atomic_write(path) as f:
         json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
 
 
 def checkpoint_config(checkpoint: dict[str, Any], overrides: list[str]):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -13,6 +12,7 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
+from cmvl.atomic_file import atomic_write
 from cmvl.data.sources.base import Source
 from cmvl.errors import UserError
 from cmvl.progress import track
@@ -73,10 +73,8 @@ def _resize_one(job: tuple[str, str, int, int]) -> str:
         scale = size / min(im.size)
         if scale < 1:  # never upscale
             im = im.resize((round(im.width * scale), round(im.height * scale)), Image.Resampling.BICUBIC)
-        fd, tmp = tempfile.mkstemp(prefix=".prepare.", suffix=".jpg", dir=os.path.dirname(dst))
-        with os.fdopen(fd, "wb") as f:
+        with atomic_write(dst, "wb") as f:
             im.save(f, format="JPEG", quality=quality)
-    os.replace(tmp, dst)
     return dst
 
 

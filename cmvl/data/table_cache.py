@@ -11,12 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+
+from cmvl.atomic_file import atomic_write
 
 
 def default_cache_dir() -> Path:
@@ -44,13 +45,6 @@ def cached_table(name: str, inputs: list[Path], params: dict[str, Any], build: C
         except (pa.ArrowInvalid, OSError):
             pass  # unreadable cache entry: rebuild it below
     table = build()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f, pa.ipc.new_file(f, table.schema) as writer:
-            writer.write_table(table)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, "wb") as f, pa.ipc.new_file(f, table.schema) as writer:
+        writer.write_table(table)
     return table

@@ -9,6 +9,8 @@ from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 from pytorch_lightning.loggers.logger import rank_zero_experiment
 
+from cmvl.atomic_file import atomic_write
+
 
 class _KeepingWriter(ExperimentWriter):
     def __init__(self, log_dir: str, keep_before_step: int | None) -> None:
@@ -25,12 +27,10 @@ class _KeepingWriter(ExperimentWriter):
             reader = csv.DictReader(f)
             keys, rows = list(reader.fieldnames or []), list(reader)
         kept = [row for row in rows if row.get("step") and int(float(row["step"])) < self._keep_before_step]
-        tmp = f"{self.metrics_file_path}.tmp"
-        with open(tmp, "w", newline="") as f:
+        with atomic_write(self.metrics_file_path, newline="") as f:
             writer = csv.DictWriter(f, fieldnames=keys)
             writer.writeheader()
             writer.writerows(kept)
-        os.replace(tmp, self.metrics_file_path)
         self.metrics_keys = keys  # later rows are appended under the same header (widened if new keys come)
 
 
