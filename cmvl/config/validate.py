@@ -49,24 +49,11 @@ ALLOWED_TARGET_PREFIXES = (
 )
 
 
-def _targets(node, prefix: str = ""):
-    """(key, `_target_` value) of every node below `node`, without resolving interpolations."""
-    keys = node.keys() if isinstance(node, DictConfig) else range(len(node))
-    for key in keys:
-        if prefix == "" and key == "hydra":
-            continue
-        path = f"{prefix}.{key}" if prefix else str(key)
-        value = node._get_node(key)
-        if isinstance(value, DictConfig | ListConfig):
-            yield from _targets(value, path)
-        elif key == "_target_":
-            yield path, str(value._value())
-
-
 def check_targets(cfg: DictConfig) -> None:
     """Refuse `_target_`s outside the allowed packages (plus the user's `extra_target_prefixes`)."""
     allowed = ALLOWED_TARGET_PREFIXES + tuple(str(p) for p in (cfg.get("extra_target_prefixes") or []))
-    for key, target in _targets(cfg):
+    targets = ((path, str(node._get_node(key)._value())) for path, node, key in _keys(cfg) if key == "_target_")
+    for key, target in targets:
         if not target.startswith(allowed):
             raise ConfigError(
                 f"{key}={target}: not an allowed class (packages: {', '.join(p.rstrip('.') for p in allowed)}); "
@@ -101,23 +88,25 @@ def validate_config(cfg: DictConfig, *, check_task: bool = True) -> None:
         )
 
 
-def _first_missing_key(node, prefix: str = "") -> str | None:
-    """The first `???` value, found without resolving interpolations (some need Hydra's runtime config)."""
+def _keys(node, prefix: str = ""):
+    """(path, parent node, key) of every key in the config except `hydra`, without resolving interpolations (some
+    need Hydra's runtime config); interpolated nodes are not entered."""
     keys = node.keys() if isinstance(node, DictConfig) else range(len(node))
     for key in keys:
         if prefix == "" and key == "hydra":
             continue
         path = f"{prefix}{key}" if isinstance(key, str) else f"{prefix.rstrip('.')}[{key}]"
-        if OmegaConf.is_missing(node, key):
-            return path
-        if OmegaConf.is_interpolation(node, key):
+        yield path, node, key
+        if OmegaConf.is_missing(node, key) or OmegaConf.is_interpolation(node, key):
             continue
         child = node._get_node(key)
-        if isinstance(child, (DictConfig, ListConfig)):
-            found = _first_missing_key(child, path + ".")
-            if found:
-                return found
-    return None
+        if isinstance(child, DictConfig | ListConfig):
+            yield from _keys(child, path + ".")
+
+
+def _first_missing_key(cfg: DictConfig) -> str | None:
+    """The first `???` value."""
+    return next((path for path, node, key in _keys(cfg) if OmegaConf.is_missing(node, key)), None)
 
 
 def _check_checkpointing(cfg: DictConfig) -> None:

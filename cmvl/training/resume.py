@@ -69,9 +69,6 @@ class RNGStateCallback(pl.Callback):
     # RNG in the uninterrupted run (the loaders draw their seeds from their own generators, see
     # `ImageGroupedSampler`), so whatever Lightning's restart does in between cannot shift the stream.
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args) -> None:
-        self._restore()
-
-    def _restore(self) -> None:
         if self._pending is not None:
             restore_rng_state(self._pending)
             self._pending = None
