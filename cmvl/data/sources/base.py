@@ -13,6 +13,7 @@ from PIL import Image
 
 from cmvl.data.images import load_image
 from cmvl.errors import ConfigError, DataError
+from cmvl.metrics.vqa_normalize import normalize_answer
 
 # The `qa` annotation table, shared by every source that has question answering.
 QA_SCHEMA = pa.schema(
@@ -27,6 +28,28 @@ QA_SCHEMA = pa.schema(
         ("multiple_choice_answer", pa.string()),
     ]
 )
+
+ANSWERS_PER_QUESTION = 10  # VQA v2 collects ten human answers per question
+
+
+def single_answer_annotations(answer: str) -> list[str]:
+    """A dataset's one answer (Visual Genome, single-answer `datasets`) as the ten human answers of a `qa` row:
+    normalised like a prediction ("Two." → "2", since the official scorer does not process ten identical answers)
+    and repeated, so the VQA metric scores an exact answer 1 and anything else 0."""
+    return [normalize_answer(answer)] * ANSWERS_PER_QUESTION
+
+
+def question_type(question: str) -> str:
+    """The question's first word, lower case ("what", "how", …): a `question_type` for datasets without one."""
+    words = question.strip().lower().split()
+    return words[0] if words else ""
+
+
+def answer_type(answer: str) -> str:
+    """VQA's answer types for a normalised answer: yes/no, number or other."""
+    if answer in ("yes", "no"):
+        return "yes/no"
+    return "number" if answer.isdigit() else "other"
 
 
 class Source(ABC):
@@ -100,13 +123,12 @@ def drop_missing_images(
         raise ConfigError(f"dataset.missing_images={policy}: must be one of {', '.join(MISSING_IMAGE_POLICIES)}")
     images = table.column("image").to_numpy(zero_copy_only=False).astype(str)
     distinct = np.unique(images)
-    for rel in distinct:  # annotation files come from elsewhere: a file name must not reach outside the image folder
-        path = PurePosixPath(rel)
-        if ".." in path.parts or (path.is_absolute() and not absolute_ok):
-            raise DataError(f"{what}: image path '{rel}' points outside the image folder {image_root}; refused")
     listings: dict[str, set[str]] = {}
     present = np.zeros(len(distinct), dtype=bool)
     for i, rel in enumerate(distinct):
+        path = PurePosixPath(rel)  # annotation files come from elsewhere: no file may reach outside the image folder
+        if ".." in path.parts or (path.is_absolute() and not absolute_ok):
+            raise DataError(f"{what}: image path '{rel}' points outside the image folder {image_root}; refused")
         folder, _, name = rel.rpartition("/")
         if folder not in listings:
             directory = image_root / folder

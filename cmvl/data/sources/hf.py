@@ -15,12 +15,10 @@ from typing import Any
 import pyarrow as pa
 from PIL import Image
 
-from cmvl.data.sources.base import QA_SCHEMA, Source
+from cmvl.data.sources.base import QA_SCHEMA, Source, answer_type, question_type, single_answer_annotations
 from cmvl.data.sources.coco import CAPTIONS_SCHEMA
-from cmvl.data.sources.visual_genome import VG_ANSWERS_PER_QUESTION, answer_type, question_type
 from cmvl.data.table_cache import cached_table
 from cmvl.errors import ConfigError, DataError
-from cmvl.metrics.vqa_normalize import normalize_answer
 
 READER_VERSION = 1  # bump when the tables built here change, so cached tables are rebuilt
 DEFAULT_COLUMNS = {
@@ -184,13 +182,13 @@ def _image_digest(value: Any) -> str:
 
 
 def _answer_list(value: Any) -> list[str] | None:
-    """Ten human answers as given, or one answer (normalised like VG's) repeated so the VQA metric scores 0 or 1;
-    dict-shaped answers (`[{"answer": ...}]`, the official layout) are read too."""
+    """Ten human answers as given, or one answer as `single_answer_annotations`; dict-shaped answers
+    (`[{"answer": ...}]`, the official layout) are read too."""
     if value is None:
         return None
     if isinstance(value, str):
-        return [normalize_answer(value)] * VG_ANSWERS_PER_QUESTION
+        return single_answer_annotations(value)
     answers = [a["answer"] if isinstance(a, dict) else a for a in value]
     if len(answers) == 1:
-        return [normalize_answer(answers[0])] * VG_ANSWERS_PER_QUESTION
+        return single_answer_annotations(answers[0])
     return answers or None

@@ -9,13 +9,11 @@ import numpy as np
 import pyarrow as pa
 
 from cmvl.data.jsonfile import load_json, require_keys
-from cmvl.data.sources.base import QA_SCHEMA, FolderSource
+from cmvl.data.sources.base import QA_SCHEMA, FolderSource, answer_type, question_type, single_answer_annotations
 from cmvl.data.table_cache import cached_table
 from cmvl.errors import ConfigError, DataError
-from cmvl.metrics.vqa_normalize import normalize_answer
 
 READER_VERSION = 1  # bump when the tables built here change, so cached tables are rebuilt
-VG_ANSWERS_PER_QUESTION = 10  # VG has one answer per question; repeated so the VQA metric scores 0 or 1
 
 
 def _image_id(record: dict, path: Path) -> int:
@@ -50,22 +48,10 @@ def image_split_share(image_ids: np.ndarray, seed: int) -> np.ndarray:
     return np.array([int.from_bytes(d, "big") for d in digests], dtype=np.float64) / 2.0**64
 
 
-def question_type(question: str) -> str:
-    words = question.strip().lower().split()
-    return words[0] if words else ""
-
-
-def answer_type(answer: str) -> str:
-    if answer in ("yes", "no"):
-        return "yes/no"
-    return "number" if answer.isdigit() else "other"
-
-
 def read_visual_genome_qa(qa_file: Path, image_files: dict[int, str], keep_image: np.ndarray | None) -> pa.Table:
     """All QA pairs (of the images whose id is in `keep_image`, when given) in the `qa` layout.
 
-    Answers are stored normalised (`normalize_answer`: lower case, punctuation, number words, articles), because
-    VG answers are short sentences ("Two.") and the official VQA scorer does not process ten identical answers.
+    VG has one answer per question: it becomes ten identical normalised answers (`single_answer_annotations`).
     """
     documents = load_json(qa_file, what="Visual Genome question_answers.json")
     if not isinstance(documents, list):
@@ -81,15 +67,15 @@ def read_visual_genome_qa(qa_file: Path, image_files: dict[int, str], keep_image
                 continue
             if image_id not in image_files:
                 raise DataError(f"{qa_file}: image {image_id} of qa_id {qa['qa_id']} is not in image_data.json")
-            answer = normalize_answer(qa["answer"])
+            answers = single_answer_annotations(qa["answer"])
             columns["question_id"].append(int(qa["qa_id"]))
             columns["image_id"].append(image_id)
             columns["image"].append(image_files[image_id])
             columns["question"].append(qa["question"])
-            columns["answers"].append([answer] * VG_ANSWERS_PER_QUESTION)
-            columns["answer_type"].append(answer_type(answer))
+            columns["answers"].append(answers)
+            columns["answer_type"].append(answer_type(answers[0]))
             columns["question_type"].append(question_type(qa["question"]))
-            columns["multiple_choice_answer"].append(answer)
+            columns["multiple_choice_answer"].append(answers[0])
     return pa.table(columns, schema=QA_SCHEMA)
 
 
