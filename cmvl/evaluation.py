@@ -55,13 +55,15 @@ def evaluate_checkpoint(
     if lit.score_test:
         metrics = {lit.metric_key(split, k): float(v) for k, v in lit.test_metric.compute().items()}
     out = Path(out_dir) if out_dir else ckpt_path.parent
-    predictions = sorted(lit.test_predictions, key=lambda p: next(iter(p.values())))
+    predictions = lit.task.final_predictions(lit.test_metric)
+    if predictions is None:  # per-batch records, in id order (the first key of each record)
+        predictions = sorted(lit.test_predictions, key=lambda p: next(iter(p.values())))
     predictions_file = out / f"predictions_{lit.task.name}_{split}.json"
     write_json_atomic(predictions_file, predictions)
     result = {
         "checkpoint": str(ckpt_path),
         "split": split,
-        "num_predictions": len(predictions),
+        "num_predictions": len(predictions) if isinstance(predictions, list) else sum(map(len, predictions.values())),
         "metrics": metrics,
         "predictions_file": str(predictions_file),
     }

@@ -24,6 +24,20 @@ TINY_WORLD = [
     "data.num_workers=0",
 ]
 
+# A few steps of a small model: enough to train, checkpoint and evaluate through the CLI in seconds.
+TINY_TRAINING = [
+    "trainer=debug",
+    "trainer.limit_val_batches=null",
+    "trainer.max_epochs=2",
+    "trainer.limit_train_batches=3",
+    "data.batch_size=16",
+    "model.dim=32",
+    "vision.encoder.channels=32",
+    "text.encoder.hidden_size=32",
+    "text.encoder.intermediate_size=64",
+    "text.tokenizer.vocab_size=200",
+]
+
 
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory) -> Path:

@@ -9,21 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import TINY_WORLD, run_cli
+from tests.conftest import TINY_TRAINING, TINY_WORLD, run_cli
 
-TRAIN_FAST = [
-    *TINY_WORLD,
-    "trainer=debug",
-    "trainer.limit_val_batches=null",
-    "trainer.max_epochs=2",
-    "trainer.limit_train_batches=3",
-    "data.batch_size=16",
-    "model.dim=32",
-    "vision.encoder.channels=32",
-    "text.encoder.hidden_size=32",
-    "text.encoder.intermediate_size=64",
-    "text.tokenizer.vocab_size=200",
-]
+TRAIN_FAST = [*TINY_WORLD, *TINY_TRAINING]
 
 
 @pytest.fixture(scope="module")

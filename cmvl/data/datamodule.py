@@ -19,6 +19,7 @@ from cmvl.data.images import build_transform
 from cmvl.data.sampling import ImageGroupedSampler
 from cmvl.data.sources.base import Source
 from cmvl.data.text import tokenizer_from_state, tokenizer_to_state
+from cmvl.errors import ConfigError, DataError
 from cmvl.tasks.base import SplitTargets, Task
 
 
@@ -83,6 +84,7 @@ class Collator:
         return {
             "images": torch.stack(images),
             "image_index": torch.as_tensor(image_index),
+            "image_key": torch.as_tensor(list(slot)),  # U: each image's number in the split (same image, same key)
             "input_ids": encoded["input_ids"],
             "attention_mask": encoded["attention_mask"],
             "index": torch.as_tensor(indices),
@@ -106,7 +108,7 @@ class VLDataModule(pl.LightningDataModule):
         text_max_length: int,
         image: dict[str, Any],
         batch_size: int = 64,
-        group_by_image: bool = True,
+        group_by_image: bool | None = None,
         seed: int = 0,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
@@ -125,6 +127,12 @@ class VLDataModule(pl.LightningDataModule):
         if data_state is not None:
             self.task.load_state_dict(data_state["task"])
             self.tokenizer = tokenizer_from_state(data_state["tokenizer"])
+            self.task.bind_tokenizer(self.tokenizer)
+        if self.image_cfg.get("random_crop_scale") and not task.allows_random_crop:
+            raise ConfigError(
+                f"data.image.random_crop_scale: task '{task.name}' predicts positions in the image; a random crop "
+                "would move them (set it to null)"
+            )
 
     def table(self, split: str) -> pa.Table:
         if split not in self._tables:
@@ -137,6 +145,7 @@ class VLDataModule(pl.LightningDataModule):
         train = self.table("train")
         self.task.fit(train)
         self.tokenizer = self.tokenizer_builder.build(self.task.texts(train))
+        self.task.bind_tokenizer(self.tokenizer)
 
     def data_state(self) -> dict[str, Any]:
         assert self.tokenizer is not None, "prepare() first"
@@ -144,7 +153,7 @@ class VLDataModule(pl.LightningDataModule):
 
     def dataset(self, split: str, *, train: bool) -> tuple[ImageTextDataset, Collator]:
         assert self.tokenizer is not None, "prepare() first"
-        table = self.table(split)
+        table = self.task.rows(self.table(split), train=train)
         crop = self.image_cfg.get("random_crop_scale")
         transform = build_transform(image_size=self.image_cfg["size"], train=train, random_crop_scale=crop)
         dataset = ImageTextDataset(table, self.task.texts(table), self.source.open_image, transform)
@@ -154,8 +163,14 @@ class VLDataModule(pl.LightningDataModule):
         # Stateful: its position and shuffle state go into the checkpoint, so a resume continues mid-epoch.
         dataset, collate = self.dataset("train", train=True)
         # Shuffling images or single rows: either way the order is a pure function of (seed, epoch).
-        groups = dataset.image_ids if self.group_by_image else np.arange(len(dataset))
+        by_image = self.task.group_rows_by_image if self.group_by_image is None else self.group_by_image
+        groups = dataset.image_ids if by_image else np.arange(len(dataset))
         sampler = ImageGroupedSampler(dataset, groups, seed=self.seed)
+        if len(sampler) < self.batch_size:  # full batches only (drop_last): not one training step
+            raise DataError(
+                f"the train split has {len(sampler)} {self.task.table_kind} rows per process, fewer than "
+                f"data.batch_size={self.batch_size}"
+            )
         return StatefulDataLoader(
             dataset,
             batch_size=self.batch_size,

@@ -46,12 +46,20 @@ class VisionLanguageModel(nn.Module):
     ) -> tuple[Tokens, Tokens]:
         """Each of the U images is encoded once; `image_index` (B) picks the image of each of the B texts
         (None: image i goes with text i)."""
-        v = self.vision(normalize_images(images, self.image_mean, self.image_std))
-        vision = Tokens(self.vision_proj(v.feats), v.mask)
+        vision = self.encode_images(images)
         if image_index is not None:
             vision = Tokens(vision.feats[image_index], vision.mask[image_index])
+        return vision, self.encode_texts(input_ids, attention_mask)
+
+    def encode_images(self, images: torch.Tensor) -> Tokens:
+        """uint8 images U×3×H×W → vision tokens at `model.dim`."""
+        v = self.vision(normalize_images(images, self.image_mean, self.image_std))
+        return Tokens(self.vision_proj(v.feats), v.mask)
+
+    def encode_texts(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Tokens:
+        """Token ids B×L → text tokens at `model.dim`."""
         t = self.text(input_ids, attention_mask)
-        return vision, Tokens(self.text_proj(t.feats), t.mask)
+        return Tokens(self.text_proj(t.feats), t.mask)
 
     def forward(
         self,

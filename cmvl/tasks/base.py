@@ -9,6 +9,7 @@ import pyarrow as pa
 import torch
 from torch import nn
 from torchmetrics import Metric
+from transformers import PreTrainedTokenizerFast
 
 from cmvl.models.vl_model import VisionLanguageModel
 
@@ -29,6 +30,13 @@ class Task(ABC):
     table_kind: str  # which annotation table the task reads (`qa`, `captions`, ...)
     monitor_key: str  # metric (from `compute`) that picks the best checkpoint
     monitor_mode: str = "max"
+    allows_random_crop: bool = True
+    group_rows_by_image: bool = True  # the batching when `data.group_by_image` is null (see conf/train.yaml)
+    # The model parts the task's forward runs; the others are frozen (no optimizer state, and DDP does not wait
+    # for gradients that never come).
+    uses: frozenset[str] = frozenset(
+        {"vision", "text", "fusion"}
+    )  # False where targets are positions in the image (boxes)
 
     @abstractmethod
     def fit(self, train_table: pa.Table) -> None:
@@ -40,6 +48,16 @@ class Task(ABC):
 
     @abstractmethod
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+    def bind_tokenizer(self, tokenizer: PreTrainedTokenizerFast) -> None:
+        """Called once the run's tokenizer exists (built or restored), before `build_head`: a task that writes
+        text (captioning) takes its vocabulary and special tokens from it."""
+        del tokenizer  # most tasks only read the tokenized batches
+
+    def rows(self, table: pa.Table, *, train: bool) -> pa.Table:
+        """The rows a split is trained or scored on (default: all; captioning evaluates one row per image)."""
+        del train
+        return table
 
     @abstractmethod
     def texts(self, table: pa.Table) -> list[str]:
@@ -54,15 +72,28 @@ class Task(ABC):
     @abstractmethod
     def forward(self, model: VisionLanguageModel, batch: dict[str, Any]) -> dict[str, torch.Tensor]: ...
 
+    def eval_forward(self, model: VisionLanguageModel, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Outputs for validation and evaluation (default: `forward`; captioning decodes instead)."""
+        return self.forward(model, batch)
+
     @abstractmethod
     def loss(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> torch.Tensor: ...
 
     @abstractmethod
     def make_metric(self) -> Metric: ...
 
+    def make_eval_metric(self) -> Metric:
+        """The metric of `cmvl eval` (default: the validation metric; captioning adds METEOR)."""
+        return self.make_metric()
+
     @abstractmethod
     def update_metric(self, metric: Metric, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> None: ...
 
     @abstractmethod
     def predictions(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> list[dict[str, Any]]:
-        """Predictions in the official results format of the task."""
+        """Predictions of one batch in the official results format of the task (a list of records)."""
+
+    def final_predictions(self, metric: Metric) -> Any | None:
+        """Predictions that need the whole split (retrieval rankings), from the metric's gathered state; None
+        means the per-batch `predictions` are the result."""
+        return None

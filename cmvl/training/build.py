@@ -66,7 +66,7 @@ def build_datamodule(cfg: DictConfig, *, data_state: dict[str, Any] | None = Non
 
 def build_model(cfg: DictConfig, datamodule: VLDataModule) -> VisionLanguageModel:
     task = datamodule.task
-    return VisionLanguageModel(
+    model = VisionLanguageModel(
         vision=instantiate(cfg.vision.encoder),
         text=instantiate(cfg.text.encoder, tokenizer=datamodule.tokenizer),
         fusion=instantiate(cfg.fusion),
@@ -75,6 +75,16 @@ def build_model(cfg: DictConfig, datamodule: VLDataModule) -> VisionLanguageMode
         image_mean=list(cfg.data.image.mean),
         image_std=list(cfg.data.image.std),
     )
+    unused = {
+        "vision": [model.vision, model.vision_proj],
+        "text": [model.text, model.text_proj],
+        "fusion": [model.fusion],
+    }
+    for part, modules in unused.items():
+        if part not in task.uses:
+            for module in modules:
+                module.requires_grad_(False)
+    return model
 
 
 def build_lit_module(cfg: DictConfig, datamodule: VLDataModule) -> VLLitModule:

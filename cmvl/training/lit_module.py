@@ -25,7 +25,7 @@ class VLLitModule(pl.LightningModule):
         self.optim_cfg = optim
         self.run_state = run_state  # plain containers: resolved config + data state; saved in every checkpoint
         self.val_metric = task.make_metric()
-        self.test_metric = task.make_metric()
+        self.test_metric = task.make_eval_metric()
         self.test_predictions: list[dict[str, Any]] = []
         self.score_test = True  # evaluation of a split without annotations only predicts
         self.val_history: list[dict[str, float]] = []
@@ -45,7 +45,7 @@ class VLLitModule(pl.LightningModule):
         return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self.task.update_metric(self.val_metric, self.task.forward(self.model, batch), batch)
+        self.task.update_metric(self.val_metric, self.task.eval_forward(self.model, batch), batch)
 
     def on_validation_epoch_end(self) -> None:
         values = {self.metric_key("val", k): v for k, v in self.val_metric.compute().items()}
@@ -57,7 +57,7 @@ class VLLitModule(pl.LightningModule):
             )
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        outputs = self.task.forward(self.model, batch)
+        outputs = self.task.eval_forward(self.model, batch)
         if self.score_test:
             self.task.update_metric(self.test_metric, outputs, batch)
         self.test_predictions.extend(self.task.predictions(outputs, batch))

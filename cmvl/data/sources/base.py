@@ -29,6 +29,19 @@ QA_SCHEMA = pa.schema(
     ]
 )
 
+# The `regions` annotation table: phrases that describe one box of an image (grounding).
+REGIONS_SCHEMA = pa.schema(
+    [
+        ("region_id", pa.int64()),
+        ("image_id", pa.int64()),
+        ("image", pa.string()),  # image file, relative to the image root
+        ("width", pa.int32()),  # image size in pixels
+        ("height", pa.int32()),
+        ("phrase", pa.string()),
+        ("box", pa.list_(pa.float32(), 4)),  # [x, y, width, height] in pixels
+    ]
+)
+
 ANSWERS_PER_QUESTION = 10  # VQA v2 collects ten human answers per question
 
 

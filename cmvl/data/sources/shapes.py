@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 
 from cmvl.data.shapes.world import ShapesSpec, ensure_shapes_world
 from cmvl.data.sources.base import Source
 from cmvl.data.sources.coco import read_coco_captions, read_coco_instances
+from cmvl.data.sources.visual_genome import read_image_records, read_visual_genome_regions
 from cmvl.data.sources.vqa_v2 import read_vqa_v2, vqa_v2_files
 from cmvl.data.table_cache import default_cache_dir
 
@@ -19,7 +21,7 @@ class ShapesSource(Source):
     """Coloured shapes with VQA, caption, object and region annotations; no download needed."""
 
     name = "shapes"
-    kinds = frozenset({"qa", "captions", "objects"})
+    kinds = frozenset({"qa", "captions", "objects", "regions"})
 
     def __init__(
         self,
@@ -52,6 +54,11 @@ class ShapesSource(Source):
     def _read(self, kind: str, split: str) -> pa.Table:
         if kind == "captions":
             return read_coco_captions(self.root / "annotations" / f"captions_{split}.json", image_folder=split)
+        if kind == "regions":  # the world's Visual Genome files hold every split; keep this split's images
+            vg = self.root / "visual_genome"
+            images = read_image_records(vg / "image_data.json")
+            keep = np.array(sorted(i for i, f in images.files.items() if f.startswith(f"{split}/")), dtype=np.int64)
+            return read_visual_genome_regions(vg / "region_descriptions.json", images, keep)
         if kind == "objects":
             return read_coco_instances([(self.root / "annotations" / f"instances_{split}.json", split)])
         questions, annotations = vqa_v2_files(self.root, split)

@@ -1,19 +1,29 @@
-"""Visual Genome from its official JSON files: question-answer pairs as a `qa` table, split by image."""
+"""Visual Genome from its official JSON files: question-answer pairs (`qa`) and region descriptions (`regions`),
+split by image."""
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
 
 from cmvl.data.jsonfile import load_json, require_keys
-from cmvl.data.sources.base import QA_SCHEMA, FolderSource, answer_type, question_type, single_answer_annotations
+from cmvl.data.sources.base import (
+    QA_SCHEMA,
+    REGIONS_SCHEMA,
+    FolderSource,
+    answer_type,
+    question_type,
+    single_answer_annotations,
+)
 from cmvl.data.table_cache import cached_table
 from cmvl.errors import ConfigError, DataError
 
-READER_VERSION = 1  # bump when the tables built here change, so cached tables are rebuilt
+READER_VERSION = 2  # bump when the tables built here change, so cached tables are rebuilt
 
 
 def _image_id(record: dict, path: Path) -> int:
@@ -24,21 +34,27 @@ def _image_id(record: dict, path: Path) -> int:
     raise DataError(f"{path}: an image record has neither 'image_id' nor 'id'")
 
 
-def read_image_records(image_data_file: Path) -> tuple[dict[int, str], dict[int, int]]:
-    """image id → file relative to the VG root (`VG_100K/…jpg` or `VG_100K_2/…jpg`, from the record's url), and
-    image id → COCO image id for the VG images that are also COCO images."""
+class ImageRecords(NamedTuple):
+    files: dict[int, str]  # image id → file relative to the VG root (`VG_100K/…jpg` or `VG_100K_2/…jpg`)
+    coco_ids: dict[int, int]  # image id → COCO image id, for the VG images that are also COCO images
+    sizes: dict[int, tuple[int, int]]  # image id → (width, height) in pixels
+
+
+def read_image_records(image_data_file: Path) -> ImageRecords:
+    """The image records of `image_data.json` (file from the record's url, COCO id, size)."""
     records = load_json(image_data_file, what="Visual Genome image_data.json")
     if not isinstance(records, list):
         raise DataError(f"{image_data_file}: expected a list of image records")
-    files, coco_ids = {}, {}
+    found = ImageRecords({}, {}, {})
     for record in records:
-        require_keys(record, ["url"], path=image_data_file, where="an image record")
+        require_keys(record, ["url", "width", "height"], path=image_data_file, where="an image record")
         folder, name = record["url"].rstrip("/").split("/")[-2:]
         image_id = _image_id(record, image_data_file)
-        files[image_id] = f"{folder}/{name}"
+        found.files[image_id] = f"{folder}/{name}"
+        found.sizes[image_id] = (int(record["width"]), int(record["height"]))
         if record.get("coco_id") is not None:
-            coco_ids[image_id] = int(record["coco_id"])
-    return files, coco_ids
+            found.coco_ids[image_id] = int(record["coco_id"])
+    return found
 
 
 def image_split_share(image_ids: np.ndarray, seed: int) -> np.ndarray:
@@ -48,35 +64,66 @@ def image_split_share(image_ids: np.ndarray, seed: int) -> np.ndarray:
     return np.array([int.from_bytes(d, "big") for d in digests], dtype=np.float64) / 2.0**64
 
 
-def read_visual_genome_qa(qa_file: Path, image_files: dict[int, str], keep_image: np.ndarray | None) -> pa.Table:
+def _image_entries(
+    path: Path, list_key: str, entry_keys: list[str], images: ImageRecords, keep_image: np.ndarray | None
+) -> Iterator[tuple[int, dict]]:
+    """(image id, entry) for every entry of a per-image VG file (`[{…, list_key: [entry, …]}]`) whose image is in
+    `keep_image` (all when None); the entry's own `image_id` wins over its record's (`image_id`, v1.0 `id`)."""
+    documents = load_json(path, what=f"Visual Genome {path.name}")
+    if not isinstance(documents, list):
+        raise DataError(f"{path}: expected a list of per-image records")
+    keep = None if keep_image is None else set(keep_image.tolist())
+    for document in documents:
+        require_keys(document, [list_key], path=path, where="an image record")
+        for entry in document[list_key]:
+            require_keys(entry, entry_keys, path=path, where=f"an entry of '{list_key}'")
+            image_id = int(entry.get("image_id", document.get("image_id", document.get("id", -1))))
+            if keep is not None and image_id not in keep:
+                continue
+            if image_id not in images.files:
+                raise DataError(f"{path}: image {image_id} is not in image_data.json")
+            yield image_id, entry
+
+
+def read_visual_genome_qa(qa_file: Path, images: ImageRecords, keep_image: np.ndarray | None) -> pa.Table:
     """All QA pairs (of the images whose id is in `keep_image`, when given) in the `qa` layout.
 
     VG has one answer per question: it becomes ten identical normalised answers (`single_answer_annotations`).
     """
-    documents = load_json(qa_file, what="Visual Genome question_answers.json")
-    if not isinstance(documents, list):
-        raise DataError(f"{qa_file}: expected a list of per-image records")
-    keep = None if keep_image is None else set(keep_image.tolist())
     columns: dict[str, list] = {name: [] for name in QA_SCHEMA.names}
-    for document in documents:
-        require_keys(document, ["qas"], path=qa_file, where="an image record")
-        for qa in document["qas"]:
-            require_keys(qa, ["qa_id", "image_id", "question", "answer"], path=qa_file, where="a question-answer")
-            image_id = int(qa["image_id"])
-            if keep is not None and image_id not in keep:
-                continue
-            if image_id not in image_files:
-                raise DataError(f"{qa_file}: image {image_id} of qa_id {qa['qa_id']} is not in image_data.json")
-            answers = single_answer_annotations(qa["answer"])
-            columns["question_id"].append(int(qa["qa_id"]))
-            columns["image_id"].append(image_id)
-            columns["image"].append(image_files[image_id])
-            columns["question"].append(qa["question"])
-            columns["answers"].append(answers)
-            columns["answer_type"].append(answer_type(answers[0]))
-            columns["question_type"].append(question_type(qa["question"]))
-            columns["multiple_choice_answer"].append(answers[0])
+    for image_id, qa in _image_entries(qa_file, "qas", ["qa_id", "question", "answer"], images, keep_image):
+        answers = single_answer_annotations(qa["answer"])
+        columns["question_id"].append(int(qa["qa_id"]))
+        columns["image_id"].append(image_id)
+        columns["image"].append(images.files[image_id])
+        columns["question"].append(qa["question"])
+        columns["answers"].append(answers)
+        columns["answer_type"].append(answer_type(answers[0]))
+        columns["question_type"].append(question_type(qa["question"]))
+        columns["multiple_choice_answer"].append(answers[0])
     return pa.table(columns, schema=QA_SCHEMA)
+
+
+def read_visual_genome_regions(region_file: Path, images: ImageRecords, keep_image: np.ndarray | None) -> pa.Table:
+    """All region descriptions (of the images in `keep_image`, when given) in the `regions` layout: one row per
+    (phrase, box), the box as [x, y, width, height] pixels, clipped to the image."""
+    columns: dict[str, list] = {name: [] for name in REGIONS_SCHEMA.names}
+    keys = ["phrase", "x", "y", "width", "height"]
+    for image_id, region in _image_entries(region_file, "regions", keys, images, keep_image):
+        width, height = images.sizes[image_id]
+        x0, y0 = min(max(float(region["x"]), 0.0), width), min(max(float(region["y"]), 0.0), height)
+        x1 = min(float(region["x"]) + float(region["width"]), width)
+        y1 = min(float(region["y"]) + float(region["height"]), height)
+        if x1 <= x0 or y1 <= y0 or not str(region["phrase"]).strip():
+            continue  # degenerate box or empty phrase: nothing to ground
+        columns["region_id"].append(int(region.get("region_id", region.get("id", -1))))
+        columns["image_id"].append(image_id)
+        columns["image"].append(images.files[image_id])
+        columns["width"].append(width)
+        columns["height"].append(height)
+        columns["phrase"].append(str(region["phrase"]).strip())
+        columns["box"].append([x0, y0, x1 - x0, y1 - y0])
+    return pa.table(columns, schema=REGIONS_SCHEMA)
 
 
 class VisualGenomeSource(FolderSource):
@@ -84,7 +131,7 @@ class VisualGenomeSource(FolderSource):
     `split_seed`) or a user split file (JSON: split name → list of image ids)."""
 
     name = "visual_genome"
-    kinds = frozenset({"qa"})
+    kinds = frozenset({"qa", "regions"})
 
     def __init__(
         self,
@@ -125,14 +172,16 @@ class VisualGenomeSource(FolderSource):
         return image_ids[(share >= low) & (share < bounds[index])]
 
     def _read(self, kind: str, split: str) -> pa.Table:
-        image_data, qa_file = self.root / "image_data.json", self.root / "question_answers.json"
+        image_data = self.root / "image_data.json"
+        annotation_file = self.root / ("question_answers.json" if kind == "qa" else "region_descriptions.json")
+        reader = read_visual_genome_qa if kind == "qa" else read_visual_genome_regions
 
         def build() -> pa.Table:
-            image_files, _ = read_image_records(image_data)
-            keep = self._split_images(split, np.array(sorted(image_files), dtype=np.int64))
-            return read_visual_genome_qa(qa_file, image_files, keep)
+            images = read_image_records(image_data)
+            keep = self._split_images(split, np.array(sorted(images.files), dtype=np.int64))
+            return reader(annotation_file, images, keep)
 
-        inputs = [image_data, qa_file, *([self.split_file] if self.split_file else [])]
+        inputs = [image_data, annotation_file, *([self.split_file] if self.split_file else [])]
         params = {"split": split, "fractions": self.fractions, "seed": self.split_seed, "version": READER_VERSION}
-        table = cached_table("visual_genome_qa", inputs, params, build)
+        table = cached_table(f"visual_genome_{kind}", inputs, params, build)
         return self.with_images_present(table, split)

@@ -131,12 +131,12 @@ class VQAv2Source(FolderSource):
         evaluation = [path for path in evaluation if path.is_file()]
 
         def build() -> pa.Table:
-            files, coco_ids = read_image_records(image_data)
+            images = read_image_records(image_data)
             held_out = {q["image_id"] for path in evaluation for q in load_json(path, what="questions")["questions"]}
-            keep = np.array(sorted(i for i in files if coco_ids.get(i) not in held_out), dtype=np.int64)
-            absolute = {i: str((self.vg_root / f).resolve()) for i, f in files.items()}
-            table = read_visual_genome_qa(qa_file, absolute, keep)
-            return table.replace_schema_metadata({"refused_images": str(len(files) - len(keep))})
+            keep = np.array(sorted(i for i in images.files if images.coco_ids.get(i) not in held_out), dtype=np.int64)
+            absolute = {i: str((self.vg_root / f).resolve()) for i, f in images.files.items()}
+            table = read_visual_genome_qa(qa_file, images._replace(files=absolute), keep)
+            return table.replace_schema_metadata({"refused_images": str(len(images.files) - len(keep))})
 
         params = {"version": READER_VERSION, "vg": True}
         table = cached_table("vqa_v2_vg_qa", [image_data, qa_file, *evaluation], params, build)

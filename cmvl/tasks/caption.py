@@ -1,0 +1,179 @@
+"""Image captioning: a transformer decoder over the image's tokens, scored like the COCO caption evaluation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedTokenizerFast
+
+from cmvl.errors import ConfigError
+from cmvl.metrics.caption import CaptionScores
+from cmvl.models.caption_decoder import CaptionDecoder
+from cmvl.models.vl_model import VisionLanguageModel
+from cmvl.tasks.base import SplitTargets, Task
+
+METEOR_CHOICES = ("eval", "always", "never")
+
+
+@dataclass
+class CaptionTargets(SplitTargets):
+    image_id: np.ndarray  # int64 [N]
+    references: pa.ChunkedArray | None  # list<string> [N] on evaluation rows (one per image), else None
+    annotated: bool = True
+
+    def collate(self, indices: list[int]) -> dict[str, Any]:
+        idx = np.asarray(indices)
+        batch: dict[str, Any] = {"image_id": torch.from_numpy(self.image_id[idx])}
+        if self.references is not None:
+            batch["references"] = self.references.take(pa.array(idx)).to_pylist()
+        return batch
+
+
+def one_row_per_image(table: pa.Table) -> pa.Table:
+    """Captions grouped by image: `image_id`, `image`, `references` (all its captions), in first-seen order."""
+    grouped = table.group_by(["image_id", "image"], use_threads=False).aggregate([("caption", "list")])
+    return grouped.rename_columns({"caption_list": "references"})
+
+
+class CaptionTask(Task):
+    """Teacher-forced cross-entropy with label smoothing for training; greedy or beam-search decoding for
+    validation and evaluation, scored with BLEU-1..4, ROUGE-L, CIDEr-D (and METEOR in `cmvl eval`, where Java is
+    available). The decoder cross-attends to the image's projected vision tokens; the tokenizer is the run's."""
+
+    name = "caption"
+    table_kind = "captions"
+    monitor_key = "cider"
+    uses = frozenset({"vision"})
+
+    def __init__(
+        self,
+        *,
+        layers: int = 2,
+        heads: int = 4,
+        max_length: int = 20,
+        label_smoothing: float = 0.1,
+        beam_size: int = 3,
+        length_penalty: float = 0.0,
+        meteor: str = "eval",
+        text_max_length: int = 32,
+        dropout: float = 0.0,
+    ) -> None:
+        if meteor not in METEOR_CHOICES:
+            raise ConfigError(f"task.meteor={meteor}: choose one of {', '.join(METEOR_CHOICES)}")
+        self.layers, self.heads, self.max_length = layers, heads, max_length
+        self.label_smoothing, self.beam_size, self.length_penalty = label_smoothing, beam_size, length_penalty
+        self.meteor, self.dropout = meteor, dropout
+        self.max_positions = max(max_length, text_max_length) + 2  # BOS/EOS added to the longest text
+        self.tokenizer: PreTrainedTokenizerFast | None = None
+
+    def fit(self, train_table: pa.Table) -> None:
+        pass  # the vocabulary is the tokenizer's
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+    def bind_tokenizer(self, tokenizer: PreTrainedTokenizerFast) -> None:
+        self.tokenizer = tokenizer
+        self.pad_id = tokenizer.pad_token_id
+        # BERT-style tokenizers frame a text as [CLS] … [SEP]; causal-LM ones (GPT-2) add nothing and use one
+        # end-of-text token for both ends.
+        self.bos_id = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
+        self.eos_id = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
+        probe = tokenizer("a")["input_ids"]
+        self.framed = probe[0] == self.bos_id and probe[-1] == self.eos_id
+
+    def rows(self, table: pa.Table, *, train: bool) -> pa.Table:
+        return table if train else one_row_per_image(table)
+
+    def texts(self, table: pa.Table) -> list[str]:
+        if "references" in table.column_names:
+            return [""] * table.num_rows  # evaluation rows: the caption is generated, there is no text input
+        return table.column("caption").to_pylist()
+
+    def targets(self, table: pa.Table) -> CaptionTargets:
+        references = table.column("references") if "references" in table.column_names else None
+        return CaptionTargets(image_id=table.column("image_id").to_numpy().astype(np.int64), references=references)
+
+    def build_head(self, dim: int) -> nn.Module:
+        assert self.tokenizer is not None, "bind_tokenizer() first"
+        return CaptionDecoder(
+            vocab_size=len(self.tokenizer),
+            dim=dim,
+            layers=self.layers,
+            heads=self.heads,
+            max_positions=self.max_positions,
+            dropout=self.dropout,
+        )
+
+    def _sequences(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """[BOS] caption [EOS] padded with pad, from the collated batch (adding BOS/EOS where the tokenizer
+        does not)."""
+        if self.framed:
+            return input_ids.masked_fill(attention_mask == 0, self.pad_id)
+        batch, length = input_ids.shape
+        sequences = torch.full((batch, length + 2), self.pad_id, dtype=input_ids.dtype, device=input_ids.device)
+        sequences[:, 0] = self.bos_id
+        sequences[:, 1:-1] = input_ids.masked_fill(attention_mask == 0, self.pad_id)
+        sequences[torch.arange(batch, device=input_ids.device), attention_mask.sum(1) + 1] = self.eos_id
+        return sequences
+
+    def forward(self, model: VisionLanguageModel, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        decoder: CaptionDecoder = model.heads[self.name]
+        vision = model.encode_images(batch["images"])
+        index = batch["image_index"]
+        sequences = self._sequences(batch["input_ids"], batch["attention_mask"])[:, : decoder.max_positions]
+        memory = type(vision)(vision.feats[index], vision.mask[index])
+        logits = decoder(sequences[:, :-1], memory, padding=sequences[:, :-1] == self.pad_id)
+        return {"logits": logits, "labels": sequences[:, 1:]}
+
+    def eval_forward(self, model: VisionLanguageModel, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        decoder: CaptionDecoder = model.heads[self.name]
+        vision = model.encode_images(batch["images"])
+        index = batch["image_index"]
+        memory = type(vision)(vision.feats[index], vision.mask[index])
+        tokens = decoder.generate(
+            memory,
+            bos_id=self.bos_id,
+            eos_id=self.eos_id,
+            pad_id=self.pad_id,
+            max_length=self.max_length,
+            beam_size=self.beam_size,
+            length_penalty=self.length_penalty,
+        )
+        return {"tokens": tokens}
+
+    def loss(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> torch.Tensor:
+        logits, labels = outputs["logits"], outputs["labels"]
+        return F.cross_entropy(
+            logits.float().reshape(-1, logits.shape[-1]),
+            labels.reshape(-1),
+            ignore_index=self.pad_id,
+            label_smoothing=self.label_smoothing,
+        )
+
+    def decode(self, tokens: torch.Tensor) -> list[str]:
+        return [text.strip() for text in self.tokenizer.batch_decode(tokens.tolist(), skip_special_tokens=True)]
+
+    def make_metric(self) -> CaptionScores:
+        return CaptionScores(meteor=self.meteor == "always")
+
+    def make_eval_metric(self) -> CaptionScores:
+        return CaptionScores(meteor=self.meteor in ("eval", "always"))
+
+    def update_metric(self, metric: CaptionScores, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> None:
+        metric.update(batch["image_id"].tolist(), self.decode(outputs["tokens"]), batch["references"])
+
+    def predictions(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> list[dict[str, Any]]:
+        return [
+            {"image_id": int(i), "caption": c}
+            for i, c in zip(batch["image_id"].tolist(), self.decode(outputs["tokens"]))
+        ]

@@ -1,0 +1,158 @@
+"""Phrase grounding: the box of the image region a phrase describes (Visual Genome regions, shapes objects)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops import generalized_box_iou_loss
+
+from cmvl.metrics.grounding import GroundingAccuracy, accuracy_key, cxcywh_to_xyxy
+from cmvl.models.fusion.base import mlp
+from cmvl.models.tokens import Tokens
+from cmvl.models.vl_model import VisionLanguageModel
+from cmvl.tasks.base import SplitTargets, Task
+
+
+@dataclass
+class GroundingTargets(SplitTargets):
+    region_id: np.ndarray  # int64 [N]
+    image_id: np.ndarray  # int64 [N]
+    box: np.ndarray  # float32 [N, 4]: cx, cy, w, h as fractions of the image size
+    size: np.ndarray  # float32 [N, 2]: image width, height in pixels
+    annotated: bool = True
+
+    def collate(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        idx = np.asarray(indices)
+        return {
+            "region_id": torch.from_numpy(self.region_id[idx]),
+            "image_id": torch.from_numpy(self.image_id[idx]),
+            "box": torch.from_numpy(self.box[idx]),
+            "image_size": torch.from_numpy(self.size[idx]),
+        }
+
+
+class BoxHead(nn.Module):
+    """Points at the phrase's object, then refines: the pooled image-phrase vector scores every vision token of
+    the encoder's H×W grid, the box centre is the score-weighted mean of the cells' centres (a soft arg-max, so
+    localisation is learnt as "which cell", not as raw coordinates) plus a bounded offset, and the width and
+    height come from an MLP over the pooled vector and the attended tokens. Output: cx, cy, w, h in [0, 1]."""
+
+    def __init__(self, dim: int, hidden: int, dropout: float) -> None:
+        super().__init__()
+        self.query, self.key = nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.refine = mlp(2 * dim, hidden, 4, dropout)
+
+    def forward(self, pooled: torch.Tensor, vision: Tokens) -> torch.Tensor:
+        side = math.isqrt(vision.feats.shape[1])
+        grid = Tokens(vision.feats[:, -side * side :], vision.mask[:, -side * side :])  # after any [CLS]-like token
+        scores = (self.key(grid.feats) @ self.query(pooled).unsqueeze(-1)).squeeze(-1) / math.sqrt(pooled.shape[-1])
+        weights = scores.float().masked_fill(~grid.mask, -torch.inf).softmax(-1)
+        cells = (torch.arange(side, device=pooled.device, dtype=torch.float32) + 0.5) / side
+        centres = torch.stack(torch.meshgrid(cells, cells, indexing="xy"), dim=-1).reshape(-1, 2)  # row-major x, y
+        centre = weights @ centres
+        attended = (weights.unsqueeze(-1) * grid.feats.float()).sum(1)
+        out = self.refine(torch.cat([pooled.float(), attended], dim=-1).to(pooled.dtype)).float()
+        xy = (centre + torch.tanh(out[:, :2]) / side).clamp(0, 1)
+        return torch.cat([xy, torch.sigmoid(out[:, 2:])], dim=-1)
+
+
+def drop_ambiguous_phrases(table: pa.Table) -> pa.Table:
+    """Rows whose phrase names one region of its image (a phrase that two boxes of the image share has no single
+    right answer)."""
+    key = pc.binary_join_element_wise(pc.cast(table.column("image_id"), pa.string()), table.column("phrase"), "\x1f")
+    counts = pc.value_counts(key)
+    repeated = counts.field("values").filter(pc.greater(counts.field("counts"), 1))
+    return table.filter(pc.invert(pc.is_in(key, value_set=repeated)))
+
+
+class GroundingTask(Task):
+    """Predicts the phrase's box (normalised cx, cy, w, h) with a `BoxHead` over the fused image-phrase vector and
+    the vision tokens, trained with L1 + GIoU loss (the DETR / MDETR box losses). Images are resized without
+    cropping, so normalised boxes stay valid."""
+
+    name = "grounding"
+    table_kind = "regions"
+    allows_random_crop = False
+
+    def __init__(
+        self,
+        *,
+        l1_weight: float = 5.0,
+        giou_weight: float = 2.0,
+        iou_threshold: float = 0.5,
+        drop_ambiguous: bool = True,
+        head_hidden_mult: int = 2,
+        dropout: float = 0.0,
+    ) -> None:
+        self.l1_weight, self.giou_weight = l1_weight, giou_weight
+        self.iou_threshold, self.drop_ambiguous = iou_threshold, drop_ambiguous
+        self.monitor_key = accuracy_key(iou_threshold)
+        self.head_hidden_mult, self.dropout = head_hidden_mult, dropout
+
+    def fit(self, train_table: pa.Table) -> None:
+        pass  # nothing to learn from the data: boxes are regressed
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+    def rows(self, table: pa.Table, *, train: bool) -> pa.Table:
+        return drop_ambiguous_phrases(table) if self.drop_ambiguous else table
+
+    def texts(self, table: pa.Table) -> list[str]:
+        return table.column("phrase").to_pylist()
+
+    def targets(self, table: pa.Table) -> GroundingTargets:
+        xywh = np.asarray(table.column("box").to_pylist(), dtype=np.float32).reshape(-1, 4)
+        size = np.stack([table.column(k).to_numpy() for k in ("width", "height")], axis=1).astype(np.float32)
+        scale = np.concatenate([size, size], axis=1)
+        cxcywh = np.concatenate([xywh[:, :2] + xywh[:, 2:] / 2, xywh[:, 2:]], axis=1) / scale
+        return GroundingTargets(
+            region_id=table.column("region_id").to_numpy().astype(np.int64),
+            image_id=table.column("image_id").to_numpy().astype(np.int64),
+            box=cxcywh.astype(np.float32),
+            size=size,
+        )
+
+    def build_head(self, dim: int) -> nn.Module:
+        return BoxHead(dim, self.head_hidden_mult * dim, self.dropout)
+
+    def forward(self, model: VisionLanguageModel, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        vision, text = model.encode(batch["images"], batch["input_ids"], batch["attention_mask"], batch["image_index"])
+        fused = model.fusion(vision, text)
+        return {"box": model.heads[self.name](fused.pooled, vision)}  # cx, cy, w, h in [0, 1]
+
+    def loss(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> torch.Tensor:
+        predicted, target = outputs["box"], batch["box"]
+        l1 = F.l1_loss(predicted, target, reduction="none").sum(1).mean()
+        giou = generalized_box_iou_loss(cxcywh_to_xyxy(predicted), cxcywh_to_xyxy(target), reduction="mean")
+        return self.l1_weight * l1 + self.giou_weight * giou
+
+    def make_metric(self) -> GroundingAccuracy:
+        return GroundingAccuracy(self.iou_threshold)
+
+    def update_metric(self, metric: GroundingAccuracy, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> None:
+        # IoU is scale-invariant only per axis pair, so score in pixels: non-square images count as they look.
+        scale = batch["image_size"].repeat(1, 2)
+        metric.update(cxcywh_to_xyxy(outputs["box"]) * scale, cxcywh_to_xyxy(batch["box"]) * scale)
+
+    def predictions(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> list[dict[str, Any]]:
+        xyxy = (cxcywh_to_xyxy(outputs["box"]) * batch["image_size"].repeat(1, 2)).cpu()
+        return [
+            {
+                "region_id": int(r),
+                "image_id": int(i),
+                "box": [round(v, 2) for v in (b[0].item(), b[1].item(), (b[2] - b[0]).item(), (b[3] - b[1]).item())],
+            }
+            for r, i, b in zip(batch["region_id"].tolist(), batch["image_id"].tolist(), xyxy)
+        ]
