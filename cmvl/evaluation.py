@@ -47,25 +47,38 @@ def evaluate_checkpoint(
     datamodule = build_datamodule(cfg, data_state=checkpoint[CHECKPOINT_KEY]["data_state"])
     lit = build_lit_module(cfg, datamodule)
     lit.load_state_dict(checkpoint["state_dict"])
-    loader = datamodule.eval_dataloader(split)
-    lit.score_test = loader.collate_fn.targets.annotated
+    loaders = datamodule.eval_dataloaders(split)
+    lit.score_test = all(loader.collate_fn.targets.annotated for loader in loaders.values())
     trainer = single_device_trainer(cfg, enable_progress_bar=cfg.trainer.get("enable_progress_bar", True))
-    trainer.test(lit, dataloaders=loader, verbose=False)
+    trainer.test(lit, dataloaders=list(loaders.values()), verbose=False)
     metrics = {}
     if lit.score_test:
         metrics = {lit.metric_key(split, k): float(v) for k, v in lit.test_metric.compute().items()}
     out = Path(out_dir) if out_dir else ckpt_path.parent
-    predictions = lit.task.final_predictions(lit.test_metric)
-    if predictions is None:  # per-batch records, in id order (the first key of each record)
-        predictions = sorted(lit.test_predictions, key=lambda p: next(iter(p.values())))
-    predictions_file = out / f"predictions_{lit.task.name}_{split}.json"
-    write_json_atomic(predictions_file, predictions)
+    predictions_files = {}
+    for member in lit.task.members():
+        predictions = member.final_predictions(lit.task.member_metric(lit.test_metric, member.name))
+        if predictions is None:  # per-batch records, in id order (the first key of each record)
+            records = lit.test_predictions.get(member.name, [])
+            predictions = sorted(records, key=lambda p: next(iter(p.values())))
+        path = out / f"predictions_{member.name}_{split}.json"
+        write_json_atomic(path, predictions)
+        predictions_files[member.name] = (str(path), _count(predictions))
     result = {
         "checkpoint": str(ckpt_path),
         "split": split,
-        "num_predictions": len(predictions) if isinstance(predictions, list) else sum(map(len, predictions.values())),
         "metrics": metrics,
-        "predictions_file": str(predictions_file),
+        # One task: its file and count; several: task → file / count.
+        "predictions_file": _single_or_all({k: f for k, (f, _) in predictions_files.items()}),
+        "num_predictions": _single_or_all({k: n for k, (_, n) in predictions_files.items()}),
     }
     write_json_atomic(out / "metrics.json", result)
     return result
+
+
+def _count(predictions: list | dict) -> int:
+    return len(predictions) if isinstance(predictions, list) else sum(map(len, predictions.values()))
+
+
+def _single_or_all(by_task: dict[str, Any]) -> Any:
+    return next(iter(by_task.values())) if len(by_task) == 1 else by_task

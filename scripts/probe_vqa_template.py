@@ -29,17 +29,17 @@ def main() -> None:
     cfg = compose_config(["data.num_workers=0", "paths.output_dir=/tmp/cmvl-probe", *overrides])
     datamodule = build_datamodule(cfg)
     for split in ("train", "val"):
-        table = datamodule.table(split)
-        datamodule._tables[split] = table.filter(pc.match_substring(table.column("question"), args.template))
+        table = datamodule.table("qa", split)
+        datamodule._tables["qa", split] = table.filter(pc.match_substring(table.column("question"), args.template))
     datamodule.prepare()
     lit = build_lit_module(cfg, datamodule)
     model, task = lit.model, lit.task
     if args.head == "linear":
         model.heads[task.name] = torch.nn.Linear(cfg.model.dim, len(task.answers))
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr)
-    val_batches = list(datamodule.eval_dataloader("val"))
+    val_batches = list(datamodule.eval_dataloaders("val")["vqa"])
     print(
-        f"{datamodule.table('train').num_rows} train / {datamodule.table('val').num_rows} val questions, "
+        f"{datamodule.table('qa', 'train').num_rows} train / {datamodule.table('qa', 'val').num_rows} val questions, "
         f"{len(task.answers)} answers, head={args.head}"
     )
     step = 0

@@ -34,4 +34,9 @@ def eval_command(args: list[str]) -> None:
     result = evaluate_checkpoint(options["ckpt"], overrides=overrides, out_dir=options.get("out"))
     for key, value in result["metrics"].items():
         print(f"{key} = {value:.6f}")
-    print(f"predictions ({result['num_predictions']}): {result['predictions_file']}")
+    files, counts = result["predictions_file"], result["num_predictions"]
+    if isinstance(files, dict):  # a multitask: one file per task
+        for name, path in files.items():
+            print(f"predictions {name} ({counts[name]}): {path}")
+    else:
+        print(f"predictions ({counts}): {files}")

@@ -79,13 +79,14 @@ def validate_config(cfg: DictConfig, *, check_task: bool = True) -> None:
     splits = [str(s) for s in cfg.dataset.get("splits") or ("train", "val", "test")]
     if cfg.dataset.split not in splits:
         raise ConfigError(f"dataset.split={cfg.dataset.split}: must be one of {', '.join(splits)}")
-    needs = _task_needs(cfg) if check_task else None
     provides = list(cfg.dataset.get("provides") or [])
-    if needs and needs not in provides:
-        raise ConfigError(
-            f"task={_task_name(cfg)} needs '{needs}' annotations, which dataset={cfg.dataset.name} "
-            f"does not provide; datasets that do: {', '.join(_datasets_providing(needs)) or 'none'}"
-        )
+    for node in _task_nodes(cfg) if check_task else []:
+        needs = _task_needs(node)
+        if needs and needs not in provides:
+            raise ConfigError(
+                f"task={_task_name(node)} needs '{needs}' annotations, which dataset={cfg.dataset.name} "
+                f"does not provide; datasets that do: {', '.join(_datasets_providing(needs)) or 'none'}"
+            )
 
 
 def _keys(node, prefix: str = ""):
@@ -120,23 +121,30 @@ def _check_checkpointing(cfg: DictConfig) -> None:
         raise ConfigError(f"resume={resume}: must be never, auto or the path of a .ckpt file")
 
 
-def _task_name(cfg: DictConfig) -> str:
+def _task_nodes(cfg: DictConfig) -> list[DictConfig]:
+    """The task's config, or each member's config for a multitask (`task.tasks`)."""
+    tasks = cfg.task.get("tasks")
+    return list(tasks.values()) if isinstance(tasks, DictConfig) else [cfg.task]
+
+
+def _task_class(node: DictConfig):
     from hydra.utils import get_class
 
     try:
-        return get_class(cfg.task._target_).name
+        return get_class(node._target_)
     except Exception:  # noqa: BLE001 - an unimportable target is reported when it is instantiated
-        return _choice(cfg.task)
+        return None
+
+
+def _task_name(node: DictConfig) -> str:
+    task_class = _task_class(node)
+    return task_class.name if task_class is not None else _choice(node)
 
 
 def _choice(node: DictConfig) -> str:
     return str(node.get("_target_", "?")).rsplit(".", 1)[-1]
 
 
-def _task_needs(cfg: DictConfig) -> str | None:
-    from hydra.utils import get_class
-
-    try:
-        return get_class(cfg.task._target_).table_kind
-    except Exception:  # noqa: BLE001 - an unimportable target is reported when it is instantiated
-        return None
+def _task_needs(node: DictConfig) -> str | None:
+    task_class = _task_class(node)
+    return getattr(task_class, "table_kind", None)

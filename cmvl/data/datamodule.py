@@ -16,6 +16,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from transformers import PreTrainedTokenizerFast
 
 from cmvl.data.images import build_transform
+from cmvl.data.multitask_loader import MultiTaskLoader
 from cmvl.data.sampling import ImageGroupedSampler
 from cmvl.data.sources.base import Source
 from cmvl.data.text import tokenizer_from_state, tokenizer_to_state
@@ -66,8 +67,8 @@ class Collator:
     """Stacks each distinct image once (`images`: U×3×H×W, `image_index`: B, row → its image), tokenises the texts
     as a batch, and asks the task's targets for the rest."""
 
-    def __init__(self, tokenizer: PreTrainedTokenizerFast, max_length: int, targets: SplitTargets) -> None:
-        self.tokenizer, self.max_length, self.targets = tokenizer, max_length, targets
+    def __init__(self, tokenizer: PreTrainedTokenizerFast, max_length: int, targets: SplitTargets, task: str) -> None:
+        self.tokenizer, self.max_length, self.targets, self.task = tokenizer, max_length, targets, task
 
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         encoded = self.tokenizer(
@@ -88,6 +89,7 @@ class Collator:
             "input_ids": encoded["input_ids"],
             "attention_mask": encoded["attention_mask"],
             "index": torch.as_tensor(indices),
+            "task": self.task,  # which task's data this batch is (a multitask dispatches on it)
             **self.targets.collate(indices),
         }
 
@@ -134,42 +136,51 @@ class VLDataModule(pl.LightningDataModule):
                 "would move them (set it to null)"
             )
 
-    def table(self, split: str) -> pa.Table:
-        if split not in self._tables:
-            self._tables[split] = self.source.table(self.task.table_kind, split)
-        return self._tables[split]
+    def table(self, kind: str, split: str) -> pa.Table:
+        if (kind, split) not in self._tables:
+            self._tables[kind, split] = self.source.table(kind, split)
+        return self._tables[kind, split]
 
     def prepare(self) -> None:
         if self.tokenizer is not None:
             return
-        train = self.table("train")
-        self.task.fit(train)
-        self.tokenizer = self.tokenizer_builder.build(self.task.texts(train))
+        texts: list[str] = []
+        for member in self.task.members():
+            train = self.table(member.table_kind, "train")
+            member.fit(train)
+            texts += member.texts(train)
+        self.tokenizer = self.tokenizer_builder.build(texts)
         self.task.bind_tokenizer(self.tokenizer)
 
     def data_state(self) -> dict[str, Any]:
         assert self.tokenizer is not None, "prepare() first"
         return {"task": self.task.state_dict(), "tokenizer": tokenizer_to_state(self.tokenizer)}
 
-    def dataset(self, split: str, *, train: bool) -> tuple[ImageTextDataset, Collator]:
+    def dataset(self, member: Task, split: str, *, train: bool) -> tuple[ImageTextDataset, Collator]:
         assert self.tokenizer is not None, "prepare() first"
-        table = self.task.rows(self.table(split), train=train)
+        table = member.rows(self.table(member.table_kind, split), train=train)
         crop = self.image_cfg.get("random_crop_scale")
         transform = build_transform(image_size=self.image_cfg["size"], train=train, random_crop_scale=crop)
-        dataset = ImageTextDataset(table, self.task.texts(table), self.source.open_image, transform)
-        return dataset, Collator(self.tokenizer, self.text_max_length, self.task.targets(table))
+        dataset = ImageTextDataset(table, member.texts(table), self.source.open_image, transform)
+        return dataset, Collator(self.tokenizer, self.text_max_length, member.targets(table), member.name)
 
-    def train_dataloader(self) -> StatefulDataLoader:
+    def train_dataloader(self) -> StatefulDataLoader | MultiTaskLoader:
+        loaders = {member.name: self._train_loader(member) for member in self.task.members()}
+        if len(loaders) == 1:
+            return next(iter(loaders.values()))
+        return MultiTaskLoader(loaders, sampling=self.task.sampling, weights=self.task.weights, seed=self.seed)
+
+    def _train_loader(self, member: Task) -> StatefulDataLoader:
         # Stateful: its position and shuffle state go into the checkpoint, so a resume continues mid-epoch.
-        dataset, collate = self.dataset("train", train=True)
+        dataset, collate = self.dataset(member, "train", train=True)
         # Shuffling images or single rows: either way the order is a pure function of (seed, epoch).
-        by_image = self.task.group_rows_by_image if self.group_by_image is None else self.group_by_image
+        by_image = member.group_rows_by_image if self.group_by_image is None else self.group_by_image
         groups = dataset.image_ids if by_image else np.arange(len(dataset))
         sampler = ImageGroupedSampler(dataset, groups, seed=self.seed)
         if len(sampler) < self.batch_size:  # full batches only (drop_last): not one training step
             raise DataError(
-                f"the train split has {len(sampler)} {self.task.table_kind} rows per process, fewer than "
-                f"data.batch_size={self.batch_size}"
+                f"the {member.name} train split has {len(sampler)} {member.table_kind} rows per process, fewer "
+                f"than data.batch_size={self.batch_size}"
             )
         return StatefulDataLoader(
             dataset,
@@ -183,8 +194,12 @@ class VLDataModule(pl.LightningDataModule):
             persistent_workers=self.num_workers > 0,
         )
 
-    def eval_dataloader(self, split: str) -> DataLoader:
-        dataset, collate = self.dataset(split, train=False)
+    def eval_dataloaders(self, split: str) -> dict[str, DataLoader]:
+        """One loader per member task (task name → loader), in the order of `task.members()`."""
+        return {member.name: self._eval_loader(member, split) for member in self.task.members()}
+
+    def _eval_loader(self, member: Task, split: str) -> DataLoader:
+        dataset, collate = self.dataset(member, split, train=False)
         return DataLoader(
             dataset,
             batch_size=self.eval_batch_size,
@@ -196,5 +211,6 @@ class VLDataModule(pl.LightningDataModule):
             persistent_workers=self.num_workers > 0,
         )
 
-    def val_dataloader(self) -> DataLoader:
-        return self.eval_dataloader("val")
+    def val_dataloader(self) -> DataLoader | list[DataLoader]:
+        loaders = list(self.eval_dataloaders("val").values())
+        return loaders[0] if len(loaders) == 1 else loaders

@@ -28,6 +28,7 @@ class Task(ABC):
 
     name: str
     table_kind: str  # which annotation table the task reads (`qa`, `captions`, ...)
+    metric_prefix: str | None = None  # metrics are logged as `<stage>/<prefix>/<metric>`; None = the task's name
     monitor_key: str  # metric (from `compute`) that picks the best checkpoint
     monitor_mode: str = "max"
     allows_random_crop: bool = True
@@ -37,6 +38,11 @@ class Task(ABC):
     uses: frozenset[str] = frozenset(
         {"vision", "text", "fusion"}
     )  # False where targets are positions in the image (boxes)
+
+    def members(self) -> list[Task]:
+        """The single tasks this task trains (itself; a multitask lists its tasks). The data module builds data
+        for each member; batches say which member they belong to (`batch["task"]`)."""
+        return [self]
 
     @abstractmethod
     def fit(self, train_table: pa.Table) -> None:
@@ -69,6 +75,10 @@ class Task(ABC):
     @abstractmethod
     def build_head(self, dim: int) -> nn.Module: ...
 
+    def build_heads(self, dim: int) -> dict[str, nn.Module]:
+        """The model's heads, by the name the task's forward looks them up with (`model.heads[name]`)."""
+        return {self.name: self.build_head(dim)}
+
     @abstractmethod
     def forward(self, model: VisionLanguageModel, batch: dict[str, Any]) -> dict[str, torch.Tensor]: ...
 
@@ -85,6 +95,11 @@ class Task(ABC):
     def make_eval_metric(self) -> Metric:
         """The metric of `cmvl eval` (default: the validation metric; captioning adds METEOR)."""
         return self.make_metric()
+
+    def member_metric(self, metric: Metric, name: str) -> Metric:
+        """The part of `metric` that scores member `name` (for a single task: all of it)."""
+        del name
+        return metric
 
     @abstractmethod
     def update_metric(self, metric: Metric, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> None: ...

@@ -70,7 +70,7 @@ def build_model(cfg: DictConfig, datamodule: VLDataModule) -> VisionLanguageMode
         vision=instantiate(cfg.vision.encoder),
         text=instantiate(cfg.text.encoder, tokenizer=datamodule.tokenizer),
         fusion=instantiate(cfg.fusion),
-        heads={task.name: task.build_head(cfg.model.dim)},
+        heads=task.build_heads(cfg.model.dim),
         dim=cfg.model.dim,
         image_mean=list(cfg.data.image.mean),
         image_std=list(cfg.data.image.std),

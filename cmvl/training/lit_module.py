@@ -26,12 +26,13 @@ class VLLitModule(pl.LightningModule):
         self.run_state = run_state  # plain containers: resolved config + data state; saved in every checkpoint
         self.val_metric = task.make_metric()
         self.test_metric = task.make_eval_metric()
-        self.test_predictions: list[dict[str, Any]] = []
+        self.test_predictions: dict[str, list[dict[str, Any]]] = {}  # task name → per-batch prediction records
         self.score_test = True  # evaluation of a split without annotations only predicts
         self.val_history: list[dict[str, float]] = []
 
     def metric_key(self, stage: str, name: str) -> str:
-        return f"{stage}/{self.task.name}/{name}"
+        prefix = self.task.name if self.task.metric_prefix is None else self.task.metric_prefix
+        return "/".join(part for part in (stage, prefix, name) if part)
 
     @property
     def monitor(self) -> str:
@@ -44,7 +45,7 @@ class VLLitModule(pl.LightningModule):
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=batch["input_ids"].shape[0])
         return loss
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+    def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
         self.task.update_metric(self.val_metric, self.task.eval_forward(self.model, batch), batch)
 
     def on_validation_epoch_end(self) -> None:
@@ -56,11 +57,11 @@ class VLLitModule(pl.LightningModule):
                 {"epoch": self.current_epoch, "step": self.global_step, **{k: float(v) for k, v in values.items()}}
             )
 
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
         outputs = self.task.eval_forward(self.model, batch)
         if self.score_test:
             self.task.update_metric(self.test_metric, outputs, batch)
-        self.test_predictions.extend(self.task.predictions(outputs, batch))
+        self.test_predictions.setdefault(batch["task"], []).extend(self.task.predictions(outputs, batch))
 
     def configure_optimizers(self) -> dict[str, Any]:
         cfg = self.optim_cfg
