@@ -1,16 +1,30 @@
-"""A 2-process DDP run on CPU (gloo) through the real CLI: ranks > 0 are relaunched by Lightning from sys.argv."""
+"""A 2-process DDP run on CPU (gloo) through the real CLI: ranks > 0 are relaunched by Lightning from sys.argv.
+
+`multitask` (VQA + captioning + grounding) covers the default VQA task, heads that only some steps train and
+caption metrics gathered across ranks; `retrieval` covers the contrastive loss over embeddings gathered from both
+ranks and Recall@K over the gathered split."""
 
 import json
 
-from tests.conftest import run_cli
-from tests.test_cli_end_to_end import TRAIN_FAST
+import pytest
+
+from tests.conftest import TINY_TRAINING, TINY_WORLD, run_cli
+
+TASK_OVERRIDES = {
+    "multitask": [a.replace("task.", "task.tasks.vqa.") for a in TINY_WORLD if a.startswith("task.")],
+    "retrieval": [],
+}
 
 
-def test_two_process_cpu_ddp_train(tmp_path, cache_dir):
+@pytest.mark.parametrize("task", list(TASK_OVERRIDES))
+def test_two_process_cpu_ddp_train(task, tmp_path, cache_dir):
     run_dir = tmp_path / "ddp"
     result = run_cli(
         "train",
-        *TRAIN_FAST,
+        *[a for a in TINY_WORLD if not a.startswith("task.")],
+        *TINY_TRAINING,
+        f"task={task}",
+        *TASK_OVERRIDES[task],
         "trainer=ddp",
         "trainer.accelerator=cpu",
         "trainer.max_epochs=1",

@@ -99,8 +99,13 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
         for logger in loggers:
             if isinstance(logger, ResumableCSVLogger):
                 logger.resume_from(int(checkpoint["global_step"]))
+    trainer_args = OmegaConf.to_container(cfg.trainer, resolve=True)
+    if len(lit.task.members()) > 1 and trainer_args.get("strategy") == "ddp":
+        # Each multitask step trains one task's head; DDP must not wait for the other heads' gradients (every
+        # rank draws the same task at each step, so the ranks agree on which parameters are unused).
+        trainer_args["strategy"] = "ddp_find_unused_parameters_true"
     trainer = pl.Trainer(
-        **OmegaConf.to_container(cfg.trainer, resolve=True),
+        **trainer_args,
         logger=loggers or False,
         callbacks=build_callbacks(cfg, lit.monitor, lit.task.monitor_mode, bool(loggers)),
         plugins=[AtomicCheckpointIO()],
