@@ -148,7 +148,7 @@ class VLDataModule(pl.LightningDataModule):
         for member in self.task.members():
             train = self.table(member.table_kind, "train")
             member.fit(train)
-            texts += member.texts(train)
+            texts += member.vocabulary_texts(train)
         self.tokenizer = self.tokenizer_builder.build(texts)
         self.task.bind_tokenizer(self.tokenizer)
 

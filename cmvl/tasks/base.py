@@ -69,6 +69,11 @@ class Task(ABC):
     def texts(self, table: pa.Table) -> list[str]:
         """The text input of every sample (a question, a caption, a phrase)."""
 
+    def vocabulary_texts(self, table: pa.Table) -> list[str]:
+        """The training text a tokenizer built for this run learns from (default: `texts`; a task that writes
+        text adds what it writes)."""
+        return self.texts(table)
+
     @abstractmethod
     def targets(self, table: pa.Table) -> SplitTargets: ...
 

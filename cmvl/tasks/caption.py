@@ -15,8 +15,10 @@ from transformers import PreTrainedTokenizerFast
 from cmvl.errors import ConfigError
 from cmvl.metrics.caption import CaptionScores
 from cmvl.models.caption_decoder import CaptionDecoder
+from cmvl.models.tokens import Tokens
 from cmvl.models.vl_model import VisionLanguageModel
 from cmvl.tasks.base import SplitTargets, Task
+from cmvl.tasks.text_generation import TextFraming
 
 METEOR_CHOICES = ("eval", "always", "never")
 
@@ -82,14 +84,7 @@ class CaptionTask(Task):
         pass
 
     def bind_tokenizer(self, tokenizer: PreTrainedTokenizerFast) -> None:
-        self.tokenizer = tokenizer
-        self.pad_id = tokenizer.pad_token_id
-        # BERT-style tokenizers frame a text as [CLS] … [SEP]; causal-LM ones (GPT-2) add nothing and use one
-        # end-of-text token for both ends.
-        self.bos_id = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
-        self.eos_id = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
-        probe = tokenizer("a")["input_ids"]
-        self.framed = probe[0] == self.bos_id and probe[-1] == self.eos_id
+        self.tokenizer, self.framing = tokenizer, TextFraming(tokenizer)
 
     def rows(self, table: pa.Table, *, train: bool) -> pa.Table:
         return table if train else one_row_per_image(table)
@@ -114,37 +109,19 @@ class CaptionTask(Task):
             dropout=self.dropout,
         )
 
-    def _sequences(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """[BOS] caption [EOS] padded with pad, from the collated batch (adding BOS/EOS where the tokenizer
-        does not)."""
-        if self.framed:
-            return input_ids.masked_fill(attention_mask == 0, self.pad_id)
-        batch, length = input_ids.shape
-        sequences = torch.full((batch, length + 2), self.pad_id, dtype=input_ids.dtype, device=input_ids.device)
-        sequences[:, 0] = self.bos_id
-        sequences[:, 1:-1] = input_ids.masked_fill(attention_mask == 0, self.pad_id)
-        sequences[torch.arange(batch, device=input_ids.device), attention_mask.sum(1) + 1] = self.eos_id
-        return sequences
+    def _memory(self, model: VisionLanguageModel, batch: dict[str, Any]) -> Tokens:
+        vision = model.encode_images(batch["images"])
+        index = batch["image_index"]
+        return Tokens(vision.feats[index], vision.mask[index])
 
     def forward(self, model: VisionLanguageModel, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        decoder: CaptionDecoder = model.heads[self.name]
-        vision = model.encode_images(batch["images"])
-        index = batch["image_index"]
-        sequences = self._sequences(batch["input_ids"], batch["attention_mask"])[:, : decoder.max_positions]
-        memory = type(vision)(vision.feats[index], vision.mask[index])
-        logits = decoder(sequences[:, :-1], memory, padding=sequences[:, :-1] == self.pad_id)
-        return {"logits": logits, "labels": sequences[:, 1:]}
+        memory = self._memory(model, batch)
+        return self.framing.teacher_forcing(model.heads[self.name], memory, batch["input_ids"], batch["attention_mask"])
 
     def eval_forward(self, model: VisionLanguageModel, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        decoder: CaptionDecoder = model.heads[self.name]
-        vision = model.encode_images(batch["images"])
-        index = batch["image_index"]
-        memory = type(vision)(vision.feats[index], vision.mask[index])
-        tokens = decoder.generate(
-            memory,
-            bos_id=self.bos_id,
-            eos_id=self.eos_id,
-            pad_id=self.pad_id,
+        tokens = self.framing.generate(
+            model.heads[self.name],
+            self._memory(model, batch),
             max_length=self.max_length,
             beam_size=self.beam_size,
             length_penalty=self.length_penalty,
@@ -156,12 +133,9 @@ class CaptionTask(Task):
         return F.cross_entropy(
             logits.float().reshape(-1, logits.shape[-1]),
             labels.reshape(-1),
-            ignore_index=self.pad_id,
+            ignore_index=self.framing.pad_id,
             label_smoothing=self.label_smoothing,
         )
-
-    def decode(self, tokens: torch.Tensor) -> list[str]:
-        return [text.strip() for text in self.tokenizer.batch_decode(tokens.tolist(), skip_special_tokens=True)]
 
     def make_metric(self) -> CaptionScores:
         return CaptionScores(meteor=self.meteor == "always")
@@ -170,10 +144,10 @@ class CaptionTask(Task):
         return CaptionScores(meteor=self.meteor in ("eval", "always"))
 
     def update_metric(self, metric: CaptionScores, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> None:
-        metric.update(batch["image_id"].tolist(), self.decode(outputs["tokens"]), batch["references"])
+        metric.update(batch["image_id"].tolist(), self.framing.decode(outputs["tokens"]), batch["references"])
 
     def predictions(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> list[dict[str, Any]]:
         return [
             {"image_id": int(i), "caption": c}
-            for i, c in zip(batch["image_id"].tolist(), self.decode(outputs["tokens"]))
+            for i, c in zip(batch["image_id"].tolist(), self.framing.decode(outputs["tokens"]))
         ]

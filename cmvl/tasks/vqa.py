@@ -11,13 +11,19 @@ import pyarrow as pa
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import PreTrainedTokenizerFast
 
-from cmvl.errors import DataError
+from cmvl.errors import ConfigError, DataError
 from cmvl.metrics.vqa_accuracy import VQAAccuracy, answer_type_index
-from cmvl.metrics.vqa_normalize import normalize_answer, prepare_human_answers, soft_scores
+from cmvl.metrics.vqa_normalize import normalize_answer, prepare_human_answers, soft_scores, vqa_score
+from cmvl.models.caption_decoder import CaptionDecoder
 from cmvl.models.fusion.base import mlp
+from cmvl.models.tokens import Tokens
 from cmvl.models.vl_model import VisionLanguageModel
 from cmvl.tasks.base import SplitTargets, Task
+from cmvl.tasks.text_generation import TextFraming
+
+ANSWER_MODES = ("classify", "generate")
 
 
 @dataclass
@@ -35,18 +41,33 @@ class VQATargets(SplitTargets):
     answer_score: np.ndarray  # float32 [nnz]
     num_answers: int
     annotated: bool
+    # Generative mode: the answer to write (normalised majority answer), tokenised here, and the ten human
+    # answers it is scored against.
+    answer_text: pa.ChunkedArray | None = None
+    human_answers: pa.ChunkedArray | None = None
+    tokenizer: PreTrainedTokenizerFast | None = None
+    answer_max_length: int = 8
 
-    def collate(self, indices: list[int]) -> dict[str, torch.Tensor]:
+    def collate(self, indices: list[int]) -> dict[str, Any]:
         idx = np.asarray(indices)
         dense = np.zeros((len(idx), self.num_answers), dtype=np.float32)
         for row, i in enumerate(idx):
             start, end = self.offsets[i], self.offsets[i + 1]
             dense[row, self.answer_idx[start:end]] = self.answer_score[start:end]
-        return {
+        batch: dict[str, Any] = {
             "question_id": torch.from_numpy(self.question_id[idx]),
             "answer_type": torch.from_numpy(self.answer_type[idx]),
             "targets": torch.from_numpy(dense),
         }
+        if self.tokenizer is not None and self.annotated:
+            rows = pa.array(idx)
+            answers = [a or "" for a in self.answer_text.take(rows).to_pylist()]
+            encoded = self.tokenizer(
+                answers, padding=True, truncation=True, max_length=self.answer_max_length, return_tensors="pt"
+            )
+            batch["answer_ids"], batch["answer_mask"] = encoded["input_ids"], encoded["attention_mask"]
+            batch["human_answers"] = self.human_answers.take(rows).to_pylist()
+        return batch
 
 
 class VQATask(Task):
@@ -61,8 +82,24 @@ class VQATask(Task):
     monitor_key = "acc"
 
     def __init__(
-        self, *, min_answer_count: int = 9, top_k: int | None = None, head_hidden_mult: int = 2, dropout: float = 0.1
+        self,
+        *,
+        min_answer_count: int = 9,
+        top_k: int | None = None,
+        head_hidden_mult: int = 2,
+        dropout: float = 0.1,
+        answer_mode: str = "classify",
+        decoder_layers: int = 2,
+        decoder_heads: int = 4,
+        answer_max_length: int = 8,
+        beam_size: int = 1,
     ) -> None:
+        if answer_mode not in ANSWER_MODES:
+            raise ConfigError(f"task.answer_mode={answer_mode}: choose one of {', '.join(ANSWER_MODES)}")
+        self.answer_mode = answer_mode
+        self.decoder_layers, self.decoder_heads = decoder_layers, decoder_heads
+        self.answer_max_length, self.beam_size = answer_max_length, beam_size
+        self.framing: TextFraming | None = None
         self.min_answer_count = min_answer_count
         self.top_k = top_k
         self.head_hidden_mult = head_hidden_mult
@@ -98,8 +135,17 @@ class VQATask(Task):
         self._set_answers(state["answers"])
         self.answer_prior = list(state.get("answer_prior", []))
 
+    def bind_tokenizer(self, tokenizer: PreTrainedTokenizerFast) -> None:
+        if self.answer_mode == "generate":
+            self.framing = TextFraming(tokenizer)
+
     def texts(self, table: pa.Table) -> list[str]:
         return table.column("question").to_pylist()
+
+    def vocabulary_texts(self, table: pa.Table) -> list[str]:
+        if self.answer_mode == "classify":
+            return self.texts(table)
+        return self.texts(table) + [a for a in table.column("multiple_choice_answer").to_pylist() if a]
 
     def targets(self, table: pa.Table) -> VQATargets:
         answers_col = table.column("answers").to_pylist()
@@ -124,10 +170,29 @@ class VQATask(Task):
             answer_score=np.asarray(scores, dtype=np.float32),
             num_answers=len(self.answers),
             annotated=annotated,
+            **(self._generation_targets(table) if self.answer_mode == "generate" else {}),
         )
+
+    def _generation_targets(self, table: pa.Table) -> dict[str, Any]:
+        majority = [normalize_answer(a) if a else None for a in table.column("multiple_choice_answer").to_pylist()]
+        return {
+            "answer_text": pa.chunked_array([pa.array(majority, type=pa.string())]),
+            "human_answers": table.column("answers"),
+            "tokenizer": self.framing.tokenizer,
+            "answer_max_length": self.answer_max_length,
+        }
 
     # -- model side ------------------------------------------------------------------------------------------
     def build_head(self, dim: int) -> nn.Module:
+        if self.answer_mode == "generate":
+            return CaptionDecoder(
+                vocab_size=len(self.framing.tokenizer),
+                dim=dim,
+                layers=self.decoder_layers,
+                heads=self.decoder_heads,
+                max_positions=self.answer_max_length + 2,
+                dropout=self.dropout,
+            )
         head = mlp(dim, self.head_hidden_mult * dim, len(self.answers), self.dropout)
         if self.answer_prior:
             # Start from the answer priors: with a zero bias, Adam moves each bias by ~lr per step, so merely
@@ -138,10 +203,34 @@ class VQATask(Task):
         return head
 
     def forward(self, model: VisionLanguageModel, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        if self.answer_mode == "generate":
+            return self.framing.teacher_forcing(
+                model.heads[self.name], self._answer_memory(model, batch), batch["answer_ids"], batch["answer_mask"]
+            )
         fused = model(batch["images"], batch["input_ids"], batch["attention_mask"], batch.get("image_index"))
         return {"logits": model.heads[self.name](fused.pooled)}
 
+    def _answer_memory(self, model: VisionLanguageModel, batch: dict[str, Any]) -> Tokens:
+        """What the answer decoder attends to: the image's tokens and the fused (question-about-image) tokens."""
+        vision, text = model.encode(batch["images"], batch["input_ids"], batch["attention_mask"], batch["image_index"])
+        return Tokens.concat(vision, model.fusion(vision, text).tokens)
+
+    def eval_forward(self, model: VisionLanguageModel, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        if self.answer_mode == "classify":
+            return self.forward(model, batch)
+        memory = self._answer_memory(model, batch)
+        decoder = model.heads[self.name]
+        generated = self.framing.generate(
+            decoder, memory, max_length=self.answer_max_length, beam_size=self.beam_size, length_penalty=0.0
+        )
+        return {"tokens": generated}
+
     def loss(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> torch.Tensor:
+        if self.answer_mode == "generate":
+            logits, labels = outputs["logits"].float(), outputs["labels"]
+            return F.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=self.framing.pad_id
+            )
         logits = outputs["logits"]
         # Sum over answers, mean over questions: the usual VQA scaling of the soft-target BCE.
         return F.binary_cross_entropy_with_logits(logits.float(), batch["targets"], reduction="sum") / logits.shape[0]
@@ -150,10 +239,17 @@ class VQATask(Task):
         return VQAAccuracy()
 
     def update_metric(self, metric: VQAAccuracy, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> None:
+        if self.answer_mode == "generate":  # string-level official score of each written answer
+            written = self.framing.decode(outputs["tokens"])
+            scores = [vqa_score(a, human) for a, human in zip(written, batch["human_answers"])]
+            metric.update(torch.tensor(scores, dtype=torch.float64), batch["answer_type"])
+            return
         best = outputs["logits"].argmax(dim=1, keepdim=True)
         metric.update(batch["targets"].gather(1, best).squeeze(1), batch["answer_type"])
 
     def predictions(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> list[dict[str, Any]]:
-        best = outputs["logits"].argmax(dim=1).tolist()
-        qids = batch["question_id"].tolist()
-        return [{"question_id": int(q), "answer": self.answers[j]} for q, j in zip(qids, best)]
+        if self.answer_mode == "generate":
+            answers = self.framing.decode(outputs["tokens"])
+        else:
+            answers = [self.answers[j] for j in outputs["logits"].argmax(dim=1).tolist()]
+        return [{"question_id": int(q), "answer": a} for q, a in zip(batch["question_id"].tolist(), answers)]

@@ -34,8 +34,15 @@ def instantiate(node: Any, **kwargs: Any) -> Any:
         raise cause from None
 
 
+TASK_META_KEYS = ("epochs",)  # settings of a task config that are not task arguments (the default budget)
+
+
 def build_task(cfg: DictConfig) -> Task:
-    return instantiate(cfg.task, _convert_="all")
+    node = OmegaConf.to_container(cfg.task, resolve=True)
+    for task_node in [node, *node.get("tasks", {}).values()]:  # a multitask's members are task configs too
+        for key in TASK_META_KEYS:
+            task_node.pop(key, None)
+    return instantiate(node, _convert_="all")
 
 
 def build_source(cfg: DictConfig) -> Source:
