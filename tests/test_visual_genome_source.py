@@ -70,3 +70,28 @@ def test_vqa_on_visual_genome_through_the_cli(tmp_path, cache_dir, split_file):
     assert "val/vqa/acc = " in evaluated.stdout
     predictions = json.loads((run_dir / "checkpoints" / "predictions_vqa_val.json").read_text())
     assert sorted(p["question_id"] for p in predictions) == sorted(qa["qa_id"] for qa in REAL_QA[5])
+
+
+@pytest.mark.parametrize("labels", ["names", "attributes"])
+def test_objects_table_labels_come_from_the_train_split(cache_dir, split_file, labels):
+    source = VisualGenomeSource(root=str(REAL), split_file=str(split_file), object_categories=6, object_labels=labels)
+    table = source.table("objects", "val")
+    categories = json.loads(table.schema.metadata[b"categories"])
+    # The label set: the 6 most frequent terms on the train images (1, 2, 4), ties by spelling.
+    documents = json.loads((REAL / ("objects.json" if labels == "names" else "attributes.json")).read_text())
+    key = "objects" if labels == "names" else "attributes"
+    counts: dict[str, int] = {}
+    for doc in documents:
+        if doc["image_id"] in (1, 2, 4):
+            for obj in doc[key]:
+                for term in obj.get(labels) or []:
+                    counts[term.strip().lower()] = counts.get(term.strip().lower(), 0) + 1
+    assert categories == sorted(counts, key=lambda t: (-counts[t], t))[:6]
+    (row,) = table.to_pylist()  # image 5 (image 3 of the val split has no file in the fixtures)
+    expected = [
+        categories.index(t)
+        for obj in next(d for d in documents if d["image_id"] == 5)[key]
+        for t in dict.fromkeys(x.strip().lower() for x in obj.get(labels) or [])
+        if t in categories
+    ]
+    assert row["image_id"] == 5 and row["labels"] == expected and len(row["boxes"]) == len(expected)

@@ -42,6 +42,22 @@ REGIONS_SCHEMA = pa.schema(
     ]
 )
 
+# The `objects` annotation table: one row per image (tagging); labels index the `categories` schema metadata.
+OBJECTS_SCHEMA = pa.schema(
+    [
+        ("image_id", pa.int64()),
+        ("image", pa.string()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        (
+            "labels",
+            pa.list_(pa.int32()),
+        ),  # index into the category list (schema metadata `categories`), not a dataset id
+        ("boxes", pa.list_(pa.list_(pa.float32(), 4))),  # [x, y, width, height] in pixels, one per label
+        ("iscrowd", pa.list_(pa.bool_())),
+    ]
+)
+
 ANSWERS_PER_QUESTION = 10  # VQA v2 collects ten human answers per question
 
 

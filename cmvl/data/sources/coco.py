@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 
 from cmvl.data.jsonfile import load_json, require_keys
-from cmvl.data.sources.base import FolderSource
+from cmvl.data.sources.base import OBJECTS_SCHEMA, FolderSource
 from cmvl.data.table_cache import cached_table
 from cmvl.errors import ConfigError, DataError
 
@@ -23,17 +23,6 @@ CAPTIONS_SCHEMA = pa.schema(
         ("image", pa.string()),  # image file, relative to the image root
         ("caption_id", pa.int64()),
         ("caption", pa.string()),  # the raw caption as annotated
-    ]
-)
-OBJECTS_SCHEMA = pa.schema(
-    [
-        ("image_id", pa.int64()),
-        ("image", pa.string()),
-        ("width", pa.int32()),
-        ("height", pa.int32()),
-        ("labels", pa.list_(pa.int32())),  # index into the category list (schema metadata `categories`), not COCO id
-        ("boxes", pa.list_(pa.list_(pa.float32(), 4))),  # COCO [x, y, width, height] in pixels
-        ("iscrowd", pa.list_(pa.bool_())),
     ]
 )
 

@@ -1,9 +1,11 @@
-"""Visual Genome from its official JSON files: question-answer pairs (`qa`) and region descriptions (`regions`),
-split by image."""
+"""Visual Genome from its official JSON files: question-answer pairs (`qa`), region descriptions (`regions`) and
+objects (`objects`: names or attributes as tagging labels), split by image."""
 
 from __future__ import annotations
 
 import hashlib
+import json
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
@@ -13,6 +15,7 @@ import pyarrow as pa
 
 from cmvl.data.jsonfile import load_json, require_keys
 from cmvl.data.sources.base import (
+    OBJECTS_SCHEMA,
     QA_SCHEMA,
     REGIONS_SCHEMA,
     FolderSource,
@@ -32,6 +35,15 @@ def _image_id(record: dict, path: Path) -> int:
         if key in record:
             return int(record[key])
     raise DataError(f"{path}: an image record has neither 'image_id' nor 'id'")
+
+
+# The file each table is read from (objects: object names, or their attributes).
+ANNOTATION_FILES = {
+    "qa": "question_answers.json",
+    "regions": "region_descriptions.json",
+    "names": "objects.json",
+    "attributes": "attributes.json",
+}
 
 
 class ImageRecords(NamedTuple):
@@ -126,12 +138,64 @@ def read_visual_genome_regions(region_file: Path, images: ImageRecords, keep_ima
     return pa.table(columns, schema=REGIONS_SCHEMA)
 
 
+OBJECT_LABELS = ("names", "attributes")
+
+
+def _object_terms(entry: dict, labels: str) -> list[str]:
+    """An object's names (v1.2+ `names`, v1.0 `name`) or its attributes, lower case and stripped."""
+    if labels == "attributes":
+        terms = entry.get("attributes") or []
+    else:
+        terms = entry.get("names") or ([entry["name"]] if entry.get("name") else [])
+    return [t.strip().lower() for t in terms if isinstance(t, str) and t.strip()]
+
+
+def read_visual_genome_objects(
+    objects_file: Path,
+    images: ImageRecords,
+    keep_image: np.ndarray,
+    *,
+    vocabulary_images: np.ndarray,
+    num_categories: int,
+    labels: str = "names",
+) -> pa.Table:
+    """The `objects` table of the images in `keep_image`: labels are the `num_categories` most frequent object
+    names (or attributes, from attributes.json) on `vocabulary_images` (the training split, so every split shares
+    one label set; ties by spelling), each with its object's box. Objects outside the vocabulary are left out."""
+    per_image: dict[int, list[tuple[list[str], list[float]]]] = {}
+    counts: Counter[str] = Counter()
+    vocabulary_ids, keep_ids = set(vocabulary_images.tolist()), set(keep_image.tolist())
+    for image_id, entry in _image_entries(
+        objects_file, labels if labels == "attributes" else "objects", ["x", "y", "w", "h"], images, None
+    ):
+        terms = _object_terms(entry, labels)
+        if image_id in vocabulary_ids:
+            counts.update(terms)
+        if image_id in keep_ids:
+            box = [float(entry["x"]), float(entry["y"]), float(entry["w"]), float(entry["h"])]
+            per_image.setdefault(image_id, []).append((terms, box))
+    categories = [t for t, _ in sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:num_categories]]
+    index = {t: i for i, t in enumerate(categories)}
+    columns: dict[str, list] = {name: [] for name in OBJECTS_SCHEMA.names}
+    for image_id in sorted(per_image):
+        width, height = images.sizes[image_id]
+        found = [(index[t], box) for terms, box in per_image[image_id] for t in dict.fromkeys(terms) if t in index]
+        columns["image_id"].append(image_id)
+        columns["image"].append(images.files[image_id])
+        columns["width"].append(width)
+        columns["height"].append(height)
+        columns["labels"].append([label for label, _ in found])
+        columns["boxes"].append([box for _, box in found])
+        columns["iscrowd"].append([False] * len(found))
+    return pa.table(columns, schema=OBJECTS_SCHEMA.with_metadata({"categories": json.dumps(categories)}))
+
+
 class VisualGenomeSource(FolderSource):
     """Visual Genome (v1.0/1.2/1.4 key variants). Splits are a seeded image-level partition (`split_fractions`,
     `split_seed`) or a user split file (JSON: split name → list of image ids)."""
 
     name = "visual_genome"
-    kinds = frozenset({"qa", "regions"})
+    kinds = frozenset({"qa", "regions", "objects"})
 
     def __init__(
         self,
@@ -142,8 +206,13 @@ class VisualGenomeSource(FolderSource):
         split_fractions: dict[str, float] | None = None,
         split_seed: int = 0,
         split_file: str | None = None,
+        object_categories: int = 150,
+        object_labels: str = "names",
         missing_images: str = "skip",
     ) -> None:
+        if object_labels not in OBJECT_LABELS:
+            raise ConfigError(f"dataset.object_labels={object_labels}: choose one of {', '.join(OBJECT_LABELS)}")
+        self.object_categories, self.object_labels = object_categories, object_labels
         super().__init__(root=root, images=images, split=split, missing_images=missing_images)
         self.split_seed = split_seed
         self.split_file = Path(split_file) if split_file else None
@@ -173,15 +242,30 @@ class VisualGenomeSource(FolderSource):
 
     def _read(self, kind: str, split: str) -> pa.Table:
         image_data = self.root / "image_data.json"
-        annotation_file = self.root / ("question_answers.json" if kind == "qa" else "region_descriptions.json")
-        reader = read_visual_genome_qa if kind == "qa" else read_visual_genome_regions
+        annotation_file = self.root / ANNOTATION_FILES[kind if kind != "objects" else self.object_labels]
+        params = {"split": split, "fractions": self.fractions, "seed": self.split_seed, "version": READER_VERSION}
 
         def build() -> pa.Table:
             images = read_image_records(image_data)
-            keep = self._split_images(split, np.array(sorted(images.files), dtype=np.int64))
-            return reader(annotation_file, images, keep)
+            all_ids = np.array(sorted(images.files), dtype=np.int64)
+            keep = self._split_images(split, all_ids)
+            if kind == "qa":
+                return read_visual_genome_qa(annotation_file, images, keep)
+            if kind == "regions":
+                return read_visual_genome_regions(annotation_file, images, keep)
+            if "train" not in self.splits:
+                raise ConfigError("dataset=visual_genome objects: the label set comes from a 'train' split; add one")
+            return read_visual_genome_objects(
+                annotation_file,
+                images,
+                keep,
+                vocabulary_images=self._split_images("train", all_ids),
+                num_categories=self.object_categories,
+                labels=self.object_labels,
+            )
 
+        if kind == "objects":
+            params.update(categories=self.object_categories, labels=self.object_labels)
         inputs = [image_data, annotation_file, *([self.split_file] if self.split_file else [])]
-        params = {"split": split, "fractions": self.fractions, "seed": self.split_seed, "version": READER_VERSION}
         table = cached_table(f"visual_genome_{kind}", inputs, params, build)
         return self.with_images_present(table, split)
