@@ -19,3 +19,13 @@ class DataError(UserError):
 
 class CheckpointError(UserError):
     """A checkpoint is missing, truncated, or not a cmvl checkpoint."""
+
+
+def one_line(err: UserError) -> str:
+    """The error's message on one line. An error raised in a DataLoader worker reaches the main process re-raised
+    with the worker's traceback in its message; the user's line is the original one, at its end."""
+    text = str(err)
+    if "Original Traceback" in text:
+        last = text.strip().splitlines()[-1]
+        return last.split(": ", 1)[1] if ": " in last else last
+    return text

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from cmvl.errors import UserError
+from cmvl.errors import UserError, one_line
 
 USAGE = """usage: cmvl <command> [args]
 
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
         else:
             raise UserError(f"unknown command '{command}' (commands: train, eval, data)")
     except UserError as err:
-        print(f"cmvl: error: {err}", file=sys.stderr)
+        print(f"cmvl: error: {one_line(err)}", file=sys.stderr)
         sys.exit(err.exit_code)
     except KeyboardInterrupt:
         print("cmvl: interrupted", file=sys.stderr)

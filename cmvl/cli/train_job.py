@@ -13,7 +13,7 @@ import hydra
 from omegaconf import DictConfig
 
 from cmvl.config.paths import CONF_DIR
-from cmvl.errors import UserError
+from cmvl.errors import UserError, one_line
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
@@ -23,7 +23,7 @@ def main(cfg: DictConfig) -> float | None:
     try:
         summary = run_training(cfg)
     except UserError as err:
-        print(f"cmvl: error: {err}", file=sys.stderr)
+        print(f"cmvl: error: {one_line(err)}", file=sys.stderr)
         sys.exit(err.exit_code)
     return summary["best_score"]
 

@@ -75,6 +75,9 @@ def validate_config(cfg: DictConfig, *, check_task: bool = True) -> None:
         _positive_int(cfg, key)
     if not isinstance(cfg.data.num_workers, int) or cfg.data.num_workers < 0:
         raise ConfigError(f"data.num_workers={cfg.data.num_workers}: must be an integer >= 0")
+    fraction = cfg.data.max_bad_fraction
+    if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 <= fraction < 1:
+        raise ConfigError(f"data.max_bad_fraction={fraction}: must be a number in [0, 1)")
     _check_checkpointing(cfg)
     splits = [str(s) for s in cfg.dataset.get("splits") or ("train", "val", "test")]
     if cfg.dataset.split not in splits:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -32,35 +33,76 @@ class ImageTextDataset(Dataset):
     (so a random crop is the same for all questions about one image, which the model's per-image encoding needs).
     """
 
-    def __init__(self, table: pa.Table, texts: list[str], open_image: Callable[[str], Image.Image], transform) -> None:
+    def __init__(
+        self,
+        table: pa.Table,
+        texts: list[str],
+        open_image: Callable[[str], Image.Image],
+        transform,
+        *,
+        max_bad_fraction: float | None = None,
+    ) -> None:
         encoded = pc.dictionary_encode(table.column("image").combine_chunks())
         self.image_files = encoded.dictionary
         self.image_ids = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
         self.texts = pa.array(texts, type=pa.string())
         self.open_image = open_image  # the source's: a file under its image folder, or an image inside a dataset
         self.transform = transform
+        # Training skips unreadable images (their rows are replaced by the next readable rows, so batches stay
+        # full) up to this share of the split's images, counted per loader process; None (evaluation): an
+        # unreadable image is an error, nothing is substituted.
+        self.max_bad_fraction = max_bad_fraction
+        self.bad_images: set[int] = set()
 
     def __len__(self) -> int:
         return len(self.texts)
 
-    def _image(self, image_id: int) -> torch.Tensor:
-        return self.transform(self.open_image(self.image_files[image_id].as_py()))
+    def _image(self, image_id: int) -> torch.Tensor | None:
+        """The transformed image, or None for an unreadable one that training may skip."""
+        if image_id in self.bad_images:
+            return None
+        try:
+            return self.transform(self.open_image(self.image_files[image_id].as_py()))
+        except DataError as err:
+            if self.max_bad_fraction is None:
+                raise
+            self.bad_images.add(image_id)
+            allowed = int(self.max_bad_fraction * len(self.image_files))
+            if len(self.bad_images) > allowed:
+                raise DataError(
+                    f"{len(self.bad_images)} unreadable training images, more than data.max_bad_fraction="
+                    f"{self.max_bad_fraction} of the split's {len(self.image_files)} images allow (last: {err})"
+                ) from None
+            print(f"cmvl: skipped {err} ({len(self.bad_images)} of at most {allowed})", file=sys.stderr)
+            return None
 
     def _sample(self, i: int, image: torch.Tensor) -> dict[str, Any]:
         return {"image": image, "text": self.texts[i].as_py(), "index": i, "image_id": int(self.image_ids[i])}
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        return self._sample(i, self._image(int(self.image_ids[i])))
+        return self.__getitems__([i])[0]
 
     def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
         images: dict[int, torch.Tensor] = {}
         samples = []
         for i in indices:
-            image_id = int(self.image_ids[i])
-            if image_id not in images:
-                images[image_id] = self._image(image_id)
-            samples.append(self._sample(i, images[image_id]))
+            row = self._readable_row(i, images)
+            samples.append(self._sample(row, images[int(self.image_ids[row])]))
         return samples
+
+    def _readable_row(self, i: int, images: dict[int, torch.Tensor]) -> int:
+        """Row i, or if its image is unreadable (training) the next row whose image is readable. Each distinct
+        image is decoded once per batch (`images`)."""
+        for step in range(len(self)):
+            row = (i + step) % len(self)
+            image_id = int(self.image_ids[row])
+            if image_id not in images:
+                image = self._image(image_id)
+                if image is None:
+                    continue
+                images[image_id] = image
+            return row
+        raise DataError("no image of the training split is readable")
 
 
 class Collator:
@@ -115,6 +157,7 @@ class VLDataModule(pl.LightningDataModule):
         eval_batch_size: int | None = None,
         num_workers: int = 0,
         pin_memory: bool = False,
+        max_bad_fraction: float = 0.001,
         data_state: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -124,6 +167,7 @@ class VLDataModule(pl.LightningDataModule):
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
         self.group_by_image, self.seed = group_by_image, seed
         self.num_workers, self.pin_memory = num_workers, pin_memory
+        self.max_bad_fraction = max_bad_fraction
         self.tokenizer: PreTrainedTokenizerFast | None = None
         self._tables: dict[str, pa.Table] = {}
         if data_state is not None:
@@ -161,7 +205,13 @@ class VLDataModule(pl.LightningDataModule):
         table = member.rows(self.table(member.table_kind, split), train=train)
         crop = self.image_cfg.get("random_crop_scale")
         transform = build_transform(image_size=self.image_cfg["size"], train=train, random_crop_scale=crop)
-        dataset = ImageTextDataset(table, member.texts(table), self.source.open_image, transform)
+        dataset = ImageTextDataset(
+            table,
+            member.texts(table),
+            self.source.open_image,
+            transform,
+            max_bad_fraction=self.max_bad_fraction if train else None,
+        )
         return dataset, Collator(self.tokenizer, self.text_max_length, member.targets(table), member.name)
 
     def train_dataloader(self) -> StatefulDataLoader | MultiTaskLoader:

@@ -67,6 +67,7 @@ def build_datamodule(cfg: DictConfig, *, data_state: dict[str, Any] | None = Non
         eval_batch_size=data.eval_batch_size,
         num_workers=data.num_workers,
         pin_memory=data.pin_memory,
+        max_bad_fraction=data.max_bad_fraction,
         data_state=data_state,
     )
 
