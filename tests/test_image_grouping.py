@@ -147,7 +147,7 @@ def test_a_deduplicated_batch_equals_the_row_by_row_batch():
         {"image": pixels[k], "text": f"question {i} " * (i + 1), "index": i, "image_id": k}
         for i, k in enumerate(image_ids)
     ]
-    batch = Collator(Tokenizer(), 8, Targets())(samples)
+    batch = Collator(Tokenizer(), 8, Targets(), "vqa")(samples)
     assert batch["images"].shape[0] == 3
     assert batch["image_index"].tolist() == [0, 0, 1, 2, 1, 0]
     model = _model()

@@ -90,36 +90,46 @@ def test_multitask_config_errors_name_the_key():
         MultiTask(tasks={"vqa": vqa}, sampling="random")
 
 
-def test_vqa_caption_grounding_train_jointly_and_evaluate(tmp_path, cache_dir):
+# All five tasks in one run: the default members plus retrieval and tagging, added on the command line.
+ALL_TASKS = ["task=multitask", "+task@task.tasks.retrieval=retrieval", "+task@task.tasks.tagging=tagging"]
+RECORD_KEYS = {
+    "vqa": {"question_id", "answer"},
+    "caption": {"image_id", "caption"},
+    "grounding": {"region_id", "image_id", "box"},
+    "tagging": {"image_id", "labels", "scores"},
+}
+MONITORED = {"vqa": "acc", "caption": "cider", "grounding": "acc_iou50", "retrieval": "r_mean", "tagging": "mAP"}
+
+
+def test_every_task_trains_jointly_on_shapes_and_evaluates(tmp_path, cache_dir):
     world = [a.replace("task.min_answer_count", "task.tasks.vqa.min_answer_count") for a in TINY_WORLD]
     run_dir = tmp_path / "run"
-    overrides = [*world, *TINY_TRAINING, "task=multitask", "trainer.limit_train_batches=6"]
+    overrides = [*world, *TINY_TRAINING, *ALL_TASKS, "trainer.limit_train_batches=10"]
     result = run_cli("train", *overrides, f"hydra.run.dir={run_dir}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     header = (run_dir / "metrics.csv").read_text().splitlines()[0]
-    for key in ("val/vqa/acc", "val/caption/cider", "val/grounding/acc_iou50"):
-        assert key in header and key in result.stdout
+    for task, metric in MONITORED.items():
+        assert f"val/{task}/{metric}" in header and f"val/{task}/{metric}" in result.stdout
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["monitor"] == "val/vqa/acc"
-    # The three heads live in one model; each task's training batches were drawn.
+    # The heads live in one model.
     state = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-    assert {k.split(".")[2] for k in state["state_dict"] if k.startswith("model.heads.")} == {
-        "vqa",
-        "caption",
-        "grounding",
-    }
+    assert {k.split(".")[2] for k in state["state_dict"] if k.startswith("model.heads.")} == set(MONITORED)
     out = tmp_path / "eval"
     out.mkdir()
-    evaluated = run_cli(
-        "eval",
-        f"ckpt={run_dir / 'checkpoints' / 'best.ckpt'}",
-        f"out={out}",
-        "task.tasks.caption.meteor=never",
-        cwd=out,
-    )
+    best = run_dir / "checkpoints" / "best.ckpt"
+    evaluated = run_cli("eval", f"ckpt={best}", f"out={out}", "task.tasks.caption.meteor=never", cwd=out)
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
-    assert math.isclose(metrics["metrics"]["val/vqa/acc"], summary["best_score"], abs_tol=1e-6)
-    assert set(metrics["predictions_file"]) == {"vqa", "caption", "grounding"}
-    for name, path in metrics["predictions_file"].items():
-        assert json.loads(open(path).read()), name
+    best_epoch = summary["best_epoch_metrics"]
+    for task, metric in MONITORED.items():  # evaluation reproduces every task's validation score
+        key = f"val/{task}/{metric}"
+        assert math.isclose(metrics["metrics"][key], best_epoch[key], abs_tol=1e-6), key
+    assert set(metrics["predictions_file"]) == set(MONITORED)
+    predictions = {k: json.loads(open(v).read()) for k, v in metrics["predictions_file"].items()}
+    for task, keys in RECORD_KEYS.items():
+        assert predictions[task] and set(predictions[task][0]) == keys, task
+    assert len(predictions["caption"]) == 20  # one caption per image
+    rankings = predictions["retrieval"]  # every caption and every image ranked once
+    assert len(rankings["text_to_image"]) == 20 * 5 and len(rankings["image_to_text"]) == 20
+    assert all(len(r["image_ids"]) == 10 for r in rankings["text_to_image"])

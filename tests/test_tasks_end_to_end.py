@@ -8,9 +8,8 @@ import math
 from pathlib import Path
 
 from cmvl.metrics.caption import java_available
-from tests.conftest import FIXTURES, TINY_TRAINING, TINY_WORLD, run_cli
+from tests.conftest import FIXTURES, TINY_TRAINING, run_cli
 
-TINY = [a for a in TINY_WORLD if not a.startswith("task.")]
 # task → (monitored metric, the keys of one predictions record)
 TASKS = {
     "tagging": ("mAP", {"image_id", "labels", "scores"}),
@@ -53,18 +52,7 @@ def _train_and_evaluate(tmp_path: Path, task: str, *overrides: str) -> tuple[dic
     return evaluation, header, predictions
 
 
-# Each task once through the CLI on the data kind it is most often used with; multitask (tests/test_multitask.py)
-# also trains and evaluates VQA, captioning and grounding on shapes.
-def test_tagging_on_shapes(tmp_path, cache_dir):
-    _train_and_evaluate(tmp_path, "tagging", *TINY, *TINY_TRAINING)
-
-
-def test_retrieval_on_shapes_ranks_every_query_once(tmp_path, cache_dir):
-    _, _, predictions = _train_and_evaluate(tmp_path, "retrieval", *TINY, *TINY_TRAINING)
-    assert len(predictions["text_to_image"]) == 20 * 5 and len(predictions["image_to_text"]) == 20
-    assert all(len(r["image_ids"]) == 10 for r in predictions["text_to_image"])
-
-
+# Single-task runs on the real fixture files; every task on shapes, jointly, is in tests/test_multitask.py.
 COCO = FIXTURES / "coco"
 
 
