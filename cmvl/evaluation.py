@@ -22,8 +22,13 @@ def write_json_atomic(path: Path, obj: Any) -> None:
         json.dump(obj, f, indent=1)
 
 
+# Config keys added after some checkpoints were written, with the value that reproduces how those runs behaved;
+# a checkpoint's own values win.
+KEYS_ADDED_SINCE_OLDER_CHECKPOINTS = {"data": {"max_bad_fraction": 0.001}}
+
+
 def checkpoint_config(checkpoint: dict[str, Any], overrides: list[str]):
-    cfg = OmegaConf.create(checkpoint[CHECKPOINT_KEY]["config"])
+    cfg = OmegaConf.merge(KEYS_ADDED_SINCE_OLDER_CHECKPOINTS, checkpoint[CHECKPOINT_KEY]["config"])
     OmegaConf.set_struct(cfg, True)  # an override of a key the run did not have is a typo, not a new key
     try:
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
