@@ -169,7 +169,7 @@ class VLDataModule(pl.LightningDataModule):
         self.num_workers, self.pin_memory = num_workers, pin_memory
         self.max_bad_fraction = max_bad_fraction
         self.tokenizer: PreTrainedTokenizerFast | None = None
-        self._tables: dict[str, pa.Table] = {}
+        self._tables: dict[tuple[str, str], pa.Table] = {}  # (kind, split) → table
         if data_state is not None:
             self.task.load_state_dict(data_state["task"])
             self.tokenizer = tokenizer_from_state(data_state["tokenizer"])

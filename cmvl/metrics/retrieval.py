@@ -54,13 +54,10 @@ class RetrievalRecall(Metric):
     def gathered(self) -> dict[str, torch.Tensor]:
         """The deduplicated split: image embeddings/ids, caption embeddings/ids, and each caption's image column."""
         image_key, image_order = _first_occurrence(_cat(self.image_key))
-        text_key, text_order = _first_occurrence(_cat(self.text_key))
-        del text_key
+        _, text_order = _first_occurrence(_cat(self.text_key))
         text_image_key = _cat(self.text_image_key)[text_order]
-        column = torch.searchsorted(image_key, text_image_key)
-        if bool((column >= len(image_key)).any()) or bool(
-            (image_key[column.clamp(max=len(image_key) - 1)] != text_image_key).any()
-        ):
+        column = torch.searchsorted(image_key, text_image_key).clamp(max=len(image_key) - 1)
+        if not torch.equal(image_key[column], text_image_key):
             raise ValueError("a caption's image was never seen by the metric")
         return {
             "image_emb": _cat(self.image_emb)[image_order],

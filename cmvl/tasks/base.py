@@ -31,29 +31,28 @@ class Task(ABC):
     metric_prefix: str | None = None  # metrics are logged as `<stage>/<prefix>/<metric>`; None = the task's name
     monitor_key: str  # metric (from `compute`) that picks the best checkpoint
     monitor_mode: str = "max"
-    allows_random_crop: bool = True
+    allows_random_crop: bool = True  # False where targets are positions in the image (boxes)
     group_rows_by_image: bool = True  # the batching when `data.group_by_image` is null (see conf/train.yaml)
     # The model parts the task's forward runs; the others are frozen (no optimizer state, and DDP does not wait
     # for gradients that never come).
-    uses: frozenset[str] = frozenset(
-        {"vision", "text", "fusion"}
-    )  # False where targets are positions in the image (boxes)
+    uses: frozenset[str] = frozenset({"vision", "text", "fusion"})
 
     def members(self) -> list[Task]:
         """The single tasks this task trains (itself; a multitask lists its tasks). The data module builds data
         for each member; batches say which member they belong to (`batch["task"]`)."""
         return [self]
 
-    @abstractmethod
     def fit(self, train_table: pa.Table) -> None:
-        """Learn what the task needs from the training split (e.g. an answer vocabulary)."""
+        """Learn what the task needs from the training split (e.g. an answer vocabulary); by default nothing."""
+        del train_table
 
-    @abstractmethod
     def state_dict(self) -> dict[str, Any]:
-        """Plain containers saved in the checkpoint, so evaluation rebuilds the task without the data."""
+        """Plain containers saved in the checkpoint, so evaluation rebuilds the task without the data (by default
+        none: the task learnt nothing from the data)."""
+        return {}
 
-    @abstractmethod
-    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        del state
 
     def bind_tokenizer(self, tokenizer: PreTrainedTokenizerFast) -> None:
         """Called once the run's tokenizer exists (built or restored), before `build_head`: a task that writes

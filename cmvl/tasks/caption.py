@@ -8,7 +8,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedTokenizerFast
 
@@ -72,19 +71,10 @@ class CaptionTask(Task):
         self.label_smoothing, self.beam_size, self.length_penalty = label_smoothing, beam_size, length_penalty
         self.meteor, self.dropout = meteor, dropout
         self.max_positions = max(max_length, text_max_length) + 2  # BOS/EOS added to the longest text
-        self.tokenizer: PreTrainedTokenizerFast | None = None
-
-    def fit(self, train_table: pa.Table) -> None:
-        pass  # the vocabulary is the tokenizer's
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
+        self.framing: TextFraming | None = None  # from the run's tokenizer (bind_tokenizer)
 
     def bind_tokenizer(self, tokenizer: PreTrainedTokenizerFast) -> None:
-        self.tokenizer, self.framing = tokenizer, TextFraming(tokenizer)
+        self.framing = TextFraming(tokenizer)
 
     def rows(self, table: pa.Table, *, train: bool) -> pa.Table:
         return table if train else one_row_per_image(table)
@@ -99,9 +89,9 @@ class CaptionTask(Task):
         return CaptionTargets(image_id=table.column("image_id").to_numpy().astype(np.int64), references=references)
 
     def build_head(self, dim: int) -> nn.Module:
-        assert self.tokenizer is not None, "bind_tokenizer() first"
+        assert self.framing is not None, "bind_tokenizer() first"
         return CaptionDecoder(
-            vocab_size=len(self.tokenizer),
+            vocab_size=len(self.framing.tokenizer),
             dim=dim,
             layers=self.layers,
             heads=self.heads,
@@ -129,13 +119,7 @@ class CaptionTask(Task):
         return {"tokens": tokens}
 
     def loss(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> torch.Tensor:
-        logits, labels = outputs["logits"], outputs["labels"]
-        return F.cross_entropy(
-            logits.float().reshape(-1, logits.shape[-1]),
-            labels.reshape(-1),
-            ignore_index=self.framing.pad_id,
-            label_smoothing=self.label_smoothing,
-        )
+        return self.framing.next_token_loss(outputs, label_smoothing=self.label_smoothing)
 
     def make_metric(self) -> CaptionScores:
         return CaptionScores(meteor=self.meteor == "always")

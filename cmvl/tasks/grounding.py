@@ -97,15 +97,6 @@ class GroundingTask(Task):
         self.monitor_key = accuracy_key(iou_threshold)
         self.head_hidden_mult, self.dropout = head_hidden_mult, dropout
 
-    def fit(self, train_table: pa.Table) -> None:
-        pass  # nothing to learn from the data: boxes are regressed
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
-
     def rows(self, table: pa.Table, *, train: bool) -> pa.Table:
         return drop_ambiguous_phrases(table) if self.drop_ambiguous else table
 

@@ -78,15 +78,6 @@ class RetrievalTask(Task):
         self.embed_dim, self.temperature, self.learn_temperature = embed_dim, temperature, learn_temperature
         self.top_k = top_k
 
-    def fit(self, train_table: pa.Table) -> None:
-        pass  # nothing to learn from the data beforehand
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
-
     def texts(self, table: pa.Table) -> list[str]:
         return table.column("caption").to_pylist()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from transformers import PreTrainedTokenizerFast
 
 from cmvl.models.caption_decoder import CaptionDecoder
@@ -39,6 +40,16 @@ class TextFraming:
         sequences = self.sequences(input_ids, attention_mask)[:, : decoder.max_positions]
         inputs = sequences[:, :-1]
         return {"logits": decoder(inputs, memory, padding=inputs == self.pad_id), "labels": sequences[:, 1:]}
+
+    def next_token_loss(self, outputs: dict[str, torch.Tensor], *, label_smoothing: float = 0.0) -> torch.Tensor:
+        """Cross-entropy of `teacher_forcing`'s logits against its labels, padding ignored."""
+        logits, labels = outputs["logits"].float(), outputs["labels"]
+        return F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]),
+            labels.reshape(-1),
+            ignore_index=self.pad_id,
+            label_smoothing=label_smoothing,
+        )
 
     def generate(
         self, decoder: CaptionDecoder, memory: Tokens, *, max_length: int, beam_size: int, length_penalty: float

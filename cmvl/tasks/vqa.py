@@ -227,10 +227,7 @@ class VQATask(Task):
 
     def loss(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> torch.Tensor:
         if self.answer_mode == "generate":
-            logits, labels = outputs["logits"].float(), outputs["labels"]
-            return F.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=self.framing.pad_id
-            )
+            return self.framing.next_token_loss(outputs)
         logits = outputs["logits"]
         # Sum over answers, mean over questions: the usual VQA scaling of the soft-target BCE.
         return F.binary_cross_entropy_with_logits(logits.float(), batch["targets"], reduction="sum") / logits.shape[0]

@@ -83,12 +83,12 @@ def build_model(cfg: DictConfig, datamodule: VLDataModule) -> VisionLanguageMode
         image_mean=list(cfg.data.image.mean),
         image_std=list(cfg.data.image.std),
     )
-    unused = {
+    parts = {
         "vision": [model.vision, model.vision_proj],
         "text": [model.text, model.text_proj],
         "fusion": [model.fusion],
     }
-    for part, modules in unused.items():
+    for part, modules in parts.items():
         if part not in task.uses:
             for module in modules:
                 module.requires_grad_(False)

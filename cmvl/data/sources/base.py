@@ -49,10 +49,7 @@ OBJECTS_SCHEMA = pa.schema(
         ("image", pa.string()),
         ("width", pa.int32()),
         ("height", pa.int32()),
-        (
-            "labels",
-            pa.list_(pa.int32()),
-        ),  # index into the category list (schema metadata `categories`), not a dataset id
+        ("labels", pa.list_(pa.int32())),  # indices into the schema metadata `categories`, not dataset ids
         ("boxes", pa.list_(pa.list_(pa.float32(), 4))),  # [x, y, width, height] in pixels, one per label
         ("iscrowd", pa.list_(pa.bool_())),
     ]
