@@ -2,25 +2,18 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from cmvl.atomic_file import atomic_write
+from cmvl.atomic_file import write_json_atomic
 from cmvl.config.validate import validate_config
 from cmvl.errors import ConfigError
 from cmvl.training.build import build_datamodule, build_lit_module, single_device_trainer
 from cmvl.training.checkpoints import load_checkpoint
 from cmvl.training.lit_module import CHECKPOINT_KEY
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    with atomic_write(path) as f:
-        json.dump(obj, f, indent=1)
-
 
 # Config keys added after some checkpoints were written, with the value that reproduces how those runs behaved;
 # a checkpoint's own values win.
@@ -58,7 +51,7 @@ def evaluate_checkpoint(
     trainer.test(lit, dataloaders=list(loaders.values()), verbose=False)
     metrics = {}
     if lit.score_test:
-        metrics = {lit.metric_key(split, k): float(v) for k, v in lit.test_metric.compute().items()}
+        metrics = {lit.task.metric_key(split, k): float(v) for k, v in lit.test_metric.compute().items()}
     out = Path(out_dir) if out_dir else ckpt_path.parent
     predictions_files = {}
     for member in lit.task.members():

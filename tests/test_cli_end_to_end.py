@@ -117,25 +117,6 @@ def test_missing_checkpoint_exits_2(tmp_path):
     assert result.returncode == 2 and "garbage.ckpt" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_multirun_leaves_runs_and_a_summary(tmp_path, cache_dir):
-    sweep_dir = tmp_path / "sweep"
-    result = run_cli(
-        "train",
-        "-m",
-        "fusion=concat,attention",
-        *TRAIN_FAST,
-        "trainer.max_epochs=1",
-        f"hydra.sweep.dir={sweep_dir}",
-        cwd=tmp_path,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert (sweep_dir / "0" / "checkpoints" / "best.ckpt").exists()
-    assert (sweep_dir / "1" / "checkpoints" / "best.ckpt").exists()
-    table = (sweep_dir / "summary.txt").read_text()
-    assert "fusion=concat" in table and "fusion=attention" in table
-    assert "sweep summary" in result.stdout
-
-
 def test_help_lists_groups(tmp_path):
     result = run_cli("train", "--help", cwd=tmp_path)
     assert result.returncode == 0 and "fusion" in result.stdout and "concat" in result.stdout

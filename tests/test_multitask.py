@@ -10,6 +10,8 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
+import yaml
+from omegaconf import OmegaConf
 from torch.utils.data import Dataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 
@@ -19,6 +21,7 @@ from cmvl.errors import ConfigError
 from cmvl.tasks.caption import CaptionTask
 from cmvl.tasks.multitask import MultiTask
 from cmvl.tasks.vqa import VQATask
+from cmvl.training.build import build_task
 from tests.conftest import TINY_TRAINING, TINY_WORLD, run_cli
 
 
@@ -112,6 +115,12 @@ def test_every_task_trains_jointly_on_shapes_and_evaluates(tmp_path, cache_dir):
         assert f"val/{task}/{metric}" in header and f"val/{task}/{metric}" in result.stdout
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["monitor"] == "val/vqa/acc"
+    # The metric names a sweep's optimized_metric is checked against before training are exactly those logged.
+    logged = set(summary["best_epoch_metrics"]) - {"epoch", "step"}
+    cfg = OmegaConf.create(yaml.safe_load((run_dir / "config.yaml").read_text()))
+    assert set(build_task(cfg).validation_keys()) == logged
+    # Each validation epoch drew its sample predictions, every task's samples in one picture.
+    assert (run_dir / "samples" / "epoch001.png").stat().st_size > 0
     # The heads live in one model.
     state = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert {k.split(".")[2] for k in state["state_dict"] if k.startswith("model.heads.")} == set(MONITORED)

@@ -1,4 +1,4 @@
-"""`cmvl` command-line dispatcher: train, eval, data."""
+"""`cmvl` command-line dispatcher: train, eval, data, sweep, plot."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ commands:
   data shapes --out DIR         write the built-in shapes world (VQA v2, COCO, Visual Genome layouts)
   data info [key=value ...]     rows, images and answer types of every split a dataset config reads
   data prepare --out DIR        write a resized copy of a dataset's images (then train with dataset.images=DIR)
+  sweep report DIR              table (best first), reproduce line, report.csv and plots of a sweep directory
+  plot RUN_DIR                  training curves (loss, validation metrics, learning rate) of a run as a PNG
 
 Run `cmvl <command> --help` for a command's options."""
 
@@ -38,8 +40,16 @@ def main(argv: list[str] | None = None) -> None:
             from cmvl.cli.data_cmd import data_command
 
             data_command(rest)
+        elif command == "sweep":
+            from cmvl.cli.sweep_cmd import sweep_command
+
+            sweep_command(rest)
+        elif command == "plot":
+            from cmvl.cli.plot_cmd import plot_command
+
+            plot_command(rest)
         else:
-            raise UserError(f"unknown command '{command}' (commands: train, eval, data)")
+            raise UserError(f"unknown command '{command}' (commands: train, eval, data, sweep, plot)")
     except UserError as err:
         print(f"cmvl: error: {one_line(err)}", file=sys.stderr)
         sys.exit(err.exit_code)

@@ -18,9 +18,38 @@ examples:
   cmvl train                                   VQA on the built-in shapes world
   cmvl train fusion=concat trainer.max_epochs=3 model.dim=64
   cmvl train trainer=debug                     a few batches, to check a setup
-  cmvl train -m fusion=concat,attention        a sweep; prints a summary table at the end
+  cmvl train -m fusion=concat,attention        a grid sweep; prints the sweep report at the end
+  cmvl train hparams_search=vqa_optuna         an Optuna search (conf/hparams_search/); `cmvl sweep report DIR`
+
+A sweep's directory is multirun/<its overrides>, each job's is named by the job's overrides: re-running the same
+command skips finished jobs and resumes unfinished ones (set hydra.sweep.dir=DIR to choose the directory).
 
 `cmvl train --cfg job` prints the composed config; `cmvl train --hydra-help` shows Hydra's own flags."""
+
+
+def is_sweep(args: list[str]) -> bool:
+    """`-m`/`--multirun`, or a search space (conf/hparams_search/*, which switch Hydra to multirun)."""
+    return any(a in ("-m", "--multirun") or a.lstrip("+").startswith("hparams_search=") for a in args)
+
+
+def sweep_naming_overrides(overrides: list[str]) -> list[str]:
+    """Hydra overrides that name the sweep directory after the command (unless the user chose one) and each job
+    directory after the job's own values: the overrides every job shares are left out of job names."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from cmvl.sweeps.naming import JOB_NAME_EXCLUDED, sweep_dir_for
+
+    user = [o for o in overrides if not o.startswith(("hydra.", "hydra/", "+hydra", "~hydra"))]
+    parsed = OverridesParser.create().parse_overrides(user)
+    swept = {o.key_or_group for o in parsed if o.is_sweep_override()}
+    shared = [o.key_or_group for o in parsed if o.key_or_group not in swept]
+    excluded = ",".join(dict.fromkeys([*JOB_NAME_EXCLUDED, *shared]))
+    extra = [f"hydra.job.config.override_dirname.exclude_keys=[{excluded}]"]
+    if not any(o.startswith("hydra.sweep.dir=") for o in overrides):
+        sweep_dir = sweep_dir_for(overrides)
+        print(f"cmvl: sweep directory {sweep_dir} (re-run this command to continue it)", file=sys.stderr)
+        extra.append(f"hydra.sweep.dir='{sweep_dir}'")
+    return extra
 
 
 def train_command(args: list[str]) -> None:
@@ -32,6 +61,8 @@ def train_command(args: list[str]) -> None:
     from cmvl.config.preflight import preflight
 
     preflight(overrides)
+    if is_sweep(args):
+        args = [*args, *sweep_naming_overrides(overrides)]
 
     import __main__
     from cmvl.cli import train_job

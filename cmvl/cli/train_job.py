@@ -14,10 +14,14 @@ from omegaconf import DictConfig
 
 from cmvl.config.paths import CONF_DIR
 from cmvl.errors import UserError, one_line
+from cmvl.sweeps.naming import register_resolvers
+
+register_resolvers()
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
+    """Trains one run; returns `optimized_metric` at the best checkpoint's epoch (what a sweeper optimises)."""
     from cmvl.training.train import run_training
 
     try:
@@ -25,7 +29,7 @@ def main(cfg: DictConfig) -> float | None:
     except UserError as err:
         print(f"cmvl: error: {one_line(err)}", file=sys.stderr)
         sys.exit(err.exit_code)
-    return summary["best_score"]
+    return summary.get("optimized_value")
 
 
 if __name__ == "__main__":

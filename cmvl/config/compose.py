@@ -6,10 +6,12 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from cmvl.config.paths import CONF_DIR
+from cmvl.sweeps.naming import register_resolvers
 
 
 def compose_config(
     overrides: list[str], *, config_name: str = "train", return_hydra_config: bool = False
 ) -> DictConfig:
+    register_resolvers()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose(config_name=config_name, overrides=overrides, return_hydra_config=return_hydra_config)

@@ -8,6 +8,7 @@ value.
 from __future__ import annotations
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import IntervalSweep, Override
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -48,13 +49,27 @@ def preflight(overrides: list[str], *, config_name: str = "train", check_task: b
         parsed = OverridesParser.create().parse_overrides(user)
     except HydraException as err:
         raise ConfigError(f"invalid override: {str(err).strip().splitlines()[0]}") from None
+    base, variants = _split_sweeps(parsed)
+    search_space = _validate(base, config_name, check_task)
+    # A search space (hparams_search) sweeps too: each of its values is tried against the command's overrides.
+    space_base, space_variants = _split_sweeps(_parse_search_space(search_space))
+    base, variants = [*space_base, *base], [*space_variants, *variants]
+    if space_base:
+        _validate(base, config_name, check_task)
+    for i, alternatives in enumerate(variants):
+        for alternative in alternatives:
+            _validate(base[:i] + [alternative] + base[i + 1 :], config_name, check_task)
+
+
+def _split_sweeps(parsed: list[Override]) -> tuple[list[str], list[list[str]]]:
+    """Overrides with each sweep at its first value, and for each override the alternative values to try."""
     groups = config_groups()
+    base: list[str] = []
     variants: list[list[str]] = []
-    base = []
     for override in parsed:
         key = override.get_key_element()
         if override.is_sweep_override():
-            values = list(override.sweep_string_iterator())
+            values = _sweep_values(override)
             _check_group_choices(key, values, groups)
             base.append(f"{key}={values[0]}")
             variants.append([f"{key}={v}" for v in values[1:]])
@@ -62,14 +77,40 @@ def preflight(overrides: list[str], *, config_name: str = "train", check_task: b
             _check_group_choices(key, [override.get_value_element_as_str()], groups)
             base.append(override.input_line)
             variants.append([])
-    _validate(base, config_name, check_task)
-    for i, alternatives in enumerate(variants):
-        for alternative in alternatives:
-            _validate(base[:i] + [alternative] + base[i + 1 :], config_name, check_task)
+    return base, variants
 
 
-def _validate(overrides: list[str], config_name: str, check_task: bool) -> None:
+def _sweep_values(override: Override) -> list[str]:
+    """A choice or range sweep's values; an interval (Optuna's continuous range) is tried at both ends."""
+    sweep = override.value()
+    if isinstance(sweep, IntervalSweep):
+        return [str(sweep.start), str(sweep.end)]
+    return list(override.sweep_string_iterator())
+
+
+def _parse_search_space(params: dict[str, str]) -> list[Override]:
+    lines = [f"{key}={value}" for key, value in params.items()]
+    try:
+        return OverridesParser.create().parse_overrides(lines)
+    except HydraException as err:
+        raise ConfigError(f"hydra.sweeper.params: {str(err).strip().splitlines()[0]}") from None
+
+
+def _validate(overrides: list[str], config_name: str, check_task: bool) -> dict[str, str]:
+    """Check one configuration; returns its search space (`hydra.sweeper.params`, empty without one)."""
     cfg = _compose(overrides, config_name)
     OmegaConf.set_struct(cfg, False)
-    cfg.pop("hydra", None)
+    hydra_cfg = cfg.pop("hydra", None)
     validate_config(cfg, check_task=check_task)
+    if cfg.get("optimized_metric") is not None:
+        _check_optimized_metric(cfg)
+    params = OmegaConf.select(hydra_cfg, "sweeper.params", default=None) if hydra_cfg is not None else None
+    return {str(k): str(v) for k, v in params.items()} if params else {}
+
+
+def _check_optimized_metric(cfg: DictConfig) -> None:
+    from cmvl.training.build import build_task
+
+    keys = build_task(cfg).validation_keys()
+    if cfg.optimized_metric not in keys:
+        raise ConfigError(f"optimized_metric={cfg.optimized_metric}: not a metric this task logs ({', '.join(keys)})")

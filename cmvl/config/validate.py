@@ -120,7 +120,7 @@ def _check_checkpointing(cfg: DictConfig) -> None:
     if cfg.checkpoint.every_n_steps is not None:
         _positive_int(cfg, "checkpoint.every_n_steps")
     resume = str(cfg.resume)
-    if resume not in ("never", "auto") and not resume.endswith(".ckpt"):
+    if resume not in ("None", "never", "auto") and not resume.endswith(".ckpt"):
         raise ConfigError(f"resume={resume}: must be never, auto or the path of a .ckpt file")
 
 

@@ -131,6 +131,7 @@ class Collator:
             "input_ids": encoded["input_ids"],
             "attention_mask": encoded["attention_mask"],
             "index": torch.as_tensor(indices),
+            "text": [s["text"] for s in samples],  # the input texts (sample pictures show them)
             "task": self.task,  # which task's data this batch is (a multitask dispatches on it)
             **self.targets.collate(indices),
         }

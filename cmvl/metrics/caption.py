@@ -55,6 +55,9 @@ def tokenize(captions: dict[int, list[str]]) -> dict[int, list[str]]:
     return {k: [_fallback_tokenize(c) for c in v] for k, v in captions.items()}
 
 
+CAPTION_SCORES = ("bleu1", "bleu2", "bleu3", "bleu4", "rouge_l", "cider")  # always computed, in this order
+
+
 def caption_scores(
     candidates: dict[int, str], references: dict[int, list[str]], *, meteor: bool = False
 ) -> dict[str, float]:
@@ -119,6 +122,11 @@ class CaptionScores(Metric):
             records.setdefault(record["image_id"], record)
             start += n
         return [records[k] for k in sorted(records)]
+
+    @property
+    def names(self) -> list[str]:
+        """The keys of `compute` (METEOR only when asked for and Java is installed)."""
+        return [*CAPTION_SCORES, *(["meteor"] if self.meteor else [])]
 
     def compute(self) -> dict[str, torch.Tensor]:
         records = self.records()

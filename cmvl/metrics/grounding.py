@@ -51,6 +51,10 @@ class GroundingAccuracy(Metric):
         self.iou_sum += iou.double().sum()
         self.count += iou.numel()
 
+    @property
+    def names(self) -> list[str]:
+        return [self.accuracy_key, "mean_iou"]  # the keys of `compute`
+
     def compute(self) -> dict[str, torch.Tensor]:
         n = self.count.clamp_min(1)
         return {self.accuracy_key: self.hits.double() / n, "mean_iou": self.iou_sum / n}

@@ -67,6 +67,10 @@ class RetrievalRecall(Metric):
             "text_image": column,
         }
 
+    @property
+    def names(self) -> list[str]:
+        return [*(f"{d}_r{k}" for k in self.ks for d in ("i2t", "t2i")), "r_mean"]  # the keys of `compute`
+
     def compute(self) -> dict[str, torch.Tensor]:
         split = self.gathered()
         t2i, i2t = recall_ranks(split["image_emb"], split["text_emb"], split["text_image"])

@@ -29,13 +29,15 @@ class TaggingMetrics(Metric):
         self.probs.append(probs.detach().float())
         self.target.append(target.detach().to(torch.int64))
 
+    names = ["mAP", "f1_micro", "f1_macro", "precision_at_k"]  # the keys of `compute`
+
     def compute(self) -> dict[str, torch.Tensor]:
         probs = torch.cat(self.probs) if isinstance(self.probs, list) else self.probs
         target = torch.cat(self.target) if isinstance(self.target, list) else self.target
         present = target.sum(0) > 0
         if not bool(present.any()):
             nan = torch.tensor(float("nan"))
-            return {"mAP": nan, "f1_micro": nan, "f1_macro": nan, "precision_at_k": nan}
+            return dict.fromkeys(self.names, nan)
         ap = multilabel_average_precision(probs, target, num_labels=self.num_labels, average=None)
         f1 = multilabel_f1_score(probs, target, num_labels=self.num_labels, threshold=self.threshold, average=None)
         micro = multilabel_f1_score(

@@ -39,9 +39,18 @@ class VQAAccuracy(Metric):
         self.type_score_sum.index_add_(0, answer_types[known], scores[known])
         self.type_count.index_add_(0, answer_types[known], torch.ones_like(answer_types[known]))
 
+    @property
+    def names(self) -> list[str]:
+        """Every key `compute` can return (a per-type key only when the split has questions of that type)."""
+        return ["acc", *(_type_key(t) for t in ANSWER_TYPES)]
+
     def compute(self) -> dict[str, torch.Tensor]:
         result = {"acc": self.score_sum / self.count.clamp_min(1)}
         for i, name in enumerate(ANSWER_TYPES):
             if self.type_count[i] > 0:
-                result[f"acc_{name.replace('/', '_')}"] = self.type_score_sum[i] / self.type_count[i]
+                result[_type_key(name)] = self.type_score_sum[i] / self.type_count[i]
         return result
+
+
+def _type_key(answer_type: str) -> str:
+    return f"acc_{answer_type.replace('/', '_')}"

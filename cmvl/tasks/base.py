@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
@@ -21,6 +22,19 @@ class SplitTargets(ABC):
 
     @abstractmethod
     def collate(self, indices: list[int]) -> dict[str, torch.Tensor]: ...
+
+
+@dataclass
+class SampleNote:
+    """What a sample-predictions picture shows for one sample: its image (`image_row` into `batch["images"]`),
+    lines of text (input, prediction, truth) and boxes (xyxy in [0, 1] of the shown image) with their colours."""
+
+    image_row: int
+    lines: list[str]
+    boxes: list[tuple[list[float], str]] = field(default_factory=list)
+
+
+PREDICTED, TRUE = "red", "lime"  # box colours in sample pictures
 
 
 class Task(ABC):
@@ -96,6 +110,16 @@ class Task(ABC):
     @abstractmethod
     def make_metric(self) -> Metric: ...
 
+    def metric_key(self, stage: str, name: str) -> str:
+        """The logged name of metric `name` in `stage` (`val/vqa/acc`)."""
+        prefix = self.name if self.metric_prefix is None else self.metric_prefix
+        return "/".join(part for part in (stage, prefix, name) if part)
+
+    def validation_keys(self) -> list[str]:
+        """Every validation metric the task can log, known before any data is read: a sweep's `optimized_metric`
+        is checked against them before its first job runs."""
+        return [self.metric_key("val", name) for name in self.make_metric().names]
+
     def make_eval_metric(self) -> Metric:
         """The metric of `cmvl eval` (default: the validation metric; captioning adds METEOR)."""
         return self.make_metric()
@@ -111,6 +135,15 @@ class Task(ABC):
     @abstractmethod
     def predictions(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> list[dict[str, Any]]:
         """Predictions of one batch in the official results format of the task (a list of records)."""
+
+    def sample_notes(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any], count: int) -> list[SampleNote]:
+        """The first `count` samples of a validation batch as pictures show them (default: the input text and the
+        prediction record)."""
+        records = self.predictions(outputs, batch)[:count]
+        return [
+            SampleNote(int(batch["image_index"][i]), [batch["text"][i], f"pred: {record}"])
+            for i, record in enumerate(records)
+        ]
 
     def final_predictions(self, metric: Metric) -> Any | None:
         """Predictions that need the whole split (retrieval rankings), from the metric's gathered state; None

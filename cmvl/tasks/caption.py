@@ -16,7 +16,7 @@ from cmvl.metrics.caption import CaptionScores
 from cmvl.models.caption_decoder import CaptionDecoder
 from cmvl.models.tokens import Tokens
 from cmvl.models.vl_model import VisionLanguageModel
-from cmvl.tasks.base import SplitTargets, Task
+from cmvl.tasks.base import SampleNote, SplitTargets, Task
 from cmvl.tasks.text_generation import TextFraming
 
 METEOR_CHOICES = ("eval", "always", "never")
@@ -129,6 +129,13 @@ class CaptionTask(Task):
 
     def update_metric(self, metric: CaptionScores, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> None:
         metric.update(batch["image_id"].tolist(), self.framing.decode(outputs["tokens"]), batch["references"])
+
+    def sample_notes(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any], count: int) -> list[SampleNote]:
+        captions = self.framing.decode(outputs["tokens"][:count])
+        return [
+            SampleNote(int(batch["image_index"][i]), [f"pred: {c}", f"ref: {batch['references'][i][0]}"])
+            for i, c in enumerate(captions)
+        ]
 
     def predictions(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> list[dict[str, Any]]:
         return [

@@ -14,11 +14,11 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import generalized_box_iou_loss
 
-from cmvl.metrics.grounding import GroundingAccuracy, accuracy_key, cxcywh_to_xyxy
+from cmvl.metrics.grounding import GroundingAccuracy, accuracy_key, cxcywh_to_xyxy, paired_box_iou
 from cmvl.models.fusion.base import mlp
 from cmvl.models.tokens import Tokens
 from cmvl.models.vl_model import VisionLanguageModel
-from cmvl.tasks.base import SplitTargets, Task
+from cmvl.tasks.base import PREDICTED, TRUE, SampleNote, SplitTargets, Task
 
 
 @dataclass
@@ -136,6 +136,20 @@ class GroundingTask(Task):
         # IoU is scale-invariant only per axis pair, so score in pixels: non-square images count as they look.
         scale = batch["image_size"].repeat(1, 2)
         metric.update(cxcywh_to_xyxy(outputs["box"]) * scale, cxcywh_to_xyxy(batch["box"]) * scale)
+
+    def sample_notes(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any], count: int) -> list[SampleNote]:
+        # Images are shown resized to a square, so boxes in [0, 1] of the image land where they belong.
+        predicted, target = cxcywh_to_xyxy(outputs["box"][:count]).float(), cxcywh_to_xyxy(batch["box"][:count])
+        scale = batch["image_size"][:count].repeat(1, 2)
+        iou = paired_box_iou(predicted * scale, target * scale)
+        return [
+            SampleNote(
+                int(batch["image_index"][i]),
+                [batch["text"][i], f"IoU {float(iou[i]):.2f} (red: predicted, green: true)"],
+                [(predicted[i].tolist(), PREDICTED), (target[i].tolist(), TRUE)],
+            )
+            for i in range(len(predicted))
+        ]
 
     def predictions(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> list[dict[str, Any]]:
         xyxy = (cxcywh_to_xyxy(outputs["box"]) * batch["image_size"].repeat(1, 2)).cpu()

@@ -11,7 +11,7 @@ from transformers import PreTrainedTokenizerFast
 
 from cmvl.errors import ConfigError
 from cmvl.models.vl_model import VisionLanguageModel
-from cmvl.tasks.base import SplitTargets, Task
+from cmvl.tasks.base import SampleNote, SplitTargets, Task
 
 SAMPLING_RULES = ("proportional", "round_robin", "weighted")
 
@@ -22,6 +22,10 @@ class TaskMetrics(nn.Module):
     def __init__(self, metrics: dict[str, nn.Module]) -> None:
         super().__init__()
         self.metrics = nn.ModuleDict(metrics)
+
+    @property
+    def names(self) -> list[str]:
+        return [f"{name}/{key}" for name, metric in self.metrics.items() for key in metric.names]
 
     def compute(self) -> dict[str, torch.Tensor]:
         values = {}
@@ -139,3 +143,9 @@ class MultiTask(Task):
 
     def predictions(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> list[dict[str, Any]]:
         return self.tasks[batch["task"]].predictions(outputs, batch)
+
+    def sample_notes(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any], count: int) -> list[SampleNote]:
+        notes = self.tasks[batch["task"]].sample_notes(outputs, batch, count)
+        for note in notes:
+            note.lines.insert(0, f"[{batch['task']}]")
+        return notes

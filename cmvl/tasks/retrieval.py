@@ -15,7 +15,7 @@ from torch import nn
 
 from cmvl.metrics.retrieval import RetrievalRecall, top_k_rankings
 from cmvl.models.vl_model import VisionLanguageModel
-from cmvl.tasks.base import SplitTargets, Task
+from cmvl.tasks.base import SampleNote, SplitTargets, Task
 
 
 @dataclass
@@ -125,6 +125,18 @@ class RetrievalTask(Task):
             image_key[image_index],
             batch["caption_id"],
         )
+
+    def sample_notes(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any], count: int) -> list[SampleNote]:
+        """Each image's top 3 captions among this batch's captions (+: one of its own); the split-wide ranking is
+        the metric's and the predictions file's."""
+        scores = outputs["image_emb"] @ outputs["text_emb"].T  # U images × B captions
+        notes = []
+        for u in range(min(count, scores.shape[0])):
+            top = scores[u].topk(min(3, scores.shape[1])).indices.tolist()
+            own = (batch["image_index"] == u).nonzero().flatten().tolist()
+            lines = [f"{'+' if j in own else '-'} {batch['text'][j]}" for j in top]
+            notes.append(SampleNote(u, ["top captions in this batch:", *lines]))
+        return notes
 
     def predictions(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> list[dict[str, Any]]:
         return []  # rankings need the whole split: see final_predictions

@@ -17,7 +17,7 @@ from cmvl.errors import ConfigError, DataError
 from cmvl.metrics.tagging import TaggingMetrics
 from cmvl.models.fusion.base import mlp
 from cmvl.models.vl_model import VisionLanguageModel
-from cmvl.tasks.base import SplitTargets, Task
+from cmvl.tasks.base import SampleNote, SplitTargets, Task
 
 LOSSES = ("bce", "asymmetric")
 
@@ -123,6 +123,18 @@ class TaggingTask(Task):
 
     def update_metric(self, metric: TaggingMetrics, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> None:
         metric.update(torch.sigmoid(outputs["logits"].float()), batch["labels"])
+
+    def sample_notes(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any], count: int) -> list[SampleNote]:
+        notes = []
+        for i, record in enumerate(self.predictions(outputs, batch)[:count]):
+            truth = [self.categories[j] for j in batch["labels"][i].nonzero().flatten().tolist()]
+            notes.append(
+                SampleNote(
+                    int(batch["image_index"][i]),
+                    [f"pred: {', '.join(record['labels']) or '-'}", f"true: {', '.join(truth) or '-'}"],
+                )
+            )
+        return notes
 
     def predictions(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> list[dict[str, Any]]:
         probs = torch.sigmoid(outputs["logits"].float()).cpu()

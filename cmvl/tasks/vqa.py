@@ -20,7 +20,7 @@ from cmvl.models.caption_decoder import CaptionDecoder
 from cmvl.models.fusion.base import mlp
 from cmvl.models.tokens import Tokens
 from cmvl.models.vl_model import VisionLanguageModel
-from cmvl.tasks.base import SplitTargets, Task
+from cmvl.tasks.base import SampleNote, SplitTargets, Task
 from cmvl.tasks.text_generation import TextFraming
 
 ANSWER_MODES = ("classify", "generate")
@@ -243,6 +243,19 @@ class VQATask(Task):
             return
         best = outputs["logits"].argmax(dim=1, keepdim=True)
         metric.update(batch["targets"].gather(1, best).squeeze(1), batch["answer_type"])
+
+    def sample_notes(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any], count: int) -> list[SampleNote]:
+        answers = [p["answer"] for p in self.predictions(outputs, batch)[:count]]
+        notes = []
+        for i, answer in enumerate(answers):
+            scores = batch["targets"][i]
+            truth = self.answers[int(scores.argmax())] if float(scores.max()) > 0 else "(not in the answer vocabulary)"
+            if "human_answers" in batch:  # generative mode: the annotators' most common answer
+                truth = Counter(batch["human_answers"][i]).most_common(1)[0][0]
+            score = f"{float(scores[self._index[answer]]):.1f}" if answer in self._index else "?"
+            lines = [batch["text"][i], f"pred: {answer} (VQA score {score})", f"true: {truth}"]
+            notes.append(SampleNote(int(batch["image_index"][i]), lines))
+        return notes
 
     def predictions(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> list[dict[str, Any]]:
         if self.answer_mode == "generate":

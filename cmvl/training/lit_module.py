@@ -30,13 +30,9 @@ class VLLitModule(pl.LightningModule):
         self.score_test = True  # evaluation of a split without annotations only predicts
         self.val_history: list[dict[str, float]] = []
 
-    def metric_key(self, stage: str, name: str) -> str:
-        prefix = self.task.name if self.task.metric_prefix is None else self.task.metric_prefix
-        return "/".join(part for part in (stage, prefix, name) if part)
-
     @property
     def monitor(self) -> str:
-        return self.metric_key("val", self.task.monitor_key)
+        return self.task.metric_key("val", self.task.monitor_key)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         outputs = self.task.forward(self.model, batch)
@@ -45,11 +41,13 @@ class VLLitModule(pl.LightningModule):
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=batch["input_ids"].shape[0])
         return loss
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
-        self.task.update_metric(self.val_metric, self.task.eval_forward(self.model, batch), batch)
+    def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
+        outputs = self.task.eval_forward(self.model, batch)
+        self.task.update_metric(self.val_metric, outputs, batch)
+        return outputs  # seen by callbacks (sample pictures), not kept by Lightning
 
     def on_validation_epoch_end(self) -> None:
-        values = {self.metric_key("val", k): v for k, v in self.val_metric.compute().items()}
+        values = {self.task.metric_key("val", k): v for k, v in self.val_metric.compute().items()}
         self.val_metric.reset()
         self.log_dict(values, prog_bar=False)
         if not self.trainer.sanity_checking:

@@ -2,30 +2,57 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar, TQDMProgressBar
+from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
 
+from cmvl.atomic_file import write_json_atomic
 from cmvl.errors import UserError
+from cmvl.run_files import METRICS_CSV, SAMPLES_DIR, SUMMARY_FILE
+from cmvl.sweeps.jobs import finished_summary, in_sweep, relaunch_ranks_as_single_run, resume_mode
 from cmvl.training.build import build_datamodule, build_lit_module, instantiate
 from cmvl.training.checkpoint_io import AtomicCheckpointIO
 from cmvl.training.csv_logger import ResumableCSVLogger
+from cmvl.training.curves import plot_curves
 from cmvl.training.lit_module import CHECKPOINT_KEY
 from cmvl.training.preemption import EXIT_PREEMPTED, STEP_CHECKPOINT, PreemptionCallback, PreemptionStop
 from cmvl.training.resume import RNGStateCallback, find_resume_checkpoint
-
-SUMMARY_FILE = "summary.json"
+from cmvl.training.samples import SamplePredictions
 
 
 def build_loggers(cfg: DictConfig) -> list[pl.loggers.Logger]:
-    return [instantiate(node) for node in (cfg.get("logger") or {}).values() if node is not None]
+    """The loggers of `logger=` (any combination: `logger=[csv,tensorboard,wandb]`). The jobs of one sweep share a
+    wandb group (the sweep directory's name) unless the config names one."""
+    loggers = []
+    for node in (cfg.get("logger") or {}).values():
+        if node is None:
+            continue
+        extra = {}
+        if str(node.get("_target_", "")).endswith("WandbLogger") and node.get("group") is None and in_sweep():
+            from hydra.core.hydra_config import HydraConfig
+
+            extra["group"] = Path(HydraConfig.get().sweep.dir).name
+        loggers.append(instantiate(node, **extra))
+    return loggers
+
+
+def record_final_metrics(loggers: list[pl.loggers.Logger], summary: dict[str, Any]) -> None:
+    """The run's best validation metrics where a logger keeps per-run results: the wandb run summary, and
+    TensorBoard's hparams table (runs side by side with their settings)."""
+    best = {k: v for k, v in (summary.get("best_epoch_metrics") or {}).items() if k not in ("epoch", "step")}
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            logger.experiment.summary.update({f"best/{k}": v for k, v in best.items()})
+        elif isinstance(logger, TensorBoardLogger):
+            logger.log_hyperparams({}, metrics={f"best/{k}": v for k, v in best.items()})
 
 
 def build_callbacks(cfg: DictConfig, monitor: str, mode: str, has_logger: bool) -> list[pl.Callback]:
@@ -48,6 +75,7 @@ def build_callbacks(cfg: DictConfig, monitor: str, mode: str, has_logger: bool) 
         ),
         RNGStateCallback(),
         PreemptionCallback(ck.dirpath),
+        SamplePredictions(Path(cfg.paths.output_dir) / SAMPLES_DIR, **cfg.samples),
     ]
     if has_logger:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
@@ -87,8 +115,13 @@ class StepCheckpoint(ModelCheckpoint):
 
 def run_training(cfg: DictConfig) -> dict[str, Any]:
     out_dir = Path(cfg.paths.output_dir)
+    finished = finished_summary(out_dir, SUMMARY_FILE)
+    if finished is not None:
+        print(f"cmvl: {out_dir} finished in an earlier run of this sweep; not run again", file=sys.stderr)
+        return finished
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    ckpt_path, checkpoint = _resume_checkpoint(cfg)
+    resume = resume_mode(cfg.resume)
+    ckpt_path, checkpoint = _resume_checkpoint(resume, Path(cfg.checkpoint.dirpath), asked=cfg.resume is not None)
     # A resumed run keeps the tokenizer and answer vocabulary it started with (the checkpoint's), never rebuilt ones.
     data_state = checkpoint[CHECKPOINT_KEY]["data_state"] if checkpoint else None
     datamodule = build_datamodule(cfg, data_state=data_state)
@@ -114,28 +147,43 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
     if trainer.is_global_zero:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    for logger in loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    if in_sweep() and trainer.world_size > 1:
+        relaunch_ranks_as_single_run(out_dir, resume, find_spec("cmvl.cli.train_job").origin)
     started = time.perf_counter()
     try:
         trainer.fit(lit, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
     except PreemptionStop as stop:
         raise Preempted(stop.step, stop.path) from None
     summary = _summary(trainer, lit, time.perf_counter() - started, cfg.data.batch_size)
+    summary.update(_optimized(summary, cfg.optimized_metric or lit.monitor, lit.task.monitor_mode))
+    record_final_metrics(loggers, summary)
     if trainer.is_global_zero:
-        (out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+        write_json_atomic(out_dir / SUMMARY_FILE, summary)
         _print_summary(summary)
+        _plot_curves(out_dir)
     return summary
 
 
-def _resume_checkpoint(cfg: DictConfig) -> tuple[Path | None, dict[str, Any] | None]:
-    ckpt_path, checkpoint, skipped = find_resume_checkpoint(str(cfg.resume), Path(cfg.checkpoint.dirpath))
+def _optimized(summary: dict[str, Any], metric: str, mode: str) -> dict[str, Any]:
+    """The value a sweep job returns (`optimized_metric` at the best checkpoint's epoch) and its direction."""
+    value = (summary.get("best_epoch_metrics") or {}).get(metric)
+    return {"optimized_metric": metric, "optimized_value": value, "mode": mode}
+
+
+def _resume_checkpoint(resume: str, checkpoint_dir: Path, *, asked: bool) -> tuple[Path | None, dict[str, Any] | None]:
+    """The checkpoint to resume (path, contents), saying which; `asked`: the user set `resume` (a sweep job that
+    resumes by default starts fresh without a word)."""
+    ckpt_path, checkpoint, skipped = find_resume_checkpoint(resume, checkpoint_dir)
     if rank_zero_only.rank == 0:
         for line in skipped:
             print(f"cmvl: {line}", file=sys.stderr)
         if checkpoint is not None:
             step = int(checkpoint.get("global_step", -1))
             print(f"cmvl: resuming from {ckpt_path} (global step {step})", file=sys.stderr)
-        elif cfg.resume == "auto":
-            print(f"cmvl: no checkpoint to resume in {cfg.checkpoint.dirpath}; starting fresh", file=sys.stderr)
+        elif resume == "auto" and asked:
+            print(f"cmvl: no checkpoint to resume in {checkpoint_dir}; starting fresh", file=sys.stderr)
     return ckpt_path, checkpoint
 
 
@@ -168,6 +216,14 @@ def _summary(trainer: pl.Trainer, lit, seconds: float, batch_size: int) -> dict[
         ),
         "parameters": sum(p.numel() for p in lit.model.parameters() if p.requires_grad),
     }
+
+
+def _plot_curves(out_dir: Path) -> None:
+    if (out_dir / METRICS_CSV).is_file():
+        try:
+            print(f"curves: {plot_curves(out_dir)}")
+        except UserError:  # nothing logged yet (e.g. a run stopped in its first steps)
+            pass
 
 
 def _print_summary(summary: dict[str, Any]) -> None:

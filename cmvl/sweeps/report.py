@@ -1,0 +1,161 @@
+"""The sweep report: every job of a multirun directory in one table sorted by the optimised metric, the override
+line that reproduces the best job, `report.csv`, and plots (the metric against each swept parameter; for an
+Optuna search the optimisation history). Written when a sweep ends and by `cmvl sweep report DIR`."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cmvl.atomic_file import atomic_write
+from cmvl.run_files import SUMMARY_FILE
+from cmvl.sweeps.naming import JOB_NAME_EXCLUDED
+
+REPORT_TABLE, REPORT_CSV, PLOTS_DIR = "report.txt", "report.csv", "plots"
+
+
+@dataclass
+class Job:
+    directory: Path
+    number: int | None  # Hydra's job number in the latest run of the sweep (the Optuna trial number)
+    overrides: list[str]
+    summary: dict[str, Any]
+    status: str  # done | unfinished (checkpoints, no summary: re-running resumes it) | failed
+    sweeper: str  # the sweeper's class (Hydra's BasicSweeper for a grid, OptunaSweeper, ...)
+    sweeper: str  # the sweeper's class (Hydra's BasicSweeper for a grid, OptunaSweeper, ...)
+
+    @property
+    def params(self) -> dict[str, str]:
+        return dict(o.split("=", 1) for o in self.overrides if "=" in o)
+
+    @property
+    def value(self) -> float | None:
+        value = self.summary.get("optimized_value", self.summary.get("best_score"))
+        return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
+
+
+@dataclass
+class SweepReport:
+    sweep_dir: Path
+    jobs: list[Job]  # best first; jobs without a value last
+    metric: str
+    mode: str  # max | min
+    optuna: bool
+
+    @property
+    def swept(self) -> list[str]:
+        """The parameters whose values differ between jobs."""
+        keys = list(dict.fromkeys(k for job in self.jobs for k in job.params))
+        return [k for k in keys if len({job.params.get(k) for job in self.jobs}) > 1]
+
+    @property
+    def best(self) -> Job | None:
+        return self.jobs[0] if self.jobs and self.jobs[0].value is not None else None
+
+    def rows(self) -> list[dict[str, Any]]:
+        rows = []
+        for rank, job in enumerate(self.jobs, start=1):
+            best_epoch = job.summary.get("best_epoch_metrics") or {}
+            row: dict[str, Any] = {"rank": rank if job.value is not None else None, "job": job.directory.name}
+            row.update({key: job.params.get(key) for key in self.swept})
+            row[self.metric] = job.value
+            row["best_epoch"] = best_epoch.get("epoch")
+            row["epochs"] = job.summary.get("epochs")
+            row["wall_s"] = job.summary.get("train_seconds")
+            row["status"] = job.status
+            row["overrides"] = " ".join(job.overrides)
+            rows.append(row)
+        return rows
+
+
+def _job(job_dir: Path) -> Job | None:
+    hydra_dir = job_dir / ".hydra"
+    if not (hydra_dir / "overrides.yaml").is_file():
+        return None
+    overrides = [str(o) for o in yaml.safe_load((hydra_dir / "overrides.yaml").read_text()) or []]
+    hydra_yaml = hydra_dir / "hydra.yaml"
+    hydra_cfg = ((yaml.safe_load(hydra_yaml.read_text()) if hydra_yaml.is_file() else None) or {}).get("hydra") or {}
+    number = (hydra_cfg.get("job") or {}).get("num")
+    sweeper = str((hydra_cfg.get("sweeper") or {}).get("_target_", ""))
+    try:
+        summary = json.loads((job_dir / SUMMARY_FILE).read_text())
+        status = "done"
+    except (OSError, json.JSONDecodeError):
+        summary = {}
+        status = "unfinished" if any((job_dir / "checkpoints").glob("*.ckpt")) else "failed"
+    return Job(job_dir, int(number) if number is not None else None, overrides, summary, status, sweeper)
+
+
+def collect(sweep_dir: Path) -> SweepReport:
+    """Every job directory under `sweep_dir` (any that has Hydra's `.hydra/overrides.yaml`), best first."""
+    jobs = [job for d in sorted(p for p in sweep_dir.iterdir() if p.is_dir()) if (job := _job(d)) is not None]
+    done = [j.summary for j in jobs if j.summary]
+    metric = next((s.get("optimized_metric") or s.get("monitor") for s in done), None) or "value"
+    mode = next((s.get("mode") for s in done if s.get("mode")), "max")
+    sign = -1.0 if mode == "max" else 1.0
+    jobs.sort(key=lambda j: (j.value is None, sign * (j.value or 0.0), j.number if j.number is not None else 1 << 30))
+    return SweepReport(sweep_dir, jobs, metric, mode, any("optuna" in j.sweeper.lower() for j in jobs))
+
+
+def _cell(value: Any, decimals: int | None) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float) and decimals is not None:
+        return f"{value:.{decimals}f}"
+    if isinstance(value, str) and len(value) > 8:  # a sampled float (0.0006466422717414558) reads as 0.0006466
+        try:
+            return f"{float(value):.4g}"
+        except ValueError:
+            return value
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def format_table(report: SweepReport) -> str:
+    """The rows as aligned text: the swept parameters name each job (the job directory is in report.csv)."""
+    rows = report.rows()
+    hidden = {"overrides", "job"} if report.swept else {"overrides"}
+    headers = [h for h in (rows[0] if rows else {}) if h not in hidden]
+    cells = [[_cell(r.get(h), 4 if h == report.metric else None) for h in headers] for r in rows]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(cell, widths)).rstrip() for cell in cells]
+    return "\n".join(lines)
+
+
+def reproduce_line(job: Job) -> str:
+    """A single run of the job's configuration (without the search space, which would start a new sweep)."""
+    kept = [o for o in job.overrides if o.lstrip("+~").split("=", 1)[0].split("@")[0] not in JOB_NAME_EXCLUDED]
+    return " ".join(["cmvl train", *(shlex.quote(o) for o in kept)])
+
+
+def render(report: SweepReport) -> str:
+    lines = [f"sweep {report.sweep_dir}: {len(report.jobs)} jobs, sorted by {report.metric} ({report.mode})"]
+    lines.append(format_table(report))
+    if report.best is not None:
+        lines.append(f"best: {report.metric} = {report.best.value:.6f} ({report.best.directory.name})")
+        lines.append(f"reproduce: {reproduce_line(report.best)}")
+    return "\n".join(lines)
+
+
+def write_report(sweep_dir: Path) -> tuple[SweepReport, str]:
+    """Writes report.txt, report.csv and plots/*.png into `sweep_dir`; returns the report and its text."""
+    report = collect(sweep_dir)
+    text = render(report)
+    with atomic_write(sweep_dir / REPORT_TABLE) as f:
+        f.write(text + "\n")
+    rows = report.rows()
+    with atomic_write(sweep_dir / REPORT_CSV, newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["job"])
+        writer.writeheader()
+        writer.writerows(rows)
+    from cmvl.sweeps.plots import plot_sweep
+
+    plot_sweep(report, sweep_dir / PLOTS_DIR)
+    return report, text
