@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import subprocess
 import sys
@@ -49,6 +51,25 @@ def cache_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_world(cache_dir) -> Path:
     return ensure_shapes_world(cache_dir / "shapes" / TINY_SPEC.cache_name(), TINY_SPEC)
+
+
+def cli_in_process(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """`cmvl ARGS` through the same `main()` in this process: for commands that stop before training (errors,
+    `data info`, help), without paying a fresh interpreter's torch import. Output is what the command prints."""
+    out, err = io.StringIO(), io.StringIO()
+    previous = os.getcwd()
+    code = 0
+    try:
+        os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            from cmvl.cli.main import main
+
+            main(list(args))
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    finally:
+        os.chdir(previous)
+    return subprocess.CompletedProcess(["cmvl", *args], code, out.getvalue(), err.getvalue())
 
 
 def run_cli(*args: str, cwd: Path, env_extra: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import TINY_TRAINING, TINY_WORLD, run_cli
+from tests.conftest import TINY_TRAINING, TINY_WORLD, cli_in_process, run_cli
 
 TRAIN_FAST = [*TINY_WORLD, *TINY_TRAINING]
 
@@ -78,7 +78,7 @@ def test_eval_test_split_and_bad_override(trained_run, tmp_path):
     )
     assert ok.returncode == 0, ok.stderr[-3000:]
     assert (tmp_path / "predictions_vqa_test.json").exists()
-    bad = run_cli("eval", f"ckpt={trained_run / 'checkpoints' / 'last.ckpt'}", "data.batchsize=3", cwd=tmp_path)
+    bad = cli_in_process("eval", f"ckpt={trained_run / 'checkpoints' / 'last.ckpt'}", "data.batchsize=3", cwd=tmp_path)
     assert bad.returncode == 2 and "data.batchsize" in bad.stderr and "Traceback" not in bad.stderr
 
 
@@ -109,18 +109,18 @@ def test_sweep_value_is_validated_before_any_job_runs(tmp_path):
 
 
 def test_missing_checkpoint_exits_2(tmp_path):
-    result = run_cli("eval", f"ckpt={tmp_path / 'nope.ckpt'}", cwd=tmp_path)
+    result = cli_in_process("eval", f"ckpt={tmp_path / 'nope.ckpt'}", cwd=tmp_path)
     assert result.returncode == 2 and "checkpoint not found" in result.stderr and "Traceback" not in result.stderr
     garbage = tmp_path / "garbage.ckpt"
     garbage.write_bytes(b"not a checkpoint at all")
-    result = run_cli("eval", f"ckpt={garbage}", cwd=tmp_path)
+    result = cli_in_process("eval", f"ckpt={garbage}", cwd=tmp_path)
     assert result.returncode == 2 and "garbage.ckpt" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_help_lists_groups(tmp_path):
-    result = run_cli("train", "--help", cwd=tmp_path)
+    result = cli_in_process("train", "--help", cwd=tmp_path)
     assert result.returncode == 0 and "fusion" in result.stdout and "concat" in result.stdout
-    assert run_cli("--help", cwd=tmp_path).returncode == 0
+    assert "sweep report" in cli_in_process("--help", cwd=tmp_path).stdout
 
 
 def test_data_shapes_command(tmp_path):

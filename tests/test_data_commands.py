@@ -7,19 +7,19 @@ import re
 
 from PIL import Image
 
-from tests.conftest import FIXTURES, TINY_WORLD, run_cli
+from tests.conftest import FIXTURES, TINY_WORLD, cli_in_process, run_cli
 
 VG = FIXTURES / "visual_genome"
 
 
 def test_info_on_shapes_and_on_the_vqa_v2_fixture(tmp_path, tiny_world):
-    shapes = run_cli("data", "info", *TINY_WORLD, cwd=tmp_path)
+    shapes = cli_in_process("data", "info", *TINY_WORLD, cwd=tmp_path)
     assert shapes.returncode == 0, shapes.stderr[-2000:]
     assert re.search(r"qa +train +300 rows +60 images +300 annotated", shapes.stdout), shapes.stdout
-    vqa = run_cli("data", "info", "dataset=vqa_v2", f"dataset.root={FIXTURES / 'vqa_v2'}", cwd=tmp_path)
+    vqa = cli_in_process("data", "info", "dataset=vqa_v2", f"dataset.root={FIXTURES / 'vqa_v2'}", cwd=tmp_path)
     assert vqa.returncode == 0, vqa.stderr[-2000:]
     assert re.search(r"val +unavailable: VQA v2 annotations file not found", vqa.stdout), vqa.stdout
-    bad = run_cli("data", "info", "dataset=vqa_v2", "dataset.rot=x", cwd=tmp_path)
+    bad = cli_in_process("data", "info", "dataset=vqa_v2", "dataset.rot=x", cwd=tmp_path)
     assert bad.returncode == 2 and "dataset.rot" in bad.stderr and "Traceback" not in bad.stderr
 
 

@@ -11,7 +11,7 @@ import torch
 
 from cmvl.data.sources.coco import COCOSource
 from cmvl.errors import DataError
-from tests.conftest import TINY_WORLD, run_cli
+from tests.conftest import TINY_WORLD, cli_in_process, run_cli
 
 
 class _RunsCodeOnLoad:
@@ -26,7 +26,7 @@ def test_a_checkpoint_that_runs_code_is_refused(tmp_path):
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.ckpt"
     torch.save({"state_dict": _RunsCodeOnLoad(str(marker)), "cmvl": {}}, evil)
-    result = run_cli("eval", f"ckpt={evil}", cwd=tmp_path)
+    result = cli_in_process("eval", f"ckpt={evil}", cwd=tmp_path)
     assert result.returncode == 2 and f"not a readable checkpoint: {evil}" in result.stderr
     resumed = run_cli(
         "train", *TINY_WORLD, "trainer=debug", f"resume={evil}", f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path
@@ -39,7 +39,7 @@ def test_a_checkpoint_that_runs_code_is_refused(tmp_path):
 def test_a_target_outside_the_allowed_packages_is_refused(tmp_path, override):
     marker = tmp_path / "pwned"
     key = override.split("=")[0].removesuffix("._target_").lstrip("+")
-    result = run_cli("train", override, f"+{key}.command=touch {marker}", "trainer=debug", cwd=tmp_path)
+    result = cli_in_process("train", override, f"+{key}.command=touch {marker}", "trainer=debug", cwd=tmp_path)
     assert result.returncode == 2, result.stderr[-2000:]
     assert "=os.system: not an allowed class" in result.stderr and "extra_target_prefixes=[os.]" in result.stderr
     assert not marker.exists()

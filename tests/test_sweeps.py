@@ -14,7 +14,7 @@ from PIL import Image
 from cmvl.config.preflight import _parse_search_space, _split_sweeps
 from cmvl.errors import ConfigError
 from cmvl.sweeps.report import collect, reproduce_line
-from tests.conftest import TINY_TRAINING, TINY_WORLD, run_cli
+from tests.conftest import TINY_TRAINING, TINY_WORLD, cli_in_process, run_cli
 
 TINY = [*TINY_WORLD, *TINY_TRAINING, "trainer.max_epochs=1"]
 TINY_FIXED_EPOCHS = [a for a in TINY_TRAINING if not a.startswith("trainer.max_epochs=")]
@@ -58,7 +58,7 @@ def test_optuna_search_runs_its_trials_and_reports_them(tmp_path, cache_dir):
 
 
 def test_a_typo_in_optimized_metric_stops_the_sweep_before_its_first_trial(tmp_path):
-    result = run_cli("train", "hparams_search=vqa_optuna", "optimized_metric=val/vqa/accuracy", cwd=tmp_path)
+    result = cli_in_process("train", "hparams_search=vqa_optuna", "optimized_metric=val/vqa/accuracy", cwd=tmp_path)
     assert result.returncode == 2 and "optimized_metric=val/vqa/accuracy" in result.stderr
     assert "val/vqa/acc_yes_no" in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "multirun").exists()
@@ -74,14 +74,14 @@ def test_search_space_values_are_checked_like_sweep_values():
 def _sweep_command(sweep_dir: Path) -> list[str]:
     # The second job trains long enough to be interrupted while it runs.
     return [
-        sys.executable, "-m", "cmvl", "train", "-m", "trainer.max_epochs=1,40", *TINY_WORLD, *TINY_FIXED_EPOCHS,
+        sys.executable, "-m", "cmvl", "train", "-m", "trainer.max_epochs=1,15", *TINY_WORLD, *TINY_FIXED_EPOCHS,
         f"hydra.sweep.dir={sweep_dir}",
     ]  # fmt: skip
 
 
 def test_an_interrupted_grid_sweep_finishes_without_rerunning_finished_jobs(tmp_path, cache_dir):
     sweep_dir = tmp_path / "grid"
-    first, second = sweep_dir / "trainer.max_epochs=1", sweep_dir / "trainer.max_epochs=40"
+    first, second = sweep_dir / "trainer.max_epochs=1", sweep_dir / "trainer.max_epochs=15"
     env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONWARNINGS": "ignore"}
     process = subprocess.Popen(
         _sweep_command(sweep_dir), cwd=tmp_path, env=env, start_new_session=True,
@@ -100,7 +100,7 @@ def test_an_interrupted_grid_sweep_finishes_without_rerunning_finished_jobs(tmp_
     assert f"{first} finished in an earlier run of this sweep; not run again" in result.stderr
     assert (first / "summary.json").stat().st_mtime_ns == finished_at
     assert "sorted by val/vqa/acc" in result.stdout and "reproduce: cmvl train" in result.stdout
-    assert json.loads((second / "summary.json").read_text())["epochs"] == 40
+    assert json.loads((second / "summary.json").read_text())["epochs"] == 15
     report = collect(sweep_dir)
     assert [job.status for job in report.jobs] == ["done", "done"]
     assert len(_report_rows(sweep_dir)) == 2
