@@ -16,8 +16,10 @@ install: $(STAMP)
 train: $(STAMP)
 	$(VENV)/bin/cmvl train $(ARGS)
 
+# One pytest worker per core (pytest-xdist); a test file's tests stay on one worker, so its module fixtures
+# (e.g. the resume tests' reference runs) are built once.
 test: $(STAMP)
-	$(PY) -m pytest -q $(ARGS)
+	$(PY) -m pytest -q -n auto --dist loadfile $(ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check cmvl tests scripts

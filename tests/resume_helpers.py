@@ -1,4 +1,4 @@
-"""Callbacks the resume tests inject with `+callbacks.<name>._target_=tests.resume_helpers.<Class>`."""
+"""Callbacks the reliability tests inject with `+callbacks.<name>._target_=tests.resume_helpers.<Class>`."""
 
 from __future__ import annotations
 
@@ -29,3 +29,22 @@ class RecordSampleIds(pl.Callback):
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int) -> None:
         with self.path.open("a") as f:
             f.write(" ".join(map(str, batch["index"].tolist())) + "\n")
+
+
+class NaNLossAtSteps(pl.Callback):
+    """Makes the training loss NaN on process `rank` at the given global steps (a numerical blow-up on one GPU)."""
+
+    def __init__(self, steps: list[int], rank: int = 0) -> None:
+        self.steps, self.rank = set(steps), rank
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int) -> None:
+        if trainer.global_rank != self.rank or trainer.global_step not in self.steps:
+            return
+        task = pl_module.task
+        loss = type(task).loss
+
+        def nan_loss(*args, **kwargs):
+            del task.loss  # once: back to the class's method
+            return loss(task, *args, **kwargs) * float("nan")
+
+        task.loss = nan_loss

@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader
 
 from cmvl.data.datamodule import ImageTextDataset
 from cmvl.data.images import build_transform, load_image
+from cmvl.data.text import TokenizedTexts, TrainedWordPiece
 from cmvl.errors import DataError, one_line
 
 
@@ -23,9 +24,11 @@ def images(tmp_path):
 
 def _dataset(folder, max_bad_fraction):
     table = pa.table({"image": ["a.jpg", "a.jpg", "b.jpg", "b.jpg", "c.jpg", "c.jpg"]})
+    texts = [f"text {i}" for i in range(6)]
     return ImageTextDataset(
         table,
-        [f"text {i}" for i in range(6)],
+        texts,
+        TokenizedTexts(TrainedWordPiece().build(texts), texts, 8),
         lambda name: load_image(folder / name),
         build_transform(image_size=8, train=False),
         max_bad_fraction=max_bad_fraction,
@@ -58,3 +61,33 @@ def test_evaluation_never_substitutes_and_a_worker_error_reads_as_one_line(image
     assert "Original Traceback" in str(caught.value)  # how torch re-raises a worker's exception
     line = one_line(caught.value)
     assert "\n" not in line and line.startswith("unreadable image:") and "b.jpg" in line
+
+
+def test_a_training_run_with_a_truncated_an_empty_and_a_missing_image_completes(tiny_world, tmp_path):
+    import shutil
+
+    from tests.conftest import TINY_TRAINING, TINY_WORLD, run_cli
+
+    images = tmp_path / "images"
+    for split in ("train", "val", "test"):
+        shutil.copytree(tiny_world / split, images / split)
+    first, second, third = sorted((images / "train").iterdir())[:3]
+    first.write_bytes(first.read_bytes()[:200])  # truncated JPEG
+    second.write_bytes(b"")  # zero bytes
+    third.unlink()  # gone after start-up checks
+    # 300 rows in batches of 10: one epoch reads every training image
+    common = [*TINY_WORLD, *TINY_TRAINING, f"dataset.images={images}", "trainer.limit_train_batches=null"]
+    result = run_cli(
+        "train", *common, "trainer.max_epochs=1", "data.batch_size=10", "data.max_bad_fraction=0.1", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    skipped = [line for line in result.stderr.splitlines() if line.startswith("cmvl: skipped")]
+    assert len(skipped) == 3 and skipped[-1].endswith("(3 of at most 6)")
+    for path in (first, second, third):
+        assert sum(path.name in line for line in skipped) == 1
+    # Evaluation refuses instead: an unreadable validation image is an error with one line, exit 2.
+    (images / "val" / sorted(p.name for p in (images / "val").iterdir())[0]).write_bytes(b"")
+    [best] = tmp_path.glob("outputs/*/*/checkpoints/best.ckpt")
+    evaluated = run_cli("eval", f"ckpt={best}", f"dataset.images={images}", cwd=tmp_path)
+    assert evaluated.returncode == 2
+    assert evaluated.stderr.strip().splitlines()[-1].startswith("cmvl: error: unreadable image:")

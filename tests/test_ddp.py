@@ -3,7 +3,7 @@ from sys.argv, which the job points at a single run of its own configuration in 
 
 The run trains every task at once (multitask: VQA, captioning, grounding, retrieval, tagging), which covers heads
 that only some steps train, the contrastive loss over embeddings gathered from both ranks, and metrics gathered
-across ranks."""
+across ranks: equal to one process's."""
 
 import json
 
@@ -16,7 +16,7 @@ def test_two_process_cpu_ddp_train_as_a_sweep_job(tmp_path, cache_dir):
     result = run_cli(
         "train",
         "-m",
-        *[a.replace("task.", "task.tasks.vqa.") for a in TINY_WORLD],
+        *[a.replace("task.", "task.tasks.vqa.").replace("val:20", "val:21") for a in TINY_WORLD],
         *TINY_TRAINING,
         *ALL_TASKS,
         "trainer=ddp",
@@ -35,3 +35,58 @@ def test_two_process_cpu_ddp_train_as_a_sweep_job(tmp_path, cache_dir):
     assert summary["global_step"] == 5
     assert (run_dir / "checkpoints" / "best.ckpt").exists()
     assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in result.stderr + result.stdout
+    # Every task's validation on 2 ranks (21 images: odd row counts) equals one process scoring the checkpoint.
+    from cmvl.evaluation import evaluate_checkpoint
+
+    logged = summary["best_epoch_metrics"]
+    scored = evaluate_checkpoint(run_dir / "checkpoints" / "best.ckpt", out_dir=tmp_path / "eval")["metrics"]
+    assert logged.keys() - {"epoch", "step"} <= scored.keys()  # evaluation adds METEOR to the captioning scores
+    for key in logged.keys() - {"epoch", "step"}:
+        assert abs(logged[key] - scored[key]) < 1e-9, key
+
+
+def test_two_processes_train_and_score_like_one(tmp_path, cache_dir):
+    """1 process × batch 16 and 2 DDP processes × batch 8 see the same global batches (ImageGroupedSampler), so
+    their weights agree to float rounding; the 2-process validation of an odd-sized split (105 questions) scores
+    every question once (ShardSampler), so it equals a one-process evaluation of the same checkpoint."""
+    import torch
+
+    from cmvl.evaluation import evaluate_checkpoint
+
+    common = [
+        *[a.replace("val:20", "val:21") for a in TINY_WORLD],
+        *TINY_TRAINING,
+        "trainer.accelerator=cpu",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=4",
+        "data.eval_batch_size=16",
+        "data.group_by_image=false",  # rows, not whole images: the global batch is split mid-image too
+    ]
+    one = run_cli("train", *common, "data.batch_size=16", f"paths.output_dir={tmp_path / 'one'}", cwd=tmp_path)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = run_cli(
+        "train", *common, "trainer=ddp", "data.batch_size=8", f"paths.output_dir={tmp_path / 'two'}", cwd=tmp_path
+    )
+    assert two.returncode == 0, two.stderr[-3000:]
+
+    def weights(run: str) -> dict[str, torch.Tensor]:
+        return torch.load(tmp_path / run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+
+    single, ddp = weights("one"), weights("two")
+    assert single.keys() == ddp.keys()
+    # Adam moves a weight by up to ~lr (3e-4) per step whatever its gradient, so other batches would show as
+    # differences far above 1e-6. Left out: the key bias of attention (the middle third of `in_proj_bias`), whose
+    # true gradient is zero (softmax ignores a shift shared by all keys): its gradient is rounding noise, which
+    # Adam scales up to steps of ~lr/10, so it differs by ~1e-6 between any two summation orders.
+    for key in single:
+        a, b = ddp[key], single[key]
+        if key.endswith("attn.in_proj_bias"):
+            a, b = a.view(3, -1)[[0, 2]], b.view(3, -1)[[0, 2]]
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=key)
+    assert json.loads((tmp_path / "two" / "summary.json").read_text())["global_step"] == 4
+
+    logged = json.loads((tmp_path / "two" / "summary.json").read_text())["best_epoch_metrics"]
+    result = evaluate_checkpoint(tmp_path / "two" / "checkpoints" / "best.ckpt", out_dir=tmp_path / "eval")
+    assert result["num_predictions"] == 105
+    for key, value in result["metrics"].items():
+        assert abs(logged[key] - value) < 1e-9, key

@@ -8,7 +8,8 @@ import numpy as np
 import torch
 
 from cmvl.data.datamodule import Collator
-from cmvl.data.sampling import ImageGroupedSampler
+from cmvl.data.sampling import ImageGroupedSampler, ShardSampler
+from cmvl.data.text import TokenizedTexts
 from cmvl.models.fusion.attention import CrossAttentionFusion
 from cmvl.models.text.bert import TinyBertEncoder
 from cmvl.models.vision.tiny_cnn import TinyCNNEncoder
@@ -94,18 +95,36 @@ def test_row_shuffle_and_loader_generator_are_functions_of_seed_and_epoch():
     assert torch.equal(torch.get_rng_state(), global_state)  # the global RNG is never touched
 
 
-def test_ddp_ranks_get_equal_disjoint_contiguous_slices(monkeypatch):
+def _as_rank(monkeypatch, world: int, rank: int) -> None:
     monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
-    monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 3)
-    slices = []
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda: world)
+    monkeypatch.setattr(torch.distributed, "get_rank", lambda: rank)
+
+
+def test_ddp_ranks_split_each_global_batch_of_the_one_process_order(monkeypatch):
+    single = ImageGroupedSampler(_Rows(), IMAGE_IDS, seed=0, batch_size=6)
+    single.set_epoch(4)
+    one_process = list(single)
+    assert len(one_process) == 18  # 3 full batches of 6; the other 4 rows wait for another epoch's order
+    shares = []
     for rank in range(3):
-        monkeypatch.setattr(torch.distributed, "get_rank", lambda r=rank: r)
-        sampler = ImageGroupedSampler(_Rows(), IMAGE_IDS, seed=0)
+        _as_rank(monkeypatch, 3, rank)
+        sampler = ImageGroupedSampler(_Rows(), IMAGE_IDS, seed=0, batch_size=2)
         sampler.set_epoch(4)
-        slices.append(list(sampler))
-    assert len({len(s) for s in slices}) == 1 and len(slices[0]) == 8  # ceil(22 / 3)
-    whole = sampler.order(4).tolist()
-    assert slices[0] + slices[1] + slices[2] == whole + whole[:2]  # padded by wrapping, like DistributedSampler
+        shares.append(list(sampler))
+    assert [len(s) for s in shares] == [6, 6, 6]  # same number of steps on every rank
+    for step in range(3):  # global batch k on 3 ranks of batch 2 = batch k of one process of batch 6
+        assert [r for share in shares for r in share[2 * step : 2 * step + 2]] == one_process[6 * step : 6 * step + 6]
+
+
+def test_evaluation_shards_cover_every_row_once_in_order(monkeypatch):
+    for world in (1, 2, 3, 5):
+        shards = []
+        for rank in range(world):
+            _as_rank(monkeypatch, world, rank)
+            shards.append(list(ShardSampler(_Rows())))
+        assert [r for shard in shards for r in shard] == list(range(len(IMAGE_IDS)))
+        assert max(map(len, shards)) - min(map(len, shards)) <= 1
 
 
 def _model() -> VisionLanguageModel:
@@ -136,18 +155,22 @@ def test_a_deduplicated_batch_equals_the_row_by_row_batch():
             return {}
 
     class Tokenizer:
+        pad_token_id, padding_side = 0, "right"
+
         def __call__(self, texts, **kwargs):
-            ids = torch.tensor([[1 + len(t) % 7, 2 + i % 5, 3] for i, t in enumerate(texts)])
-            return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+            return {"input_ids": [[1 + len(t) % 7, 2 + i % 5, 3][: 1 + i % 3] for i, t in enumerate(texts)]}
 
     gen = torch.Generator().manual_seed(0)
     pixels = {k: torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8, generator=gen) for k in (7, 3, 9)}
     image_ids = [7, 7, 3, 9, 3, 7]
+    texts = [f"question {i} " * (i + 1) for i in range(len(image_ids))]
+    tokens = TokenizedTexts(Tokenizer(), texts, 8)
     samples = [
-        {"image": pixels[k], "text": f"question {i} " * (i + 1), "index": i, "image_id": k}
+        {"image": pixels[k], "text": texts[i], "input_ids": tokens.row(i), "index": i, "image_id": k}
         for i, k in enumerate(image_ids)
     ]
-    batch = Collator(Tokenizer(), 8, Targets(), "vqa")(samples)
+    batch = Collator(tokens, Targets(), "vqa")(samples)
+    assert batch["attention_mask"].sum(1).tolist() == [1, 2, 3, 1, 2, 3]
     assert batch["images"].shape[0] == 3
     assert batch["image_index"].tolist() == [0, 0, 1, 2, 1, 0]
     model = _model()

@@ -5,6 +5,7 @@ state it does not (negative control). Also keep_last, and falling back past a tr
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 import pytest
@@ -24,19 +25,20 @@ RUN = [
 ]
 
 
-def _train(run_dir: Path, *extra: str, ids_file: Path, workers: int = 0):
+def _train(run_dir: Path | None, *extra: str, ids_file: Path, workers: int = 0, cwd: Path | None = None, env=None):
+    """A run in `run_dir`, or (None) in the default outputs/<date>/<time> under `cwd`."""
     return run_cli(
         "train",
         *TINY_WORLD,
         *RUN,
         f"data.num_workers={workers}",
-        f"hydra.run.dir={run_dir}",
+        *([f"hydra.run.dir={run_dir}"] if run_dir else []),
         "extra_target_prefixes=[tests.]",
         "+callbacks.ids._target_=tests.resume_helpers.RecordSampleIds",
         f"+callbacks.ids.path={ids_file}",
         *extra,
-        cwd=run_dir.parent,
-        env_extra={"PYTHONPATH": str(REPO)},
+        cwd=cwd or run_dir.parent,
+        env_extra={"PYTHONPATH": str(REPO), **(env or {})},
     )
 
 
@@ -45,10 +47,15 @@ def _final_state(run_dir: Path) -> dict:
     return {"weights": checkpoint["state_dict"], "optimizer": checkpoint["optimizer_states"][0]["state"]}
 
 
-def _logged_losses(run_dir: Path) -> list[tuple[int, str]]:
-    """(step, train/loss_step) of every row of the run's metrics.csv that has one."""
+def _logged_losses(run_dir: Path) -> list[tuple[int, str, str]]:
+    """(step, train/loss_step, train/loss_epoch) of every row of the run's metrics.csv that has either."""
     with (run_dir / "metrics.csv").open(newline="") as f:
-        return [(int(r["step"]), r["train/loss_step"]) for r in csv.DictReader(f) if r.get("train/loss_step")]
+        rows = csv.DictReader(f)
+        return [
+            (int(r["step"]), r["train/loss_step"], r["train/loss_epoch"])
+            for r in rows
+            if r.get("train/loss_step") or r.get("train/loss_epoch")
+        ]
 
 
 def _equal(a: dict, b: dict) -> bool:
@@ -75,12 +82,14 @@ def reference(tiny_world, tmp_path_factory):
     ("stop_step", "signal_name", "workers"),
     [
         pytest.param(6, "SIGTERM", 0, id="mid-epoch"),
-        pytest.param(1, "SIGUSR1", 0, id="first-step-sigusr1"),
+        pytest.param(1, "SIGUSR1", 0, id="first-step-slurm-requeue"),  # see test_slurm_requeue_continues_the_run
         pytest.param(4, "SIGTERM", 0, id="epoch-boundary"),  # the signal is honoured after epoch 0's validation
         pytest.param(6, "SIGTERM", 2, id="mid-epoch-2-workers"),
     ],
 )
 def test_preempt_and_resume_is_exact(reference, tmp_path, stop_step, signal_name, workers):
+    if signal_name == "SIGUSR1":
+        return _slurm_requeue_continues_the_run(reference, tmp_path, stop_step)
     run_dir, ids = tmp_path / "run", tmp_path / "ids.txt"
     stopped = _train(
         run_dir,
@@ -102,6 +111,38 @@ def test_preempt_and_resume_is_exact(reference, tmp_path, stop_step, signal_name
     assert ids.read_text() == expected_ids
     assert _equal(_final_state(run_dir), expected_state)
     # metrics.csv holds the whole run: the rows logged before the preemption are kept, none is logged twice
+    assert _logged_losses(run_dir) == expected_losses
+
+
+def _slurm_requeue_continues_the_run(reference, tmp_path, stop_step):
+    """SLURM's warning signal (SIGUSR1) with `trainer.requeue=true`: save, `scontrol requeue <job>`, exit 3; the
+    requeued job runs the same command (no run dir, no resume given), which continues the same run dir exactly."""
+    bin_dir, calls, ids = tmp_path / "bin", tmp_path / "scontrol.log", tmp_path / "ids.txt"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    (bin_dir / "scontrol").chmod(0o755)
+    env = {"SLURM_JOB_ID": "4242", "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    command = [
+        "trainer.requeue=true",
+        "+callbacks.kill._target_=tests.resume_helpers.SignalAtStep",
+        f"+callbacks.kill.step={stop_step}",
+        "+callbacks.kill.signal_name=SIGUSR1",
+    ]
+    stopped = _train(None, *command, ids_file=ids, cwd=tmp_path, env=env)
+    assert stopped.returncode == EXIT_PREEMPTED, stopped.stderr[-2000:]
+    assert calls.read_text() == "requeue 4242\n"
+    [run_dir] = (tmp_path / "outputs").glob("*/*")
+    assert f"cmvl: requeued SLURM job 4242: it continues {run_dir}" in stopped.stderr
+
+    resumed = _train(None, *command, ids_file=ids, cwd=tmp_path, env={**env, "SLURM_RESTART_COUNT": "1"})
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"cmvl: SLURM job 4242 was requeued: continuing {run_dir}" in resumed.stderr
+    assert f"(global step {stop_step})" in resumed.stderr
+    assert list((tmp_path / "outputs").glob("*/*")) == [run_dir]  # no second run directory
+    assert not (tmp_path / ".cmvl" / "slurm" / "4242.json").exists()  # the finished run's note is spent
+    expected_state, expected_ids, expected_losses = reference[0]
+    assert ids.read_text() == expected_ids
+    assert _equal(_final_state(run_dir), expected_state)
     assert _logged_losses(run_dir) == expected_losses
 
 

@@ -63,6 +63,10 @@ def train_command(args: list[str]) -> None:
     preflight(overrides)
     if is_sweep(args):
         args = [*args, *sweep_naming_overrides(overrides)]
+    else:
+        from cmvl.training.slurm import continuation_overrides
+
+        args = [*args, *continuation_overrides(overrides)]  # a requeued SLURM job continues its run
 
     import __main__
     from cmvl.cli import train_job

@@ -5,7 +5,9 @@ from __future__ import annotations
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from cmvl.config.paths import CONF_DIR
+from cmvl.data.workers import AUTO
 from cmvl.errors import ConfigError
+from cmvl.training.nonfinite import ACTIONS
 
 PRECISIONS = (
     "64",
@@ -73,8 +75,15 @@ def validate_config(cfg: DictConfig, *, check_task: bool = True) -> None:
         raise ConfigError(f"trainer.accelerator={cfg.trainer.accelerator}: must be one of {', '.join(ACCELERATORS)}")
     for key in ("data.batch_size", "data.eval_batch_size", "model.dim", "text.max_length"):
         _positive_int(cfg, key)
-    if not isinstance(cfg.data.num_workers, int) or cfg.data.num_workers < 0:
-        raise ConfigError(f"data.num_workers={cfg.data.num_workers}: must be an integer >= 0")
+    workers = cfg.data.num_workers
+    if workers != AUTO and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 0):
+        raise ConfigError(f"data.num_workers={workers}: must be an integer >= 0 or 'auto'")
+    guard = cfg.get("nonfinite_loss") or {}
+    if guard.get("action", "stop") not in ACTIONS:
+        raise ConfigError(f"nonfinite_loss.action={guard.get('action')}: must be one of {', '.join(ACTIONS)}")
+    skips = guard.get("max_skips", 0)
+    if isinstance(skips, bool) or not isinstance(skips, int) or skips < 0:
+        raise ConfigError(f"nonfinite_loss.max_skips={skips}: must be an integer >= 0")
     fraction = cfg.data.max_bad_fraction
     if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 <= fraction < 1:
         raise ConfigError(f"data.max_bad_fraction={fraction}: must be a number in [0, 1)")

@@ -18,9 +18,9 @@ from transformers import PreTrainedTokenizerFast
 
 from cmvl.data.images import build_transform
 from cmvl.data.multitask_loader import MultiTaskLoader
-from cmvl.data.sampling import ImageGroupedSampler
+from cmvl.data.sampling import ImageGroupedSampler, ShardSampler
 from cmvl.data.sources.base import Source
-from cmvl.data.text import tokenizer_from_state, tokenizer_to_state
+from cmvl.data.text import TokenizedTexts, tokenizer_from_state, tokenizer_to_state
 from cmvl.errors import ConfigError, DataError
 from cmvl.tasks.base import SplitTargets, Task
 
@@ -37,15 +37,18 @@ class ImageTextDataset(Dataset):
         self,
         table: pa.Table,
         texts: list[str],
+        tokens: TokenizedTexts,
         open_image: Callable[[str], Image.Image],
         transform,
         *,
         max_bad_fraction: float | None = None,
+        cache_images: bool = False,
     ) -> None:
         encoded = pc.dictionary_encode(table.column("image").combine_chunks())
         self.image_files = encoded.dictionary
         self.image_ids = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
         self.texts = pa.array(texts, type=pa.string())
+        self.tokens = tokens
         self.open_image = open_image  # the source's: a file under its image folder, or an image inside a dataset
         self.transform = transform
         # Training skips unreadable images (their rows are replaced by the next readable rows, so batches stay
@@ -53,6 +56,9 @@ class ImageTextDataset(Dataset):
         # unreadable image is an error, nothing is substituted.
         self.max_bad_fraction = max_bad_fraction
         self.bad_images: set[int] = set()
+        # Decoded, resized images kept by image number (each loader process keeps those it decodes).
+        self.cache_images = cache_images
+        self.cached: dict[int, torch.Tensor] = {}
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -61,8 +67,13 @@ class ImageTextDataset(Dataset):
         """The transformed image, or None for an unreadable one that training may skip."""
         if image_id in self.bad_images:
             return None
+        if image_id in self.cached:
+            return self.cached[image_id]
         try:
-            return self.transform(self.open_image(self.image_files[image_id].as_py()))
+            image = self.transform(self.open_image(self.image_files[image_id].as_py()))
+            if self.cache_images:
+                self.cached[image_id] = image
+            return image
         except DataError as err:
             if self.max_bad_fraction is None:
                 raise
@@ -77,7 +88,13 @@ class ImageTextDataset(Dataset):
             return None
 
     def _sample(self, i: int, image: torch.Tensor) -> dict[str, Any]:
-        return {"image": image, "text": self.texts[i].as_py(), "index": i, "image_id": int(self.image_ids[i])}
+        return {
+            "image": image,
+            "text": self.texts[i].as_py(),
+            "input_ids": self.tokens.row(i),
+            "index": i,
+            "image_id": int(self.image_ids[i]),
+        }
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         return self.__getitems__([i])[0]
@@ -106,16 +123,14 @@ class ImageTextDataset(Dataset):
 
 
 class Collator:
-    """Stacks each distinct image once (`images`: U×3×H×W, `image_index`: B, row → its image), tokenises the texts
-    as a batch, and asks the task's targets for the rest."""
+    """Stacks each distinct image once (`images`: U×3×H×W, `image_index`: B, row → its image), pads the texts'
+    token ids (tokenised once per split, `TokenizedTexts`), and asks the task's targets for the rest."""
 
-    def __init__(self, tokenizer: PreTrainedTokenizerFast, max_length: int, targets: SplitTargets, task: str) -> None:
-        self.tokenizer, self.max_length, self.targets, self.task = tokenizer, max_length, targets, task
+    def __init__(self, tokens: TokenizedTexts, targets: SplitTargets, task: str) -> None:
+        self.tokens, self.targets, self.task = tokens, targets, task
 
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
-        encoded = self.tokenizer(
-            [s["text"] for s in samples], padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
-        )
+        input_ids, attention_mask = self.tokens.pad([s["input_ids"] for s in samples])
         indices = [s["index"] for s in samples]
         slot: dict[int, int] = {}
         images, image_index = [], []
@@ -128,8 +143,8 @@ class Collator:
             "images": torch.stack(images),
             "image_index": torch.as_tensor(image_index),
             "image_key": torch.as_tensor(list(slot)),  # U: each image's number in the split (same image, same key)
-            "input_ids": encoded["input_ids"],
-            "attention_mask": encoded["attention_mask"],
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
             "index": torch.as_tensor(indices),
             "text": [s["text"] for s in samples],  # the input texts (sample pictures show them)
             "task": self.task,  # which task's data this batch is (a multitask dispatches on it)
@@ -159,6 +174,7 @@ class VLDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         pin_memory: bool = False,
         max_bad_fraction: float = 0.001,
+        image_cache_mb: float = 0,
         data_state: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -168,7 +184,7 @@ class VLDataModule(pl.LightningDataModule):
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
         self.group_by_image, self.seed = group_by_image, seed
         self.num_workers, self.pin_memory = num_workers, pin_memory
-        self.max_bad_fraction = max_bad_fraction
+        self.max_bad_fraction, self.image_cache_mb = max_bad_fraction, image_cache_mb
         self.tokenizer: PreTrainedTokenizerFast | None = None
         self._tables: dict[tuple[str, str], pa.Table] = {}  # (kind, split) → table
         if data_state is not None:
@@ -204,16 +220,24 @@ class VLDataModule(pl.LightningDataModule):
     def dataset(self, member: Task, split: str, *, train: bool) -> tuple[ImageTextDataset, Collator]:
         assert self.tokenizer is not None, "prepare() first"
         table = member.rows(self.table(member.table_kind, split), train=train)
-        crop = self.image_cfg.get("random_crop_scale")
-        transform = build_transform(image_size=self.image_cfg["size"], train=train, random_crop_scale=crop)
+        crop = self.image_cfg.get("random_crop_scale") if train else None
+        size = self.image_cfg["size"]
+        transform = build_transform(image_size=size, train=train, random_crop_scale=crop)
+        texts = member.texts(table)
+        tokens = TokenizedTexts(self.tokenizer, texts, self.text_max_length)
         dataset = ImageTextDataset(
             table,
-            member.texts(table),
+            texts,
+            tokens,
             self.source.open_image,
             transform,
             max_bad_fraction=self.max_bad_fraction if train else None,
         )
-        return dataset, Collator(self.tokenizer, self.text_max_length, member.targets(table), member.name)
+        # Keep decoded images in memory when the transform is deterministic and the whole split fits the budget
+        # (a partial cache would hold a few percent of a large split in every loader process and help little).
+        split_bytes = len(dataset.image_files) * 3 * size * size
+        dataset.cache_images = not crop and split_bytes <= self.image_cache_mb * 2**20
+        return dataset, Collator(tokens, member.targets(table), member.name)
 
     def train_dataloader(self) -> StatefulDataLoader | MultiTaskLoader:
         loaders = {member.name: self._train_loader(member) for member in self.task.members()}
@@ -227,11 +251,12 @@ class VLDataModule(pl.LightningDataModule):
         # Shuffling images or single rows: either way the order is a pure function of (seed, epoch).
         by_image = member.group_rows_by_image if self.group_by_image is None else self.group_by_image
         groups = dataset.image_ids if by_image else np.arange(len(dataset))
-        sampler = ImageGroupedSampler(dataset, groups, seed=self.seed)
-        if len(sampler) < self.batch_size:  # full batches only (drop_last): not one training step
+        sampler = ImageGroupedSampler(dataset, groups, seed=self.seed, batch_size=self.batch_size)
+        if len(sampler) == 0:  # full global batches only: not one training step
+            processes = sampler.num_replicas
             raise DataError(
-                f"the {member.name} train split has {len(sampler)} {member.table_kind} rows per process, fewer "
-                f"than data.batch_size={self.batch_size}"
+                f"the {member.name} train split has {len(dataset)} {member.table_kind} rows, fewer than one batch "
+                f"(data.batch_size={self.batch_size}" + (f" × {processes} processes)" if processes > 1 else ")")
             )
         return StatefulDataLoader(
             dataset,
@@ -254,7 +279,7 @@ class VLDataModule(pl.LightningDataModule):
         return DataLoader(
             dataset,
             batch_size=self.eval_batch_size,
-            shuffle=False,
+            sampler=ShardSampler(dataset),  # under DDP each row is scored once, by one rank
             generator=torch.Generator().manual_seed(self.seed),  # not the global RNG: evaluation leaves it alone
             num_workers=self.num_workers,
             collate_fn=collate,

@@ -13,23 +13,35 @@ from torch.utils.data import Dataset
 from torch.utils.data.distributed import DistributedSampler
 
 
+def _world() -> tuple[int, int]:
+    """(world size, rank) of the process group, or (1, 0) outside one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    return 1, 0
+
+
 class ImageGroupedSampler(DistributedSampler):
     """Each epoch: the images in a seeded random order (a pure function of `seed` and the epoch, so a resumed run
     replays it exactly), each image's rows consecutively in table order.
 
-    Under DDP each rank takes one contiguous, equally long slice of that sequence (wrapping around to pad, as
-    `DistributedSampler` does), so groups stay together and every rank runs the same number of steps. It is a
-    `DistributedSampler` so that Lightning uses it as it is instead of wrapping it; Lightning calls `set_epoch`.
+    The epoch's sequence is cut into global batches of `world size × batch_size` rows; rank r takes the r-th
+    `batch_size` rows of each. So the global batches, and with a mean loss the averaged gradients, are the same on
+    1 process with batch B as on N processes with batch B/N: a run can move between machines of different sizes
+    and stay comparable. The rows after the last full global batch wait for another epoch's shuffle (the loader
+    drops incomplete batches anyway), so every rank runs the same number of steps. It is a `DistributedSampler` so
+    that Lightning uses it as it is instead of wrapping it; Lightning calls `set_epoch`.
 
     Stateful (`state_dict`: epoch and rows yielded) for `StatefulDataLoader`: a resumed run's loader is rebuilt
     before Lightning sets the epoch again, so the epoch has to come from the checkpoint.
     """
 
-    def __init__(self, dataset: Dataset, image_ids: np.ndarray, *, seed: int) -> None:
+    def __init__(self, dataset: Dataset, image_ids: np.ndarray, *, seed: int, batch_size: int = 1) -> None:
         """`image_ids`: one per row; distinct ids per row (``np.arange``) give a plain row-level shuffle."""
-        distributed = dist.is_available() and dist.is_initialized()
-        world, rank = (dist.get_world_size(), dist.get_rank()) if distributed else (1, 0)
-        super().__init__(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=False)
+        world, rank = _world()
+        super().__init__(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
+        self.batch_size = batch_size
+        self.num_samples = len(dataset) // (world * batch_size) * batch_size  # rows per rank and epoch
+        self.total_size = self.num_samples * world
         image_ids = np.asarray(image_ids)
         if len(image_ids) != len(dataset):
             raise ValueError(f"{len(image_ids)} image ids for {len(dataset)} rows")
@@ -57,11 +69,8 @@ class ImageGroupedSampler(DistributedSampler):
         return np.concatenate([self.rows_by_image[self.starts[g] : self.starts[g + 1]] for g in groups])
 
     def __iter__(self):
-        rows = self.order(self.epoch)
-        if self.total_size > len(rows):
-            rows = np.resize(rows, self.total_size)  # repeats from the start, like DistributedSampler's padding
-        begin = self.rank * self.num_samples
-        mine = rows[begin : begin + self.num_samples].tolist()
+        global_batches = self.order(self.epoch)[: self.total_size].reshape(-1, self.num_replicas, self.batch_size)
+        mine = global_batches[:, self.rank].reshape(-1).tolist()
         # A checkpoint taken at an epoch's last batch resumes into the next epoch (Lightning sets it after the
         # state is loaded): the saved position belongs to the saved epoch only.
         resume_epoch, resume_at = self._resume or (self.epoch, 0)
@@ -77,3 +86,20 @@ class ImageGroupedSampler(DistributedSampler):
         self.epoch = int(state["epoch"])
         self._resume = (self.epoch, int(state["yielded"]))
         self._seed_loader_generator()
+
+
+class ShardSampler(DistributedSampler):
+    """Evaluation order: rank r scores the contiguous rows [r·N/W, (r+1)·N/W) in table order, nothing padded or
+    repeated (Lightning's own `DistributedSampler` repeats rows to even out the ranks, which a metric would count
+    twice). Gathered rank after rank, the rows come back in table order, so every metric on W processes equals
+    the one-process metric. Ranks may run one batch more or fewer; evaluation steps hold no collective operation
+    (metrics synchronise once, at `compute`)."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        world, rank = _world()
+        super().__init__(dataset, num_replicas=world, rank=rank, shuffle=False, drop_last=False)
+        self.begin, self.end = len(dataset) * rank // world, len(dataset) * (rank + 1) // world
+        self.num_samples = self.end - self.begin
+
+    def __iter__(self):
+        return iter(range(self.begin, self.end))

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 
+import numpy as np
+import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
@@ -105,3 +107,30 @@ def tokenizer_from_state(state: str | dict) -> PreTrainedTokenizerFast:
     if isinstance(state, str):  # checkpoints written before special-token roles were stored: WordPiece only
         return wrap_tokenizer(Tokenizer.from_str(state))
     return wrap_tokenizer(Tokenizer.from_str(state["tokenizer_json"]), state["special_tokens"])
+
+
+class TokenizedTexts:
+    """A split's texts tokenised once (truncated, not padded), as one flat id array plus row offsets: no per-row
+    Python objects (forked loader workers share the arrays), and no tokenising in the loop over batches."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerFast, texts: list[str], max_length: int) -> None:
+        rows = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"] if texts else []
+        self.offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum([len(r) for r in rows], out=self.offsets[1:])
+        self.ids = np.fromiter((t for r in rows for t in r), dtype=np.int64, count=int(self.offsets[-1]))
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.pad_left = tokenizer.padding_side == "left"
+
+    def row(self, i: int) -> np.ndarray:
+        return self.ids[self.offsets[i] : self.offsets[i + 1]]
+
+    def pad(self, rows: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        """`input_ids` and `attention_mask` (B×L, L = the longest row), padded the way the tokenizer pads."""
+        length = max((len(r) for r in rows), default=0)
+        input_ids = torch.full((len(rows), length), self.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
+        for b, row in enumerate(rows):
+            span = slice(length - len(row), length) if self.pad_left else slice(0, len(row))
+            input_ids[b, span] = torch.from_numpy(row)
+            attention_mask[b, span] = 1
+        return input_ids, attention_mask

@@ -12,10 +12,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from cmvl.data.datamodule import VLDataModule
 from cmvl.data.sources.base import Source
+from cmvl.data.workers import resolve_num_workers
 from cmvl.errors import UserError
 from cmvl.models.vl_model import VisionLanguageModel
 from cmvl.tasks.base import Task
 from cmvl.training.lit_module import VLLitModule
+from cmvl.training.nonfinite import NonFiniteGuard
 
 DATASET_META_KEYS = ("name", "provides", "splits")  # documentation keys of a dataset config, not source arguments
 
@@ -65,9 +67,12 @@ def build_datamodule(cfg: DictConfig, *, data_state: dict[str, Any] | None = Non
         group_by_image=data.group_by_image,
         seed=cfg.seed,
         eval_batch_size=data.eval_batch_size,
-        num_workers=data.num_workers,
+        num_workers=resolve_num_workers(
+            data.num_workers, accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices
+        ),
         pin_memory=data.pin_memory,
         max_bad_fraction=data.max_bad_fraction,
+        image_cache_mb=data.image_cache_mb,
         data_state=data_state,
     )
 
@@ -102,7 +107,13 @@ def build_lit_module(cfg: DictConfig, datamodule: VLDataModule) -> VLLitModule:
         "weight_decay": cfg.optim.weight_decay,
         "scheduler": OmegaConf.to_container(cfg.optim.scheduler, resolve=True),
     }
-    return VLLitModule(model=build_model(cfg, datamodule), task=datamodule.task, optim=optim, run_state=run_state)
+    return VLLitModule(
+        model=build_model(cfg, datamodule),
+        task=datamodule.task,
+        optim=optim,
+        run_state=run_state,
+        nonfinite=NonFiniteGuard(**OmegaConf.to_container(cfg.get("nonfinite_loss") or {}, resolve=True)),
+    )
 
 
 def single_device_trainer(cfg: DictConfig, **kwargs: Any) -> pl.Trainer:

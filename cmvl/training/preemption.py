@@ -19,6 +19,7 @@ from pathlib import Path
 from types import FrameType
 
 import pytorch_lightning as pl
+from pytorch_lightning.callbacks import Checkpoint
 
 EXIT_PREEMPTED = 3  # process exit code of a run that saved and stopped on a preemption signal
 SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGUSR1") if hasattr(signal, name))
@@ -35,7 +36,10 @@ class PreemptionStop(Exception):
         self.step, self.path = step, path
 
 
-class PreemptionCallback(pl.Callback):
+class PreemptionCallback(Checkpoint):
+    """A `Checkpoint` callback, so that Lightning runs its `on_train_epoch_end` after the LightningModule's (which
+    logs the epoch's mean training loss) rather than before."""
+
     def __init__(self, dirpath: str | Path) -> None:
         self.dirpath = Path(dirpath)
         self._signalled = False
@@ -81,6 +85,12 @@ class PreemptionCallback(pl.Callback):
         # here and flush the loggers, so the run's metrics up to the checkpoint are all on disk.
         if not self._stop_at_epoch_end:
             trainer._logger_connector.update_train_step_metrics()
+        else:  # the epoch's metrics, which the loop logs after these hooks, as `FitLoop.on_advance_end` does
+            connector, epoch_loop = trainer._logger_connector, trainer.fit_loop.epoch_loop
+            connector.on_epoch_end()
+            epoch_loop._batches_that_stepped -= 1  # epoch metrics carry the epoch's last step, as in the loop
+            connector.update_train_epoch_metrics()
+            epoch_loop._batches_that_stepped += 1
         for logger in trainer.loggers:
             logger.save()
         raise PreemptionStop(trainer.global_step, path)

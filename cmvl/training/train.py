@@ -12,12 +12,14 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar, TQDMProgressBar
 from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
+from pytorch_lightning.plugins.environments import SLURMEnvironment
 from pytorch_lightning.utilities import rank_zero_only
 
 from cmvl.atomic_file import write_json_atomic
 from cmvl.errors import UserError
 from cmvl.run_files import METRICS_CSV, SAMPLES_DIR, SUMMARY_FILE
 from cmvl.sweeps.jobs import finished_summary, in_sweep, relaunch_ranks_as_single_run, resume_mode
+from cmvl.training import slurm
 from cmvl.training.build import build_datamodule, build_lit_module, instantiate
 from cmvl.training.checkpoint_io import AtomicCheckpointIO
 from cmvl.training.csv_logger import ResumableCSVLogger
@@ -133,6 +135,10 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
             if isinstance(logger, ResumableCSVLogger):
                 logger.resume_from(int(checkpoint["global_step"]))
     trainer_args = OmegaConf.to_container(cfg.trainer, resolve=True)
+    requeue_on_stop = bool(trainer_args.pop("requeue", False))  # cmvl's setting, not a Trainer argument
+    plugins: list[Any] = [AtomicCheckpointIO()]
+    if SLURMEnvironment.detect():  # cmvl saves and requeues on SLURM's signal (trainer.requeue), never Lightning
+        plugins.append(SLURMEnvironment(auto_requeue=False))
     if len(lit.task.members()) > 1 and trainer_args.get("strategy") == "ddp":
         # Each multitask step trains one task's head; DDP must not wait for the other heads' gradients (every
         # rank draws the same task at each step, so the ranks agree on which parameters are unused).
@@ -141,7 +147,7 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
         **trainer_args,
         logger=loggers or False,
         callbacks=build_callbacks(cfg, lit.monitor, lit.task.monitor_mode, bool(loggers)),
-        plugins=[AtomicCheckpointIO()],
+        plugins=plugins,
         default_root_dir=str(out_dir),
     )
     if trainer.is_global_zero:
@@ -155,7 +161,11 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
     try:
         trainer.fit(lit, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
     except PreemptionStop as stop:
+        if requeue_on_stop and trainer.is_global_zero:
+            _requeue(out_dir)
         raise Preempted(stop.step, stop.path) from None
+    if requeue_on_stop and trainer.is_global_zero:
+        slurm.forget_note()
     summary = _summary(trainer, lit, time.perf_counter() - started, cfg.data.batch_size)
     summary.update(_optimized(summary, cfg.optimized_metric or lit.monitor, lit.task.monitor_mode))
     record_final_metrics(loggers, summary)
@@ -164,6 +174,15 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
         _print_summary(summary)
         _plot_curves(out_dir)
     return summary
+
+
+def _requeue(out_dir: Path) -> None:
+    if in_sweep():
+        print("cmvl: trainer.requeue requeues single runs; re-run the sweep command to continue it", file=sys.stderr)
+        return
+    from hydra.core.hydra_config import HydraConfig
+
+    print(f"cmvl: {slurm.requeue(out_dir, list(HydraConfig.get().overrides.task))}", file=sys.stderr)
 
 
 def _optimized(summary: dict[str, Any], metric: str, mode: str) -> dict[str, Any]:
