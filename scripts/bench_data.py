@@ -1,6 +1,6 @@
 """Data-side figures: building the VQA v2 `qa` table from the official JSON files (time, resident memory), the cached
-start (memory-mapped Arrow table), and image decoding per worker for raw COCO-sized JPEGs vs a `cmvl data prepare`
-copy. Usage:
+start (memory-mapped Arrow table), image decoding per worker for raw COCO-sized JPEGs vs a `cmvl data prepare`
+copy, and the loader workers' private memory over one epoch (it must not grow). Usage:
 
     .venv/bin/cmvl data shapes --out /tmp/vqa_scale --images 82783      # a VQA v2-sized world (~414k questions)
     .venv/bin/python scripts/bench_data.py --world /tmp/vqa_scale
@@ -82,15 +82,65 @@ def bench_images(repeats: int, size: int) -> None:
     print(f"  prepared (384 px) copies: {prepared_rate:7.1f} images/s   ratio {prepared_rate / raw_rate:.2f}x")
 
 
+def _private_mb(pid: int) -> tuple[float, float]:
+    """(dirty, clean) MB of pages only this process maps, from /proc/<pid>/smaps_rollup. Dirty: memory the worker
+    wrote (its allocations, copy-on-write copies of the parent's objects); clean: file pages it read alone (the
+    memory-mapped table cache), which the kernel can drop at any time."""
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:])
+    return int(fields["Private_Dirty"].split()[0]) / 1024, int(fields["Private_Clean"].split()[0]) / 1024
+
+
+def bench_workers(world: Path, workers: int, size: int) -> None:
+    """One epoch of cmvl's real training loader over the world's `qa` split, `workers` loader processes: the
+    private memory of each worker at the start, in the middle and at the end of the epoch."""
+    import multiprocessing
+
+    from cmvl.config.compose import compose_config
+    from cmvl.training.build import build_datamodule
+
+    subtypes = "{train:train,val:val}"
+    cfg = compose_config(
+        [
+            "dataset=vqa_v2",
+            f"dataset.root={world}",
+            f"dataset.subtypes={subtypes}",
+            "dataset.split=val",
+            f"vision.image_size={size}",
+            f"data.num_workers={workers}",
+            "data.batch_size=256",
+            "paths.output_dir=/tmp/cmvl-bench",
+        ]
+    )
+    datamodule = build_datamodule(cfg)
+    datamodule.prepare()
+    loader = datamodule.train_dataloader()
+    cached = loader.dataset.cache_images  # off here: a VQA v2-sized split does not fit data.image_cache_mb
+    total, samples = len(loader), []
+    start = time.perf_counter()
+    for i, _ in enumerate(loader):
+        if i in {10, *range(total // 8, total, total // 8), total - 1}:
+            pids = [p.pid for p in multiprocessing.active_children()]
+            samples.append((i, [_private_mb(pid) for pid in pids]))
+    seconds = time.perf_counter() - start
+    rows = len(loader) * 256
+    print(f"one epoch of the training loader: {rows:,} questions in {total} batches, {workers} workers, {size} px, ")
+    print(f"  decoded-image cache {'on' if cached else 'off'}: {rows / seconds:,.0f} questions/s")
+    print("  private memory per worker, written (dirty) + read-only file pages (clean):")
+    for i, private in samples:
+        print(f"  after batch {i:>5}: " + ", ".join(f"{dirty:.0f} + {clean:.0f} MB" for dirty, clean in private))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--world", type=Path, required=True, help="a shapes world written by `cmvl data shapes`")
     parser.add_argument("--repeats", type=int, default=40, help="passes over the real images")
     parser.add_argument("--size", type=int, default=224, help="training image size")
+    parser.add_argument("--workers", type=int, default=2, help="loader processes for the epoch of the loader")
     args = parser.parse_args()
     os.environ["CMVL_CACHE_DIR"] = tempfile.mkdtemp(prefix="cmvl-bench-")  # a cold table cache
     bench_table(args.world)
     bench_images(args.repeats, args.size)
+    bench_workers(args.world, args.workers, args.size)
 
 
 if __name__ == "__main__":

@@ -95,3 +95,27 @@ def test_objects_table_labels_come_from_the_train_split(cache_dir, split_file, l
         if t in categories
     ]
     assert row["image_id"] == 5 and row["labels"] == expected and len(row["boxes"]) == len(expected)
+
+
+def test_relationships_become_grounding_phrases_with_the_subjects_box(cache_dir, split_file):
+    source = VisualGenomeSource(root=str(REAL), split_file=str(split_file), region_phrases="relationships")
+    table = source.table("regions", "val")  # image 5 (image 3 has no file in the fixtures)
+    documents = json.loads((REAL / "relationships.json").read_text())
+    expected = []
+    for doc in documents:
+        for rel in doc["relationships"]:
+            if rel.get("image_id", doc.get("image_id")) != 5:
+                continue
+            subject, obj = rel["subject"], rel["object"]
+            first = [(s.get("names") or [s.get("name")])[0].strip().lower() for s in (subject, obj)]
+            expected.append((rel["relationship_id"], f"{first[0]} {rel['predicate'].strip().lower()} {first[1]}"))
+    rows = table.to_pylist()
+    assert [(r["region_id"], r["phrase"]) for r in rows] == expected and len(rows) == 28  # every one, in file order
+    assert rows[0]["phrase"] == "cables on floor"
+    by_id = {r["relationship_id"]: r for doc in documents for r in doc["relationships"]}
+    for row in rows:
+        subject = by_id[row["region_id"]]["subject"]
+        x, y = row["box"][:2]
+        assert (x, y) == (max(subject["x"], 0), max(subject["y"], 0)) and row["image"] == "VG_100K/5.jpg"
+    with pytest.raises(ConfigError, match="dataset.region_phrases=triples: choose one of descriptions, relationships"):
+        VisualGenomeSource(root=str(REAL), split_file=str(split_file), region_phrases="triples")

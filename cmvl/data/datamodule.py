@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -21,6 +22,7 @@ from cmvl.data.multitask_loader import MultiTaskLoader
 from cmvl.data.sampling import ImageGroupedSampler, ShardSampler
 from cmvl.data.sources.base import Source
 from cmvl.data.text import TokenizedTexts, tokenizer_from_state, tokenizer_to_state
+from cmvl.data.workers import start_loader_worker
 from cmvl.errors import ConfigError, DataError
 from cmvl.tasks.base import SplitTargets, Task
 
@@ -268,7 +270,13 @@ class VLDataModule(pl.LightningDataModule):
             collate_fn=collate,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
+            worker_init_fn=self._worker_init,
         )
+
+    @property
+    def _worker_init(self) -> functools.partial:
+        rank = self.trainer.global_rank if self.trainer is not None else 0
+        return functools.partial(start_loader_worker, rank=rank)
 
     def eval_dataloaders(self, split: str) -> dict[str, DataLoader]:
         """One loader per member task (task name → loader), in the order of `task.members()`."""
@@ -285,6 +293,7 @@ class VLDataModule(pl.LightningDataModule):
             collate_fn=collate,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
+            worker_init_fn=self._worker_init,
         )
 
     def val_dataloader(self) -> DataLoader | list[DataLoader]:

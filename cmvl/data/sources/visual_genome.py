@@ -1,5 +1,6 @@
-"""Visual Genome from its official JSON files: question-answer pairs (`qa`), region descriptions (`regions`) and
-objects (`objects`: names or attributes as tagging labels), split by image."""
+"""Visual Genome from its official JSON files: question-answer pairs (`qa`), grounding phrases (`regions`: region
+descriptions, or relationships as "subject predicate object" with the subject's box) and objects (`objects`: names
+or attributes as tagging labels), split by image."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from cmvl.data.sources.base import (
 from cmvl.data.table_cache import cached_table
 from cmvl.errors import ConfigError, DataError
 
-READER_VERSION = 2  # bump when the tables built here change, so cached tables are rebuilt
+READER_VERSION = 3  # bump when the tables built here change, so cached tables are rebuilt
 
 
 def _image_id(record: dict, path: Path) -> int:
@@ -41,6 +42,7 @@ def _image_id(record: dict, path: Path) -> int:
 ANNOTATION_FILES = {
     "qa": "question_answers.json",
     "regions": "region_descriptions.json",
+    "relationships": "relationships.json",
     "names": "objects.json",
     "attributes": "attributes.json",
 }
@@ -116,29 +118,61 @@ def read_visual_genome_qa(qa_file: Path, images: ImageRecords, keep_image: np.nd
     return pa.table(columns, schema=QA_SCHEMA)
 
 
-def read_visual_genome_regions(region_file: Path, images: ImageRecords, keep_image: np.ndarray | None) -> pa.Table:
-    """All region descriptions (of the images in `keep_image`, when given) in the `regions` layout: one row per
-    (phrase, box), the box as [x, y, width, height] pixels, clipped to the image."""
+def _regions_table(rows: Iterator[tuple[int, int, str, tuple]], images: ImageRecords) -> pa.Table:
+    """The `regions` layout from (region id, image id, phrase, (x, y, w, h)) rows: boxes clipped to the image as
+    [x, y, width, height] pixels; rows with an empty phrase or a box with no area left are dropped."""
     columns: dict[str, list] = {name: [] for name in REGIONS_SCHEMA.names}
-    keys = ["phrase", "x", "y", "width", "height"]
-    for image_id, region in _image_entries(region_file, "regions", keys, images, keep_image):
+    for region_id, image_id, phrase, (x, y, w, h) in rows:
         width, height = images.sizes[image_id]
-        x0, y0 = min(max(float(region["x"]), 0.0), width), min(max(float(region["y"]), 0.0), height)
-        x1 = min(float(region["x"]) + float(region["width"]), width)
-        y1 = min(float(region["y"]) + float(region["height"]), height)
-        if x1 <= x0 or y1 <= y0 or not str(region["phrase"]).strip():
+        x0, y0 = min(max(float(x), 0.0), width), min(max(float(y), 0.0), height)
+        x1, y1 = min(float(x) + float(w), width), min(float(y) + float(h), height)
+        phrase = str(phrase).strip()
+        if x1 <= x0 or y1 <= y0 or not phrase:
             continue  # degenerate box or empty phrase: nothing to ground
-        columns["region_id"].append(int(region.get("region_id", region.get("id", -1))))
+        columns["region_id"].append(region_id)
         columns["image_id"].append(image_id)
         columns["image"].append(images.files[image_id])
         columns["width"].append(width)
         columns["height"].append(height)
-        columns["phrase"].append(str(region["phrase"]).strip())
+        columns["phrase"].append(phrase)
         columns["box"].append([x0, y0, x1 - x0, y1 - y0])
     return pa.table(columns, schema=REGIONS_SCHEMA)
 
 
+def read_visual_genome_regions(region_file: Path, images: ImageRecords, keep_image: np.ndarray | None) -> pa.Table:
+    """All region descriptions (of the images in `keep_image`, when given) in the `regions` layout: one row per
+    (phrase, box)."""
+    keys = ["phrase", "x", "y", "width", "height"]
+    rows = (
+        (int(r.get("region_id", r.get("id", -1))), image_id, r["phrase"], (r["x"], r["y"], r["width"], r["height"]))
+        for image_id, r in _image_entries(region_file, "regions", keys, images, keep_image)
+    )
+    return _regions_table(rows, images)
+
+
+def read_visual_genome_relationships(
+    relationships_file: Path, images: ImageRecords, keep_image: np.ndarray | None
+) -> pa.Table:
+    """The relationships (of the images in `keep_image`, when given) as grounding phrases in the `regions` layout:
+    "<subject> <predicate> <object>" ("man wears sneakers") with the subject's box, the entity the phrase refers
+    to. Subjects and objects are named by their first name (v1.2+ `names`, v1.0 `name`), lower case."""
+    rows = []
+    keys = ["predicate", "subject", "object"]
+    for image_id, rel in _image_entries(relationships_file, "relationships", keys, images, keep_image):
+        subject, obj = rel["subject"], rel["object"]
+        names = _object_terms(subject, "names"), _object_terms(obj, "names")
+        predicate = str(rel["predicate"]).strip().lower()
+        if not (names[0] and names[1] and predicate):
+            continue
+        require_keys(subject, ["x", "y", "w", "h"], path=relationships_file, where="a relationship's subject")
+        box = (subject["x"], subject["y"], subject["w"], subject["h"])
+        relationship_id = int(rel.get("relationship_id", rel.get("id", -1)))
+        rows.append((relationship_id, image_id, f"{names[0][0]} {predicate} {names[1][0]}", box))
+    return _regions_table(iter(rows), images)
+
+
 OBJECT_LABELS = ("names", "attributes")
+REGION_PHRASES = {"descriptions": "regions", "relationships": "relationships"}  # dataset.region_phrases → file
 
 
 def _object_terms(entry: dict, labels: str) -> list[str]:
@@ -208,11 +242,15 @@ class VisualGenomeSource(FolderSource):
         split_file: str | None = None,
         object_categories: int = 150,
         object_labels: str = "names",
+        region_phrases: str = "descriptions",
         missing_images: str = "skip",
     ) -> None:
         if object_labels not in OBJECT_LABELS:
             raise ConfigError(f"dataset.object_labels={object_labels}: choose one of {', '.join(OBJECT_LABELS)}")
+        if region_phrases not in REGION_PHRASES:
+            raise ConfigError(f"dataset.region_phrases={region_phrases}: choose one of {', '.join(REGION_PHRASES)}")
         self.object_categories, self.object_labels = object_categories, object_labels
+        self.region_phrases = region_phrases
         super().__init__(root=root, images=images, split=split, missing_images=missing_images)
         self.split_seed = split_seed
         self.split_file = Path(split_file) if split_file else None
@@ -242,7 +280,8 @@ class VisualGenomeSource(FolderSource):
 
     def _read(self, kind: str, split: str) -> pa.Table:
         image_data = self.root / "image_data.json"
-        annotation_file = self.root / ANNOTATION_FILES[kind if kind != "objects" else self.object_labels]
+        file_kind = {"objects": self.object_labels, "regions": REGION_PHRASES[self.region_phrases]}.get(kind, kind)
+        annotation_file = self.root / ANNOTATION_FILES[file_kind]
         params = {"split": split, "fractions": self.fractions, "seed": self.split_seed, "version": READER_VERSION}
 
         def build() -> pa.Table:
@@ -251,6 +290,8 @@ class VisualGenomeSource(FolderSource):
             keep = self._split_images(split, all_ids)
             if kind == "qa":
                 return read_visual_genome_qa(annotation_file, images, keep)
+            if kind == "regions" and self.region_phrases == "relationships":
+                return read_visual_genome_relationships(annotation_file, images, keep)
             if kind == "regions":
                 return read_visual_genome_regions(annotation_file, images, keep)
             if "train" not in self.splits:
@@ -266,6 +307,8 @@ class VisualGenomeSource(FolderSource):
 
         if kind == "objects":
             params.update(categories=self.object_categories, labels=self.object_labels)
+        if kind == "regions":
+            params.update(phrases=self.region_phrases)
         inputs = [image_data, annotation_file, *([self.split_file] if self.split_file else [])]
         table = cached_table(f"visual_genome_{kind}", inputs, params, build)
         return self.with_images_present(table, split)
