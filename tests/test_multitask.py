@@ -22,7 +22,7 @@ from cmvl.tasks.caption import CaptionTask
 from cmvl.tasks.multitask import MultiTask
 from cmvl.tasks.vqa import VQATask
 from cmvl.training.build import build_task
-from tests.conftest import TINY_TRAINING, TINY_WORLD, run_cli
+from tests.conftest import TINY_TRAINING, TINY_WORLD, cli_in_process, run_cli
 
 
 class _Rows(Dataset):
@@ -127,7 +127,7 @@ def test_every_task_trains_jointly_on_shapes_and_evaluates(tmp_path, cache_dir):
     out = tmp_path / "eval"
     out.mkdir()
     best = run_dir / "checkpoints" / "best.ckpt"
-    evaluated = run_cli("eval", f"ckpt={best}", f"out={out}", "task.tasks.caption.meteor=never", cwd=out)
+    evaluated = cli_in_process("eval", f"ckpt={best}", f"out={out}", "task.tasks.caption.meteor=never", cwd=out)
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     best_epoch = summary["best_epoch_metrics"]

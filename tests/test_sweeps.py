@@ -72,16 +72,16 @@ def test_search_space_values_are_checked_like_sweep_values():
 
 
 def _sweep_command(sweep_dir: Path) -> list[str]:
-    # The second job trains long enough to be interrupted while it runs.
+    # The sweep is killed the moment the first job has finished: the second has then barely started.
     return [
-        sys.executable, "-m", "cmvl", "train", "-m", "trainer.max_epochs=1,15", *TINY_WORLD, *TINY_FIXED_EPOCHS,
+        sys.executable, "-m", "cmvl", "train", "-m", "trainer.max_epochs=1,3", *TINY_WORLD, *TINY_FIXED_EPOCHS,
         f"hydra.sweep.dir={sweep_dir}",
     ]  # fmt: skip
 
 
 def test_an_interrupted_grid_sweep_finishes_without_rerunning_finished_jobs(tmp_path, cache_dir):
     sweep_dir = tmp_path / "grid"
-    first, second = sweep_dir / "trainer.max_epochs=1", sweep_dir / "trainer.max_epochs=15"
+    first, second = sweep_dir / "trainer.max_epochs=1", sweep_dir / "trainer.max_epochs=3"
     env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONWARNINGS": "ignore"}
     process = subprocess.Popen(
         _sweep_command(sweep_dir), cwd=tmp_path, env=env, start_new_session=True,
@@ -100,7 +100,7 @@ def test_an_interrupted_grid_sweep_finishes_without_rerunning_finished_jobs(tmp_
     assert f"{first} finished in an earlier run of this sweep; not run again" in result.stderr
     assert (first / "summary.json").stat().st_mtime_ns == finished_at
     assert "sorted by val/vqa/acc" in result.stdout and "reproduce: cmvl train" in result.stdout
-    assert json.loads((second / "summary.json").read_text())["epochs"] == 15
+    assert json.loads((second / "summary.json").read_text())["epochs"] == 3
     report = collect(sweep_dir)
     assert [job.status for job in report.jobs] == ["done", "done"]
     assert len(_report_rows(sweep_dir)) == 2

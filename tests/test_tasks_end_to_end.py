@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 
 from cmvl.metrics.caption import java_available
-from tests.conftest import FIXTURES, TINY_TRAINING, run_cli
+from tests.conftest import FIXTURES, TINY_TRAINING, cli_in_process, run_cli
 
 # task → (monitored metric, the keys of one predictions record)
 TASKS = {
@@ -26,7 +26,7 @@ def _train(run_dir: Path, *overrides: str) -> dict:
 
 
 def _evaluate(run_dir: Path, out: Path, *overrides: str) -> dict:
-    result = run_cli("eval", f"ckpt={run_dir / 'checkpoints' / 'best.ckpt'}", f"out={out}", *overrides, cwd=out)
+    result = cli_in_process("eval", f"ckpt={run_dir / 'checkpoints' / 'best.ckpt'}", f"out={out}", *overrides, cwd=out)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads((out / "metrics.json").read_text())
 

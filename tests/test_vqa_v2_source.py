@@ -12,7 +12,7 @@ import pytest
 import cmvl.data.sources.vqa_v2 as vqa_v2
 from cmvl.data.sources.vqa_v2 import VQAv2Source
 from cmvl.errors import ConfigError, DataError
-from tests.conftest import FIXTURES, run_cli
+from tests.conftest import FIXTURES, cli_in_process, run_cli
 
 REAL = FIXTURES / "vqa_v2"
 REAL_QUESTIONS = json.loads((REAL / "v2_OpenEnded_mscoco_val2014_questions.json").read_text())
@@ -103,10 +103,10 @@ def test_train_then_eval_val_and_test_dev_through_the_cli(tmp_path, cache_dir):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "skipping 15 of 18 rows" in result.stderr
     ckpt = run_dir / "checkpoints" / "best.ckpt"
-    val = run_cli("eval", f"ckpt={ckpt}", f"out={tmp_path / 'val'}", cwd=tmp_path)
+    val = cli_in_process("eval", f"ckpt={ckpt}", f"out={tmp_path / 'val'}", cwd=tmp_path)
     assert val.returncode == 0, val.stderr[-3000:]
     assert "val/vqa/acc = " in val.stdout
-    test_dev = run_cli("eval", f"ckpt={ckpt}", "dataset.split=test-dev", f"out={tmp_path / 'td'}", cwd=tmp_path)
+    test_dev = cli_in_process("eval", f"ckpt={ckpt}", "dataset.split=test-dev", f"out={tmp_path / 'td'}", cwd=tmp_path)
     assert test_dev.returncode == 0, test_dev.stderr[-3000:]
     submission = json.loads((tmp_path / "td" / "predictions_vqa_test-dev.json").read_text())
     kept = [q["question_id"] for q in REAL_QUESTIONS["questions"] if q["image_id"] == PRESENT_IMAGE]
