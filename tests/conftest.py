@@ -83,3 +83,18 @@ def run_cli(*args: str, cwd: Path, env_extra: dict | None = None, timeout: int =
     return subprocess.run(
         [sys.executable, "-m", "cmvl", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
     )
+
+
+def load_checkpoint_file(path: Path) -> dict:
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def same_training_state(a: dict, b: dict) -> bool:
+    """Two checkpoints hold bit-identical weights and optimizer state."""
+    import torch
+
+    weights = all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    sa, sb = a["optimizer_states"][0]["state"], b["optimizer_states"][0]["state"]
+    return weights and all(torch.equal(sa[p][k], sb[p][k]) for p in sa for k in sa[p])

@@ -7,7 +7,7 @@ across ranks: equal to one process's."""
 
 import json
 
-from tests.conftest import TINY_TRAINING, TINY_WORLD, run_cli
+from tests.conftest import TINY_TRAINING, TINY_WORLD, load_checkpoint_file, run_cli
 from tests.test_multitask import ALL_TASKS
 
 
@@ -70,7 +70,7 @@ def test_two_processes_train_and_score_like_one(tmp_path, cache_dir):
     assert two.returncode == 0, two.stderr[-3000:]
 
     def weights(run: str) -> dict[str, torch.Tensor]:
-        return torch.load(tmp_path / run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+        return load_checkpoint_file(tmp_path / run / "checkpoints" / "last.ckpt")["state_dict"]
 
     single, ddp = weights("one"), weights("two")
     assert single.keys() == ddp.keys()

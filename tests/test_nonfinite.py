@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from cmvl.training.nonfinite import EXIT_NONFINITE, NonFiniteGuard, NonFiniteLoss
-from tests.conftest import REPO, TINY_TRAINING, TINY_WORLD, run_cli
+from tests.conftest import REPO, TINY_TRAINING, TINY_WORLD, load_checkpoint_file, run_cli, same_training_state
 
 
 def _train(tmp_path, *overrides: str, nan_steps: list[int], rank: int = 0, timeout: int = 300):
@@ -35,13 +35,7 @@ def _train(tmp_path, *overrides: str, nan_steps: list[int], rank: int = 0, timeo
 
 
 def _checkpoint(tmp_path, step: int) -> dict:
-    return torch.load(tmp_path / "run" / "checkpoints" / f"step{step:08d}.ckpt", weights_only=True)
-
-
-def _same_state(a: dict, b: dict) -> bool:
-    weights = all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
-    sa, sb = a["optimizer_states"][0]["state"], b["optimizer_states"][0]["state"]
-    return weights and all(torch.equal(sa[p][k], sb[p][k]) for p in sa for k in sa[p])
+    return load_checkpoint_file(tmp_path / "run" / "checkpoints" / f"step{step:08d}.ckpt")
 
 
 def test_skipped_steps_change_nothing_and_the_budget_stops_the_run(tmp_path):
@@ -57,9 +51,9 @@ def test_skipped_steps_change_nothing_and_the_budget_stops_the_run(tmp_path):
     saved = sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("step*.ckpt"))
     assert saved == [f"step{s:08d}.ckpt" for s in (1, 2, 3, 4)]  # nothing after the stop
     # Steps 1 and 3 were skipped: the state after them is the state before them, to the bit.
-    assert _same_state(_checkpoint(tmp_path, 1), _checkpoint(tmp_path, 2))
-    assert _same_state(_checkpoint(tmp_path, 3), _checkpoint(tmp_path, 4))
-    assert not _same_state(_checkpoint(tmp_path, 2), _checkpoint(tmp_path, 3))  # a normal step does change it
+    assert same_training_state(_checkpoint(tmp_path, 1), _checkpoint(tmp_path, 2))
+    assert same_training_state(_checkpoint(tmp_path, 3), _checkpoint(tmp_path, 4))
+    assert not same_training_state(_checkpoint(tmp_path, 2), _checkpoint(tmp_path, 3))  # a normal step does change it
     assert _checkpoint(tmp_path, 4)["cmvl"]["nonfinite"] == {"skipped": 2}  # a resume keeps counting
 
 
@@ -79,7 +73,7 @@ def test_nan_on_one_ddp_process_skips_then_stops_every_process(tmp_path):
     assert "cmvl: error: training loss nan on process 1 at step 2 (epoch 0, batch 2)" in result.stderr
     saved = sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("step*.ckpt"))
     assert saved == ["step00000001.ckpt", "step00000002.ckpt"]
-    assert _same_state(_checkpoint(tmp_path, 1), _checkpoint(tmp_path, 2))
+    assert same_training_state(_checkpoint(tmp_path, 1), _checkpoint(tmp_path, 2))
 
 
 class _OneProcess:

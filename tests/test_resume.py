@@ -13,7 +13,7 @@ import torch
 
 from cmvl.training.preemption import EXIT_PREEMPTED
 from cmvl.training.resume import RNG_KEY, find_resume_checkpoint
-from tests.conftest import REPO, TINY_WORLD, run_cli
+from tests.conftest import REPO, TINY_WORLD, load_checkpoint_file, run_cli, same_training_state
 
 # 3 epochs × 4 batches = 12 optimizer steps; dropout makes the RNG state matter.
 RUN = [
@@ -43,8 +43,7 @@ def _train(run_dir: Path | None, *extra: str, ids_file: Path, workers: int = 0, 
 
 
 def _final_state(run_dir: Path) -> dict:
-    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    return {"weights": checkpoint["state_dict"], "optimizer": checkpoint["optimizer_states"][0]["state"]}
+    return load_checkpoint_file(run_dir / "checkpoints" / "last.ckpt")
 
 
 def _logged_losses(run_dir: Path) -> list[tuple[int, str, str]]:
@@ -56,14 +55,6 @@ def _logged_losses(run_dir: Path) -> list[tuple[int, str, str]]:
             for r in rows
             if r.get("train/loss_step") or r.get("train/loss_epoch")
         ]
-
-
-def _equal(a: dict, b: dict) -> bool:
-    return all(torch.equal(a["weights"][k], b["weights"][k]) for k in a["weights"]) and all(
-        torch.equal(a["optimizer"][i][name], b["optimizer"][i][name])
-        for i in a["optimizer"]
-        for name in a["optimizer"][i]
-    )
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +99,7 @@ def test_preempt_and_resume_is_exact(reference, tmp_path, stop_step, signal_name
 
     expected_state, expected_ids, expected_losses = reference
     assert ids.read_text() == expected_ids
-    assert _equal(_final_state(run_dir), expected_state)
+    assert same_training_state(_final_state(run_dir), expected_state)
     # metrics.csv holds the whole run: the rows logged before the preemption are kept, none is logged twice
     assert _logged_losses(run_dir) == expected_losses
 
@@ -141,7 +132,7 @@ def _slurm_requeue_continues_the_run(reference, tmp_path, stop_step):
     assert not (tmp_path / ".cmvl" / "slurm" / "4242.json").exists()  # the finished run's note is spent
     expected_state, expected_ids, expected_losses = reference
     assert ids.read_text() == expected_ids
-    assert _equal(_final_state(run_dir), expected_state)
+    assert same_training_state(_final_state(run_dir), expected_state)
     assert _logged_losses(run_dir) == expected_losses
 
 
@@ -153,7 +144,7 @@ def test_without_saved_rng_and_loader_state_resume_differs(reference, tmp_path):
     )
     assert stopped.returncode == EXIT_PREEMPTED, stopped.stderr[-2000:]
     checkpoint_path = run_dir / "checkpoints" / "step00000006.ckpt"
-    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+    checkpoint = load_checkpoint_file(checkpoint_path)
     del checkpoint[RNG_KEY]
     checkpoint["loops"]["fit_loop"]["state_dict"].pop("combined_loader")
     stripped = tmp_path / "stripped.ckpt"
@@ -163,7 +154,7 @@ def test_without_saved_rng_and_loader_state_resume_differs(reference, tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     expected_state, expected_ids, _ = reference
     assert ids.read_text() != expected_ids
-    assert not _equal(_final_state(run_dir), expected_state)
+    assert not same_training_state(_final_state(run_dir), expected_state)
 
 
 def test_keep_last_and_fallback_past_a_truncated_checkpoint(tiny_world, tmp_path):

@@ -37,10 +37,10 @@ def sweep_naming_overrides(overrides: list[str]) -> list[str]:
     directory after the job's own values: the overrides every job shares are left out of job names."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
+    from cmvl.config.overrides import user_overrides
     from cmvl.sweeps.naming import JOB_NAME_EXCLUDED, sweep_dir_for
 
-    user = [o for o in overrides if not o.startswith(("hydra.", "hydra/", "+hydra", "~hydra"))]
-    parsed = OverridesParser.create().parse_overrides(user)
+    parsed = OverridesParser.create().parse_overrides(user_overrides(overrides))
     swept = {o.key_or_group for o in parsed if o.is_sweep_override()}
     shared = [o.key_or_group for o in parsed if o.key_or_group not in swept]
     excluded = ",".join(dict.fromkeys([*JOB_NAME_EXCLUDED, *shared]))

@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from cmvl.config.compose import compose_config
+from cmvl.config.overrides import user_overrides
 from cmvl.config.paths import config_groups
 from cmvl.config.validate import validate_config
 from cmvl.errors import ConfigError
@@ -44,9 +45,8 @@ def _compose(overrides: list[str], config_name: str) -> DictConfig:
 
 def preflight(overrides: list[str], *, config_name: str = "train", check_task: bool = True) -> None:
     """Raise `ConfigError` if any override (or any value of a sweep) is not a valid configuration."""
-    user = [o for o in overrides if not o.startswith(("hydra.", "hydra/", "+hydra", "~hydra"))]
     try:
-        parsed = OverridesParser.create().parse_overrides(user)
+        parsed = OverridesParser.create().parse_overrides(user_overrides(overrides))
     except HydraException as err:
         raise ConfigError(f"invalid override: {str(err).strip().splitlines()[0]}") from None
     base, variants = _split_sweeps(parsed)

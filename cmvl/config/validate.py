@@ -7,7 +7,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from cmvl.config.paths import CONF_DIR
 from cmvl.data.workers import AUTO
 from cmvl.errors import ConfigError
-from cmvl.training.nonfinite import ACTIONS
+from cmvl.training.nonfinite import check_settings as check_nonfinite_settings
 
 PRECISIONS = (
     "64",
@@ -79,11 +79,7 @@ def validate_config(cfg: DictConfig, *, check_task: bool = True) -> None:
     if workers != AUTO and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 0):
         raise ConfigError(f"data.num_workers={workers}: must be an integer >= 0 or 'auto'")
     guard = cfg.get("nonfinite_loss") or {}
-    if guard.get("action", "stop") not in ACTIONS:
-        raise ConfigError(f"nonfinite_loss.action={guard.get('action')}: must be one of {', '.join(ACTIONS)}")
-    skips = guard.get("max_skips", 0)
-    if isinstance(skips, bool) or not isinstance(skips, int) or skips < 0:
-        raise ConfigError(f"nonfinite_loss.max_skips={skips}: must be an integer >= 0")
+    check_nonfinite_settings(guard.get("action", "stop"), guard.get("max_skips", 10))
     fraction = cfg.data.max_bad_fraction
     if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 <= fraction < 1:
         raise ConfigError(f"data.max_bad_fraction={fraction}: must be a number in [0, 1)")

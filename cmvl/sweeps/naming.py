@@ -15,6 +15,8 @@ import re
 
 from omegaconf import OmegaConf
 
+from cmvl.config.overrides import user_overrides
+
 SWEEP_ROOT = "multirun"
 JOB_NAME_EXCLUDED = ("resume", "hparams_search")  # overrides that never name a job (conf/train.yaml has them too)
 MAX_NAME = 100  # longer names keep their first characters and end in a hash of the whole name
@@ -36,7 +38,7 @@ def safe_dirname(text: str, *, max_length: int = MAX_NAME) -> str:
 def sweep_dir_for(overrides: list[str]) -> str:
     """The sweep directory of a command line: the same overrides (in any order) give the same directory,
     `multirun/<overrides as letters, digits and _>-<hash of the overrides>`."""
-    user = " ".join(sorted(o for o in overrides if not o.startswith(("hydra.", "hydra/", "+hydra"))))
+    user = " ".join(sorted(user_overrides(overrides)))
     slug = re.sub(r"[^A-Za-z0-9.]+", "_", user).strip("._")[:60] or "defaults"
     return f"{SWEEP_ROOT}/{slug}-{hashlib.sha1(user.encode()).hexdigest()[:8]}"
 

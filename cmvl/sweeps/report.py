@@ -29,7 +29,6 @@ class Job:
     summary: dict[str, Any]
     status: str  # done | unfinished (checkpoints, no summary: re-running resumes it) | failed
     sweeper: str  # the sweeper's class (Hydra's BasicSweeper for a grid, OptunaSweeper, ...)
-    sweeper: str  # the sweeper's class (Hydra's BasicSweeper for a grid, OptunaSweeper, ...)
 
     @property
     def params(self) -> dict[str, str]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING, Any
 
-from cmvl.errors import UserError
+from cmvl.errors import ConfigError, UserError
 
 if TYPE_CHECKING:  # config validation imports this module; torch is imported where a loss is checked
     import pytorch_lightning as pl
@@ -26,10 +26,17 @@ class NonFiniteLoss(UserError):
     exit_code = EXIT_NONFINITE
 
 
+def check_settings(action: str = "stop", max_skips: int = 10) -> None:
+    """`nonfinite_loss.*` as config validation and the guard both check it."""
+    if action not in ACTIONS:
+        raise ConfigError(f"nonfinite_loss.action={action}: must be one of {', '.join(ACTIONS)}")
+    if isinstance(max_skips, bool) or not isinstance(max_skips, int) or max_skips < 0:
+        raise ConfigError(f"nonfinite_loss.max_skips={max_skips}: must be an integer >= 0")
+
+
 class NonFiniteGuard:
     def __init__(self, *, action: str = "stop", max_skips: int = 10) -> None:
-        if action not in ACTIONS:
-            raise ValueError(f"nonfinite_loss.action={action}: must be one of {', '.join(ACTIONS)}")
+        check_settings(action, max_skips)
         self.action, self.max_skips = action, max_skips
         self.skipped = 0  # steps skipped so far in this run (kept in checkpoints, so a resume counts on)
 
@@ -42,7 +49,10 @@ class NonFiniteGuard:
         bad = (~torch.isfinite(losses)).nonzero().flatten().tolist()
         if not bad:
             return False
-        values = ", ".join(f"{losses[r].item()} on process {r}" for r in bad) if losses.numel() > 1 else losses[0]
+        if losses.numel() > 1:
+            values = ", ".join(f"{losses[r].item()} on process {r}" for r in bad)
+        else:
+            values = str(losses[0].item())
         where = f"step {module.global_step} (epoch {module.current_epoch}, batch {batch_idx})"
         if self.action == "skip" and self.skipped < self.max_skips:
             self.skipped += 1

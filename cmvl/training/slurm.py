@@ -67,5 +67,5 @@ def continuation_overrides(overrides: list[str]) -> list[str]:
 def forget_note() -> None:
     """The run finished: its continuation note (if any) is spent."""
     job = slurm_job_id()
-    if job and _note(job).is_file():
+    if job:
         _note(job).unlink(missing_ok=True)
