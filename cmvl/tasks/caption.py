@@ -14,12 +14,14 @@ from transformers import PreTrainedTokenizerFast
 from cmvl.errors import ConfigError
 from cmvl.metrics.caption import CaptionScores
 from cmvl.models.caption_decoder import CaptionDecoder
+from cmvl.models.pretrained_decoder import PretrainedLM
 from cmvl.models.tokens import Tokens
 from cmvl.models.vl_model import VisionLanguageModel
 from cmvl.tasks.base import SampleNote, SplitTargets, Task
 from cmvl.tasks.text_generation import TextFraming
 
 METEOR_CHOICES = ("eval", "always", "never")
+DECODERS = ("transformer", "pretrained")
 
 
 @dataclass
@@ -45,7 +47,8 @@ def one_row_per_image(table: pa.Table) -> pa.Table:
 class CaptionTask(Task):
     """Teacher-forced cross-entropy with label smoothing for training; greedy or beam-search decoding for
     validation and evaluation, scored with BLEU-1..4, ROUGE-L, CIDEr-D (and METEOR in `cmvl eval`, where Java is
-    available). The decoder cross-attends to the image's projected vision tokens; the tokenizer is the run's."""
+    available). The decoder (`transformer`: trained from scratch; `pretrained`: a Hugging Face causal LM) reads the
+    image's projected vision tokens; the tokenizer is the run's."""
 
     name = "caption"
     table_kind = "captions"
@@ -64,9 +67,18 @@ class CaptionTask(Task):
         meteor: str = "eval",
         text_max_length: int = 32,
         dropout: float = 0.0,
+        decoder: str = "transformer",
+        lm: str | None = None,
+        lm_conditioning: str = "cross_attention",
+        lm_pretrained: bool = True,
+        lm_freeze: str | int = "none",
     ) -> None:
         if meteor not in METEOR_CHOICES:
             raise ConfigError(f"task.meteor={meteor}: choose one of {', '.join(METEOR_CHOICES)}")
+        if decoder not in DECODERS:
+            raise ConfigError(f"task.decoder={decoder}: choose one of {', '.join(DECODERS)}")
+        self.decoder = decoder
+        self.lm = PretrainedLM(lm, lm_conditioning, pretrained=lm_pretrained, freeze=lm_freeze)
         self.layers, self.heads, self.max_length = layers, heads, max_length
         self.label_smoothing, self.beam_size, self.length_penalty = label_smoothing, beam_size, length_penalty
         self.meteor, self.dropout = meteor, dropout
@@ -75,6 +87,15 @@ class CaptionTask(Task):
 
     def bind_tokenizer(self, tokenizer: PreTrainedTokenizerFast) -> None:
         self.framing = TextFraming(tokenizer)
+        if self.decoder == "pretrained":
+            self.lm.bind_tokenizer(tokenizer)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"lm": self.lm.state_dict()} if self.decoder == "pretrained" else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "lm" in state:
+            self.lm.load_state_dict(state["lm"])
 
     def rows(self, table: pa.Table, *, train: bool) -> pa.Table:
         return table if train else one_row_per_image(table)
@@ -90,6 +111,8 @@ class CaptionTask(Task):
 
     def build_head(self, dim: int) -> nn.Module:
         assert self.framing is not None, "bind_tokenizer() first"
+        if self.decoder == "pretrained":
+            return self.lm.build_decoder(dim, vocab_size=len(self.framing.tokenizer))
         return CaptionDecoder(
             vocab_size=len(self.framing.tokenizer),
             dim=dim,

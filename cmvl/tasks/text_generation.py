@@ -6,8 +6,10 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedTokenizerFast
 
-from cmvl.models.caption_decoder import CaptionDecoder
+from cmvl.models.caption_decoder import TextDecoder
 from cmvl.models.tokens import Tokens
+
+IGNORE = -100  # label of positions the loss skips (padding)
 
 
 class TextFraming:
@@ -22,24 +24,32 @@ class TextFraming:
         probe = tokenizer("a")["input_ids"]
         self.framed = probe[0] == self.bos_id and probe[-1] == self.eos_id
 
-    def sequences(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """[BOS] text [EOS] padded with PAD, from tokenised texts (adding BOS/EOS where the tokenizer does not)."""
+    def sequences(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[BOS] text [EOS], right-padded with PAD (adding BOS/EOS where the tokenizer does not), and the mask of
+        real positions. Real positions are told by the mask, not by the ids: GPT-2 pads with its end-of-text token,
+        which is also its BOS and EOS."""
+        order = (attention_mask == 0).long().argsort(dim=1, stable=True)  # left-padded rows: real tokens first
+        input_ids, real = input_ids.gather(1, order), attention_mask.gather(1, order).bool()
         if self.framed:
-            return input_ids.masked_fill(attention_mask == 0, self.pad_id)
+            return input_ids.masked_fill(~real, self.pad_id), real
         batch, length = input_ids.shape
+        rows = torch.arange(batch, device=input_ids.device)
         sequences = torch.full((batch, length + 2), self.pad_id, dtype=input_ids.dtype, device=input_ids.device)
         sequences[:, 0] = self.bos_id
-        sequences[:, 1:-1] = input_ids.masked_fill(attention_mask == 0, self.pad_id)
-        sequences[torch.arange(batch, device=input_ids.device), attention_mask.sum(1) + 1] = self.eos_id
-        return sequences
+        sequences[:, 1:-1] = input_ids.masked_fill(~real, self.pad_id)
+        lengths = real.sum(1)
+        sequences[rows, lengths + 1] = self.eos_id
+        positions = torch.arange(length + 2, device=input_ids.device)
+        return sequences, positions[None, :] < (lengths + 2)[:, None]
 
     def teacher_forcing(
-        self, decoder: CaptionDecoder, memory: Tokens, input_ids: torch.Tensor, attention_mask: torch.Tensor
+        self, decoder: TextDecoder, memory: Tokens, input_ids: torch.Tensor, attention_mask: torch.Tensor
     ) -> dict[str, torch.Tensor]:
-        """Logits for every next token of the framed texts, and the tokens they should predict (PAD: ignore)."""
-        sequences = self.sequences(input_ids, attention_mask)[:, : decoder.max_positions]
-        inputs = sequences[:, :-1]
-        return {"logits": decoder(inputs, memory, padding=inputs == self.pad_id), "labels": sequences[:, 1:]}
+        """Logits for every next token of the framed texts, and the tokens they should predict (IGNORE: padding)."""
+        sequences, real = self.sequences(input_ids, attention_mask)
+        sequences, real = sequences[:, : decoder.max_positions], real[:, : decoder.max_positions]
+        logits = decoder(sequences[:, :-1], memory, padding=~real[:, :-1])
+        return {"logits": logits, "labels": sequences[:, 1:].masked_fill(~real[:, 1:], IGNORE)}
 
     def next_token_loss(self, outputs: dict[str, torch.Tensor], *, label_smoothing: float = 0.0) -> torch.Tensor:
         """Cross-entropy of `teacher_forcing`'s logits against its labels, padding ignored."""
@@ -47,12 +57,12 @@ class TextFraming:
         return F.cross_entropy(
             logits.reshape(-1, logits.shape[-1]),
             labels.reshape(-1),
-            ignore_index=self.pad_id,
+            ignore_index=IGNORE,
             label_smoothing=label_smoothing,
         )
 
     def generate(
-        self, decoder: CaptionDecoder, memory: Tokens, *, max_length: int, beam_size: int, length_penalty: float
+        self, decoder: TextDecoder, memory: Tokens, *, max_length: int, beam_size: int, length_penalty: float
     ) -> torch.Tensor:
         return decoder.generate(
             memory,
