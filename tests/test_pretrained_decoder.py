@@ -233,3 +233,18 @@ def test_caption_with_a_pretrained_lm_through_the_cli(tmp_path, tiny_world, gpt2
     wrong = cli_in_process("train", *world, "task=caption", "task.decoder=pretrained", cwd=tmp_path)
     assert wrong.returncode == 2 and "trained on the data" in wrong.stderr
     assert len(wrong.stderr.strip().splitlines()) == 1
+
+
+def test_pretrained_parts_train_with_their_dropout_on(tiny_world):
+    """`from_pretrained` returns a model in eval mode; the built model trains every module (dropout on)."""
+    from cmvl.config.compose import compose_config
+    from cmvl.training.build import build_datamodule, build_model
+
+    world = [o for o in TINY_WORLD if not o.startswith("task.")]
+    cfg = compose_config([*world, "task=caption", "text=minilm", "task.decoder=pretrained", "model.dim=32"])
+    datamodule = build_datamodule(cfg)
+    datamodule.prepare()
+    model = build_model(cfg, datamodule)
+    assert all(module.training for module in model.modules())
+    decoder = model.heads["caption"]
+    assert isinstance(decoder, PretrainedLMDecoder) and decoder.lm.config.hidden_dropout_prob > 0

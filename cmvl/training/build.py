@@ -97,7 +97,9 @@ def build_model(cfg: DictConfig, datamodule: VLDataModule) -> VisionLanguageMode
         if part not in task.uses:
             for module in modules:
                 module.requires_grad_(False)
-    return model
+    # Hugging Face `from_pretrained` returns its model in eval mode and Lightning keeps the modes it finds: without
+    # this, pretrained encoders and decoders would train with their dropout off.
+    return model.train()
 
 
 def build_lit_module(cfg: DictConfig, datamodule: VLDataModule) -> VLLitModule:
