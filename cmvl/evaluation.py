@@ -51,7 +51,7 @@ def evaluate_checkpoint(
     trainer.test(lit, dataloaders=list(loaders.values()), verbose=False)
     metrics = {}
     if lit.score_test:
-        metrics = {lit.task.metric_key(split, k): float(v) for k, v in lit.test_metric.compute().items()}
+        metrics = {lit.task.metric_key(split, k): float(v) for k, v in lit.test_values.items()}
     out = Path(out_dir) if out_dir else ckpt_path.parent
     predictions_files = {}
     for member in lit.task.members():

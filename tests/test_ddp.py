@@ -2,8 +2,8 @@
 from sys.argv, which the job points at a single run of its own configuration in its own directory (not the sweep).
 
 The run trains every task at once (multitask: VQA, captioning, grounding, retrieval, tagging), which covers heads
-that only some steps train, the contrastive loss over embeddings gathered from both ranks, and metrics gathered
-across ranks: equal to one process's."""
+that only some steps train, the contrastive loss over embeddings gathered from both ranks, retrieval's re-ranking
+(each rank re-ranks its share of the queries) and metrics gathered across ranks: equal to one process's."""
 
 import json
 
@@ -19,6 +19,8 @@ def test_two_process_cpu_ddp_train_as_a_sweep_job(tmp_path, cache_dir):
         *[a.replace("task.", "task.tasks.vqa.").replace("val:20", "val:21") for a in TINY_WORLD],
         *TINY_TRAINING,
         *ALL_TASKS,
+        "task.tasks.retrieval.itm=true",  # matching pairs on each rank; re-ranking split across ranks
+        "task.tasks.retrieval.rerank_k=6",
         "trainer=ddp",
         "trainer.accelerator=cpu",
         "trainer.max_epochs=1",

@@ -15,6 +15,7 @@ from cmvl.metrics.caption import CaptionScores, _fallback_tokenize, caption_scor
 from cmvl.metrics.grounding import GroundingAccuracy, paired_box_iou
 from cmvl.metrics.retrieval import RetrievalRecall, recall_ranks
 from cmvl.metrics.tagging import TaggingMetrics
+from cmvl.models.tokens import Tokens
 
 REFERENCES = {
     1: ["A red circle and a blue square.", "Two shapes on a gray background.", "A circle left of a square."],
@@ -113,6 +114,106 @@ def test_recall_at_k_equals_brute_force_with_five_captions_per_image():
         assert float(computed[f"t2i_r{k}"]) == pytest.approx(t2i_ref)
         assert float(computed[f"i2t_r{k}"]) == pytest.approx(i2t_ref)
     assert 0.05 < float(computed["t2i_r1"]) < 0.95
+
+
+def _random_split(seed: int = 0):
+    """40 images × 5 captions: embeddings near their image with noise, and `tokens` that carry each row's index
+    (image i's tokens are all i), so a test scorer can look pairs up."""
+    gen = torch.Generator().manual_seed(seed)
+    image_emb = torch.nn.functional.normalize(torch.randn(40, 8, generator=gen), dim=1)
+    text_image = torch.arange(40).repeat_interleave(5)
+    text_emb = torch.nn.functional.normalize(image_emb[text_image] + 1.2 * torch.randn(200, 8, generator=gen), dim=1)
+    image_tokens = Tokens(torch.arange(40.0).view(40, 1, 1).expand(40, 2, 1), torch.ones(40, 2, dtype=torch.bool))
+    text_tokens = Tokens(torch.arange(200.0).view(200, 1, 1).expand(200, 3, 1), torch.ones(200, 3, dtype=torch.bool))
+    return gen, image_emb, text_emb, text_image, image_tokens, text_tokens
+
+
+def _rerank_metric(rerank_k: int, seed: int = 0) -> tuple[RetrievalRecall, tuple]:
+    gen, image_emb, text_emb, text_image, image_tokens, text_tokens = data = _random_split(seed)
+    metric = RetrievalRecall(rerank_k=rerank_k, depth=10)
+    for chunk in torch.randperm(200, generator=gen).split(37):  # shuffled batches, images repeated
+        keys = text_image[chunk]
+        metric.update(
+            image_emb[keys],
+            keys,
+            keys + 1000,
+            text_emb[chunk],
+            chunk,
+            keys,
+            chunk + 5000,
+            Tokens(image_tokens.feats[keys], image_tokens.mask[keys]),
+            Tokens(text_tokens.feats[chunk], text_tokens.mask[chunk]),
+        )
+    return metric, data
+
+
+def _row(tokens: Tokens) -> torch.Tensor:
+    return tokens.feats[:, 0, 0].long()
+
+
+def test_reranked_recall_and_rankings_equal_brute_force():
+    """Each query's k most similar candidates re-ordered by a match score (ALBEF's protocol), against sorting
+    every query's candidates in Python."""
+    k = 7
+    metric, (gen, image_emb, text_emb, text_image, _, _) = _rerank_metric(k)
+    match = torch.randn(40, 200, generator=gen)  # any (image, caption) match score; right pairs a little higher
+    match[text_image, torch.arange(200)] += 1.5
+    metric.pair_scorer = lambda images, texts: match[_row(images), _row(texts)]
+    computed = metric.compute()
+
+    def reranked(similarity: torch.Tensor, score: torch.Tensor) -> list[int]:
+        order = similarity.argsort(descending=True).tolist()
+        return sorted(order[:k], key=lambda c: -float(score[c])) + order[k:]
+
+    text_lists = [reranked(text_emb[t] @ image_emb.T, match[:, t]) for t in range(200)]
+    image_lists = [reranked(image_emb[i] @ text_emb.T, match[i]) for i in range(40)]
+    t2i = torch.tensor([text_lists[t].index(int(text_image[t])) for t in range(200)])
+    i2t = torch.tensor([min(image_lists[i].index(t) for t in range(i * 5, i * 5 + 5)) for i in range(40)])
+    for r in (1, 5, 10):
+        assert float(computed[f"t2i_r{r}"]) == pytest.approx(float((t2i < r).float().mean()))
+        assert float(computed[f"i2t_r{r}"]) == pytest.approx(float((i2t < r).float().mean()))
+    plain, _ = _rerank_metric(0)
+    assert float(computed["itc_r_mean"]) == pytest.approx(float(plain.compute()["r_mean"]))
+    assert abs(float(computed["r_mean"]) - float(computed["itc_r_mean"])) > 0.01  # the re-ranking moved ranks
+    records = metric.predictions()
+    assert [r["image_ids"] for r in records["text_to_image"]] == [[1000 + i for i in lst[:10]] for lst in text_lists]
+    assert [r["caption_ids"] for r in records["image_to_text"]] == [[5000 + t for t in lst[:10]] for lst in image_lists]
+
+
+def test_reranking_by_the_embedding_similarity_itself_changes_nothing():
+    metric, (_, image_emb, text_emb, _, _, _) = _rerank_metric(12, seed=1)
+    metric.pair_scorer = lambda images, texts: (image_emb[_row(images)] * text_emb[_row(texts)]).sum(1)
+    computed = metric.compute()
+    plain, _ = _rerank_metric(0, seed=1)
+    expected = plain.compute()
+    assert {k: float(v) for k, v in computed.items() if k != "itc_r_mean"} == pytest.approx(
+        {k: float(v) for k, v in expected.items()}
+    )
+    assert metric.predictions() == plain.predictions()
+    unbound, _ = _rerank_metric(12, seed=1)
+    with pytest.raises(RuntimeError, match="re-ranking needs the matching model"):
+        unbound.compute()
+
+
+def test_hard_negatives_are_drawn_only_among_other_images():
+    from cmvl.tasks.retrieval import sample_negatives
+
+    torch.manual_seed(0)
+    similarity = torch.randn(6, 5) * 3
+    allowed = torch.rand(6, 5) < 0.5
+    allowed[2] = False  # a row with no negative at all
+    for _ in range(20):
+        drawn, has_any = sample_negatives(similarity, allowed)
+        assert has_any.tolist() == allowed.any(1).tolist()
+        assert allowed[has_any.nonzero().flatten(), drawn[has_any]].all()
+    # Harder negatives (more similar) are drawn more often.
+    counts = torch.bincount(
+        torch.stack(
+            [sample_negatives(similarity[:1], torch.ones(1, 5, dtype=torch.bool))[0] for _ in range(400)]
+        ).flatten(),
+        minlength=5,
+    )
+    assert int(counts.argmax()) == int(similarity[0].argmax())
 
 
 def test_tagging_metrics_equal_sklearn():

@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 
 from cmvl.metrics.caption import java_available
-from tests.conftest import FIXTURES, TINY_TRAINING, cli_in_process, run_cli
+from tests.conftest import FIXTURES, TINY_TRAINING, TINY_WORLD, cli_in_process, load_checkpoint_file, run_cli
 
 # task → (monitored metric, the keys of one predictions record)
 TASKS = {
@@ -82,3 +82,16 @@ def test_grounding_on_the_real_visual_genome_regions(tmp_path, cache_dir):
     image5 = [r for doc in regions for r in doc["regions"] if r["image_id"] == 5]
     assert 0 < len(predictions) <= len(image5)
     assert {p["region_id"] for p in predictions} <= {r["region_id"] for r in image5}
+
+
+def test_retrieval_with_image_text_matching_reranks_through_the_cli(tmp_path, tiny_world):
+    world = [o for o in TINY_WORLD if not o.startswith("task.")]
+    evaluation, header, rankings = _train_and_evaluate(
+        tmp_path, "retrieval", *world, *TINY_TRAINING, "task.itm=true", "task.rerank_k=5"
+    )
+    assert "val/retrieval/itc_r_mean" in header  # the embedding-only score, logged beside the re-ranked one
+    assert "val/retrieval/itc_r_mean" in evaluation["metrics"]
+    assert len(rankings["text_to_image"]) == 20 * 5 and len(rankings["image_to_text"]) == 20
+    assert all(len(r["image_ids"]) == 10 for r in rankings["text_to_image"])
+    state = load_checkpoint_file(tmp_path / "run" / "checkpoints" / "best.ckpt")["state_dict"]
+    assert "model.heads.retrieval.itm.weight" in state

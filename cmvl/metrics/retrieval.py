@@ -1,11 +1,22 @@
-"""`RetrievalRecall`: image→text and text→image Recall@K with many captions per image (the COCO/Flickr protocol)."""
+"""`RetrievalRecall`: image→text and text→image Recall@K with many captions per image (the COCO/Flickr protocol),
+optionally after re-ranking each query's top k with an image-text matching model."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
+import torch.distributed as dist
 from torchmetrics import Metric
 
+from cmvl.models.tokens import Tokens
+
 CHUNK = 4096  # rows of the similarity matrix scored at once (bounds memory: CHUNK × images floats)
+RERANK_QUERIES = 256  # queries re-ranked at once (their k candidates each are scored in one call)
+TOKEN_STATES = ("image_tokens", "image_token_mask", "text_tokens", "text_token_mask")
+
+# (image tokens, text tokens) of P pairs → P match scores (higher = a better match)
+PairScorer = Callable[[Tokens, Tokens], torch.Tensor]
 
 
 def _cat(state: list[torch.Tensor] | torch.Tensor) -> torch.Tensor:
@@ -20,16 +31,26 @@ class RetrievalRecall(Metric):
     - image→text: an image is a hit at K when *any* of its captions is among the K most similar captions.
     Ranks count the candidates scored strictly higher than the (best) positive. `r_mean` is the mean of the six
     recalls at 1/5/10 (the number retrieval papers select checkpoints on).
+
+    With `rerank_k` > 0 the metric also keeps every image's and caption's tokens, and `compute` needs a
+    `pair_scorer` (set by the task, which holds the model): each query's k most similar candidates are re-ordered by
+    the scorer's match scores (ALBEF's protocol); a positive outside them ranks after them, at its embedding rank or
+    k, whichever is later. The embedding-only mean is reported too, as `itc_r_mean`.
     """
 
     full_state_update = False
     higher_is_better = True
 
-    def __init__(self, ks: tuple[int, ...] = (1, 5, 10), **kwargs) -> None:
+    def __init__(self, ks: tuple[int, ...] = (1, 5, 10), *, rerank_k: int = 0, depth: int = 10, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.ks = tuple(ks)
+        self.ks, self.rerank_k, self.depth = tuple(ks), rerank_k, depth
         for name in ("image_emb", "image_key", "image_id", "text_emb", "text_key", "text_image_key", "caption_id"):
             self.add_state(name, [], dist_reduce_fx="cat")
+        if rerank_k:
+            for name in TOKEN_STATES:
+                self.add_state(name, [], dist_reduce_fx="cat")
+        self.pair_scorer: PairScorer | None = None  # set around `compute` by the task
+        self.reranked: dict[str, torch.Tensor] | None = None  # the last compute's re-ranked lists (depth per query)
 
     def update(
         self,
@@ -40,9 +61,12 @@ class RetrievalRecall(Metric):
         text_key: torch.Tensor,
         text_image_key: torch.Tensor,
         caption_id: torch.Tensor,
+        image_tokens: Tokens | None = None,
+        text_tokens: Tokens | None = None,
     ) -> None:
         """Images: U embeddings with their keys (unique per image in the split) and dataset ids; texts: B
-        embeddings with their keys (unique per caption), their image's key and their caption ids."""
+        embeddings with their keys (unique per caption), their image's key and their caption ids; with
+        re-ranking, the U images' and B texts' tokens (texts padded to one length for the whole split)."""
         self.image_emb.append(image_emb.detach().float())
         self.image_key.append(image_key.long())
         self.image_id.append(image_id.long())
@@ -50,6 +74,13 @@ class RetrievalRecall(Metric):
         self.text_key.append(text_key.long())
         self.text_image_key.append(text_image_key.long())
         self.caption_id.append(caption_id.long())
+        if self.rerank_k:
+            if image_tokens is None or text_tokens is None:
+                raise ValueError("a re-ranking retrieval metric needs the image and text tokens")
+            self.image_tokens.append(image_tokens.feats.detach())
+            self.image_token_mask.append(image_tokens.mask)
+            self.text_tokens.append(text_tokens.feats.detach())
+            self.text_token_mask.append(text_tokens.mask)
 
     def gathered(self) -> dict[str, torch.Tensor]:
         """The deduplicated split: image embeddings/ids, caption embeddings/ids, and each caption's image column."""
@@ -59,27 +90,57 @@ class RetrievalRecall(Metric):
         column = torch.searchsorted(image_key, text_image_key).clamp(max=len(image_key) - 1)
         if not torch.equal(image_key[column], text_image_key):
             raise ValueError("a caption's image was never seen by the metric")
-        return {
+        split = {
             "image_emb": _cat(self.image_emb)[image_order],
             "image_id": _cat(self.image_id)[image_order],
             "text_emb": _cat(self.text_emb)[text_order],
             "caption_id": _cat(self.caption_id)[text_order],
             "text_image": column,
         }
+        if self.rerank_k:
+            split["image_tokens"] = Tokens(
+                _cat(self.image_tokens)[image_order], _cat(self.image_token_mask)[image_order]
+            )
+            split["text_tokens"] = Tokens(_cat(self.text_tokens)[text_order], _cat(self.text_token_mask)[text_order])
+        return split
 
     @property
     def names(self) -> list[str]:
-        return [*(f"{d}_r{k}" for k in self.ks for d in ("i2t", "t2i")), "r_mean"]  # the keys of `compute`
+        names = [*(f"{d}_r{k}" for k in self.ks for d in ("i2t", "t2i")), "r_mean"]  # the keys of `compute`
+        return [*names, "itc_r_mean"] if self.rerank_k else names
 
     def compute(self) -> dict[str, torch.Tensor]:
         split = self.gathered()
         t2i, i2t = recall_ranks(split["image_emb"], split["text_emb"], split["text_image"])
+        if not self.rerank_k:
+            return self._recalls(t2i, i2t)
+        if self.pair_scorer is None:
+            raise RuntimeError("re-ranking needs the matching model: compute through the task (compute_metric)")
+        itc_mean = self._recalls(t2i, i2t)["r_mean"]
+        t2i, i2t, self.reranked = rerank(split, t2i, i2t, self.rerank_k, self.depth, self.pair_scorer)
+        return {**self._recalls(t2i, i2t), "itc_r_mean": itc_mean}
+
+    def _recalls(self, t2i: torch.Tensor, i2t: torch.Tensor) -> dict[str, torch.Tensor]:
         result = {}
         for k in self.ks:
             result[f"i2t_r{k}"] = (i2t < k).float().mean()
             result[f"t2i_r{k}"] = (t2i < k).float().mean()
         result["r_mean"] = torch.stack(list(result.values())).mean()
         return result
+
+    def reset(self) -> None:
+        super().reset()
+        self.reranked = None
+
+    def predictions(self) -> dict[str, list[dict]]:
+        """The `depth` best images for every caption and captions for every image (after re-ranking, if any: call
+        after `compute`), as result records."""
+        split = self.gathered()
+        if self.rerank_k:
+            if self.reranked is None:
+                raise RuntimeError("compute() first: the re-ranked lists come from it")
+            return ranking_records(split, self.reranked)
+        return ranking_records(split, top_k_lists(split, self.depth))
 
 
 def _first_occurrence(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -114,24 +175,130 @@ def recall_ranks(
 
 
 @torch.no_grad()
-def top_k_rankings(split: dict[str, torch.Tensor], k: int = 10) -> dict[str, list[dict]]:
-    """The `k` best images for every caption and the `k` best captions for every image, as result records."""
+def top_k_lists(split: dict[str, torch.Tensor], depth: int) -> dict[str, torch.Tensor]:
+    """The `depth` most similar images of every caption and captions of every image (indices into the split)."""
     text_emb, image_emb = split["text_emb"], split["image_emb"]
-    k_images, k_texts = min(k, image_emb.shape[0]), min(k, text_emb.shape[0])
-    best_images = torch.cat(
-        [(text_emb[s : s + CHUNK] @ image_emb.T).topk(k_images, dim=1).indices for s in range(0, len(text_emb), CHUNK)]
-    ).cpu()
-    best_texts = torch.cat(
-        [(image_emb[s : s + CHUNK] @ text_emb.T).topk(k_texts, dim=1).indices for s in range(0, len(image_emb), CHUNK)]
-    ).cpu()
+    k_images, k_texts = min(depth, image_emb.shape[0]), min(depth, text_emb.shape[0])
+    return {
+        "text_to_image": torch.cat(
+            [
+                (text_emb[s : s + CHUNK] @ image_emb.T).topk(k_images, dim=1).indices
+                for s in range(0, len(text_emb), CHUNK)
+            ]
+        ),
+        "image_to_text": torch.cat(
+            [
+                (image_emb[s : s + CHUNK] @ text_emb.T).topk(k_texts, dim=1).indices
+                for s in range(0, len(image_emb), CHUNK)
+            ]
+        ),
+    }
+
+
+def ranking_records(split: dict[str, torch.Tensor], lists: dict[str, torch.Tensor]) -> dict[str, list[dict]]:
     image_ids, caption_ids = split["image_id"].cpu(), split["caption_id"].cpu()
+    best_images, best_texts = lists["text_to_image"].cpu(), lists["image_to_text"].cpu()
     return {
         "text_to_image": [
             {"caption_id": int(caption_ids[t]), "image_ids": image_ids[best_images[t]].tolist()}
-            for t in range(len(text_emb))
+            for t in range(len(caption_ids))
         ],
         "image_to_text": [
             {"image_id": int(image_ids[i]), "caption_ids": caption_ids[best_texts[i]].tolist()}
-            for i in range(len(image_emb))
+            for i in range(len(image_ids))
         ],
     }
+
+
+@torch.no_grad()
+def rerank(
+    split: dict, t2i: torch.Tensor, i2t: torch.Tensor, k: int, depth: int, score: PairScorer
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """Ranks after re-ordering each query's k most similar candidates by `score`, and each query's `depth` best
+    candidates in that order. Under DDP each process re-ranks its share of the queries and the shares are gathered.
+    """
+    text_image = split["text_image"]
+    images, texts = split["image_tokens"], split["text_tokens"]
+
+    def pairs(image_rows: torch.Tensor, text_rows: torch.Tensor) -> torch.Tensor:
+        image_rows, text_rows = image_rows.reshape(-1), text_rows.reshape(-1)
+        image = Tokens(images.feats[image_rows], images.mask[image_rows])
+        text = Tokens(texts.feats[text_rows], texts.mask[text_rows])
+        return score(image, text).float()
+
+    def text_queries(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return _rerank_queries(
+            split["text_emb"][rows],
+            split["image_emb"],
+            t2i[rows],
+            k,
+            depth,
+            positive=lambda local, top: top == text_image[rows[local]][:, None],
+            score=lambda local, top: pairs(top, rows[local][:, None].expand_as(top)).view(top.shape),
+        )
+
+    def image_queries(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return _rerank_queries(
+            split["image_emb"][rows],
+            split["text_emb"],
+            i2t[rows],
+            k,
+            depth,
+            positive=lambda local, top: text_image[top] == rows[local][:, None],
+            score=lambda local, top: pairs(rows[local][:, None].expand_as(top), top).view(top.shape),
+        )
+
+    t2i, text_lists = _in_shares(text_queries, len(t2i), t2i.device)
+    i2t, image_lists = _in_shares(image_queries, len(i2t), i2t.device)
+    return t2i, i2t, {"text_to_image": text_lists, "image_to_text": image_lists}
+
+
+def _rerank_queries(
+    queries: torch.Tensor,
+    candidates: torch.Tensor,
+    embedding_rank: torch.Tensor,
+    k: int,
+    depth: int,
+    *,
+    positive: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rank of each query's best positive, its `depth` best candidates) for Q queries, `RERANK_QUERIES` at a
+    time. `positive(local, top)` / `score(local, top)` take the positions of some queries (into `queries`) and
+    their candidate indices Q'×k: which candidates are right, and their match scores."""
+    k = min(k, candidates.shape[0])
+    ranks = [embedding_rank[:0]]
+    lists = [torch.zeros(0, min(depth, candidates.shape[0]), dtype=torch.long, device=queries.device)]
+    for start in range(0, len(queries), RERANK_QUERIES):
+        part = slice(start, start + RERANK_QUERIES)
+        top = (queries[part] @ candidates.T).topk(min(max(k, depth), candidates.shape[0]), dim=1).indices
+        head = top[:, :k].clone()  # its own copy: `top` is re-ordered below
+        local = torch.arange(start, start + len(head), device=top.device)
+        matched = score(local, head)
+        top[:, :k] = head.gather(1, matched.argsort(dim=1, descending=True, stable=True))
+        lists.append(top[:, :depth])
+        is_positive = positive(local, head)
+        best = matched.masked_fill(~is_positive, -torch.inf).amax(dim=1)
+        in_head = (matched > best[:, None]).sum(1)
+        ranks.append(torch.where(is_positive.any(1), in_head, embedding_rank[part].clamp_min(k)))
+    return torch.cat(ranks), torch.cat(lists)
+
+
+def _in_shares(
+    run: Callable[[torch.Tensor], tuple[torch.Tensor, ...]], count: int, device: torch.device
+) -> tuple[torch.Tensor, ...]:
+    """`run(rows)` over rows 0..count-1: one contiguous share per DDP process, the results gathered in row order
+    (every process gets them all); in one process, all rows at once."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return run(torch.arange(count, device=device))
+    world, rank = dist.get_world_size(), dist.get_rank()
+    share = -(-count // world)
+    rows = torch.arange(rank * share, min(count, (rank + 1) * share), device=device)
+    results = []
+    for part in run(rows):
+        padded = part.new_zeros((share, *part.shape[1:]))
+        padded[: len(part)] = part
+        gathered = [torch.empty_like(padded) for _ in range(world)]
+        dist.all_gather(gathered, padded)
+        results.append(torch.cat(gathered)[:count])
+    return tuple(results)

@@ -120,6 +120,12 @@ class Task(ABC):
         is checked against them before its first job runs."""
         return [self.metric_key("val", name) for name in self.make_metric().names]
 
+    def compute_metric(self, metric: Metric, model: VisionLanguageModel) -> dict[str, torch.Tensor]:
+        """The metric's values over everything it was updated with (default: `metric.compute()`; retrieval with
+        re-ranking scores candidate pairs with the model)."""
+        del model
+        return metric.compute()
+
     def make_eval_metric(self) -> Metric:
         """The metric of `cmvl eval` (default: the validation metric; captioning adds METEOR)."""
         return self.make_metric()

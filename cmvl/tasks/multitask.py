@@ -17,7 +17,8 @@ SAMPLING_RULES = ("proportional", "round_robin", "weighted")
 
 
 class TaskMetrics(nn.Module):
-    """One metric per task; `compute` gives `<task>/<metric>` keys, so they are logged as `val/<task>/<metric>`."""
+    """One metric per task; `MultiTask.compute_metric` gives `<task>/<metric>` keys, logged as
+    `val/<task>/<metric>`."""
 
     def __init__(self, metrics: dict[str, nn.Module]) -> None:
         super().__init__()
@@ -26,13 +27,6 @@ class TaskMetrics(nn.Module):
     @property
     def names(self) -> list[str]:
         return [f"{name}/{key}" for name, metric in self.metrics.items() for key in metric.names]
-
-    def compute(self) -> dict[str, torch.Tensor]:
-        values = {}
-        for name, metric in self.metrics.items():
-            if metric.update_count:  # a task with no validation batches in this round has nothing to report
-                values.update({f"{name}/{k}": v for k, v in metric.compute().items()})
-        return values
 
     def reset(self) -> None:
         for metric in self.metrics.values():
@@ -133,6 +127,14 @@ class MultiTask(Task):
 
     def make_eval_metric(self) -> TaskMetrics:
         return TaskMetrics({name: task.make_eval_metric() for name, task in self.tasks.items()})
+
+    def compute_metric(self, metric: TaskMetrics, model: VisionLanguageModel) -> dict[str, torch.Tensor]:
+        values = {}
+        for name, task in self.tasks.items():
+            member = metric.metrics[name]
+            if member.update_count:  # a task with no validation batches in this round has nothing to report
+                values.update({f"{name}/{k}": v for k, v in task.compute_metric(member, model).items()})
+        return values
 
     def member_metric(self, metric: TaskMetrics, name: str) -> nn.Module:
         return metric.metrics[name]

@@ -13,7 +13,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from cmvl.metrics.retrieval import RetrievalRecall, top_k_rankings
+from cmvl.errors import ConfigError
+from cmvl.metrics.retrieval import RetrievalRecall
+from cmvl.models.tokens import Tokens
 from cmvl.models.vl_model import VisionLanguageModel
 from cmvl.tasks.base import SampleNote, SplitTargets, Task
 
@@ -30,14 +32,31 @@ class RetrievalTargets(SplitTargets):
 
 
 class DualEncoderHead(nn.Module):
-    """Projections of the pooled image and text tokens into a shared space, and the learnable temperature."""
+    """Projections of the pooled image and text tokens into a shared space, the learnable temperature, and with
+    `itm` an image-text matching logit on the fusion's pooled vector."""
 
-    def __init__(self, dim: int, embed_dim: int, temperature: float, learn_temperature: bool) -> None:
+    def __init__(self, dim: int, embed_dim: int, temperature: float, learn_temperature: bool, itm: bool) -> None:
         super().__init__()
         self.image_proj = nn.Linear(dim, embed_dim)
         self.text_proj = nn.Linear(dim, embed_dim)
         # CLIP's parametrisation: logit scale = exp(θ), θ learnt, capped at 100.
         self.log_scale = nn.Parameter(torch.tensor(math.log(1 / temperature)), requires_grad=learn_temperature)
+        self.itm = nn.Linear(dim, 1) if itm else None
+
+
+def match_logits(model: VisionLanguageModel, head: DualEncoderHead, images: Tokens, texts: Tokens) -> torch.Tensor:
+    """The matching logit of each (image, text) pair: the fusion reads both token sequences."""
+    return head.itm(model.fusion(images, texts).pooled).squeeze(-1)
+
+
+def sample_negatives(similarity: torch.Tensor, allowed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One negative column per row, drawn with probability softmax(similarity) over the allowed columns (hard but
+    not always the hardest: the most similar "negative" is often a true match the annotations do not list), and
+    whether the row had any allowed column."""
+    has_any = allowed.any(dim=1)
+    logits = similarity.float().masked_fill(~allowed, -torch.inf)
+    logits[~has_any] = 0.0  # rows without a negative draw anything; their pairs are dropped
+    return torch.multinomial(logits.softmax(dim=1), 1).squeeze(1), has_any
 
 
 def gather_rows(x: torch.Tensor, *, differentiable: bool) -> torch.Tensor:
@@ -64,19 +83,37 @@ def multi_positive_nce(logits: torch.Tensor, positive: torch.Tensor) -> torch.Te
 class RetrievalTask(Task):
     """Contrastive dual encoder (CLIP/ALIGN-style): pooled vision tokens and pooled text tokens, each projected and
     L2-normalised; symmetric InfoNCE with a learnable temperature over the batch gathered from all DDP ranks.
-    The fusion module is not used. Evaluation embeds each image and caption once and ranks with one product."""
+    Evaluation embeds each image and caption once and ranks with one product.
+
+    With `itm`, the fusion module also learns image-text matching (ALBEF): every caption with its image, with a
+    hard negative image and with a hard negative caption drawn from the batch by similarity; binary cross-entropy,
+    weighted `itm_weight`. Evaluation then re-orders each query's `rerank_k` most similar candidates by the
+    matching logit (each image's and caption's tokens are kept once, the pairs run through the fusion)."""
 
     name = "retrieval"
     table_kind = "captions"
     monitor_key = "r_mean"
-    uses = frozenset({"vision", "text"})
     group_rows_by_image = False  # one caption per image per batch: the other images are the negatives
 
     def __init__(
-        self, *, embed_dim: int = 128, temperature: float = 0.07, learn_temperature: bool = True, top_k: int = 10
+        self,
+        *,
+        embed_dim: int = 128,
+        temperature: float = 0.07,
+        learn_temperature: bool = True,
+        top_k: int = 10,
+        itm: bool = False,
+        itm_weight: float = 1.0,
+        rerank_k: int = 16,
+        text_max_length: int = 32,
     ) -> None:
         self.embed_dim, self.temperature, self.learn_temperature = embed_dim, temperature, learn_temperature
-        self.top_k = top_k
+        self.top_k, self.itm, self.itm_weight = top_k, itm, itm_weight
+        if itm and (rerank_k < 0 or itm_weight <= 0):
+            raise ConfigError(f"task.rerank_k={rerank_k}, task.itm_weight={itm_weight}: need k >= 0 and a weight > 0")
+        self.rerank_k = rerank_k if itm else 0
+        self.text_max_length = text_max_length  # texts' tokens are kept padded to this length for re-ranking
+        self.uses = frozenset({"vision", "text", "fusion"} if itm else {"vision", "text"})
 
     def texts(self, table: pa.Table) -> list[str]:
         return table.column("caption").to_pylist()
@@ -88,19 +125,74 @@ class RetrievalTask(Task):
         )
 
     def build_head(self, dim: int) -> nn.Module:
-        return DualEncoderHead(dim, self.embed_dim, self.temperature, self.learn_temperature)
+        return DualEncoderHead(dim, self.embed_dim, self.temperature, self.learn_temperature, self.itm)
 
-    def forward(self, model: VisionLanguageModel, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    def _embed(
+        self, model: VisionLanguageModel, batch: dict[str, Any]
+    ) -> tuple[dict[str, torch.Tensor], Tokens, Tokens]:
         head: DualEncoderHead = model.heads[self.name]
-        images = model.encode_images(batch["images"]).pooled_mean()
-        texts = model.encode_texts(batch["input_ids"], batch["attention_mask"]).pooled_mean()
-        return {
-            "image_emb": F.normalize(head.image_proj(images).float(), dim=-1),  # U distinct images
-            "text_emb": F.normalize(head.text_proj(texts).float(), dim=-1),  # B captions
+        images = model.encode_images(batch["images"])
+        texts = model.encode_texts(batch["input_ids"], batch["attention_mask"])
+        outputs = {
+            "image_emb": F.normalize(head.image_proj(images.pooled_mean()).float(), dim=-1),  # U distinct images
+            "text_emb": F.normalize(head.text_proj(texts.pooled_mean()).float(), dim=-1),  # B captions
             "logit_scale": head.log_scale.exp().clamp(max=100.0),
         }
+        return outputs, images, texts
+
+    def forward(self, model: VisionLanguageModel, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        outputs, images, texts = self._embed(model, batch)
+        if self.itm:
+            outputs.update(self._matching_pairs(model, outputs, images, texts, batch))
+        return outputs
+
+    def eval_forward(self, model: VisionLanguageModel, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        outputs, images, texts = self._embed(model, batch)
+        if self.rerank_k:  # kept by the metric for re-ranking; texts padded to one length for the whole split
+            pad = self.text_max_length - texts.feats.shape[1]
+            outputs["image_tokens"] = images
+            outputs["text_tokens"] = Tokens(F.pad(texts.feats, (0, 0, 0, pad)), F.pad(texts.mask, (0, pad)))
+        return outputs
+
+    def _matching_pairs(
+        self,
+        model: VisionLanguageModel,
+        outputs: dict[str, torch.Tensor],
+        images: Tokens,
+        texts: Tokens,
+        batch: dict[str, Any],
+    ) -> dict[str, torch.Tensor]:
+        """Matching logits and labels of each caption with its image (1), a negative image (0) and of its image
+        with a negative caption (0), negatives drawn from this process's batch."""
+        row_image, keys = batch["image_index"], batch["image_key"]
+        captions = torch.arange(len(row_image), device=row_image.device)
+        with torch.no_grad():
+            row_keys = keys[row_image]
+            image_emb, text_emb = outputs["image_emb"], outputs["text_emb"]
+            negative_image, has_image = sample_negatives(text_emb @ image_emb.T, row_keys[:, None] != keys[None, :])
+            negative_text, has_text = sample_negatives(
+                image_emb[row_image] @ text_emb.T, row_keys[:, None] != row_keys[None, :]
+            )
+        image_rows = torch.cat([row_image, negative_image[has_image], row_image[has_text]])
+        text_rows = torch.cat([captions, captions[has_image], negative_text[has_text]])
+        labels = torch.zeros(len(image_rows), device=image_rows.device)
+        labels[: len(captions)] = 1.0
+        logits = match_logits(
+            model,
+            model.heads[self.name],
+            Tokens(images.feats[image_rows], images.mask[image_rows]),
+            Tokens(texts.feats[text_rows], texts.mask[text_rows]),
+        )
+        return {"itm_logits": logits.float(), "itm_labels": labels}
 
     def loss(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> torch.Tensor:
+        contrastive = self._contrastive_loss(outputs, batch)
+        if not self.itm:
+            return contrastive
+        matching = F.binary_cross_entropy_with_logits(outputs["itm_logits"], outputs["itm_labels"])
+        return contrastive + self.itm_weight * matching
+
+    def _contrastive_loss(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> torch.Tensor:
         # Image of each caption row (B×E, same size on every rank, so it can be gathered); the keys say which rows
         # show the same image, on any rank.
         image_rows = gather_rows(outputs["image_emb"][batch["image_index"]], differentiable=True)
@@ -111,7 +203,17 @@ class RetrievalTask(Task):
         return (multi_positive_nce(logits, positive) + multi_positive_nce(logits.T, positive.T)) / 2
 
     def make_metric(self) -> RetrievalRecall:
-        return RetrievalRecall()
+        return RetrievalRecall(rerank_k=self.rerank_k, depth=self.top_k)
+
+    def compute_metric(self, metric: RetrievalRecall, model: VisionLanguageModel) -> dict[str, torch.Tensor]:
+        if not self.rerank_k:
+            return metric.compute()
+        head = model.heads[self.name]
+        metric.pair_scorer = lambda images, texts: _batched_match_logits(model, head, images, texts)
+        try:
+            return metric.compute()
+        finally:
+            metric.pair_scorer = None  # the metric keeps no reference to the model
 
     def update_metric(self, metric: RetrievalRecall, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> None:
         image_index, image_key = batch["image_index"], batch["image_key"]
@@ -124,6 +226,8 @@ class RetrievalTask(Task):
             batch["index"],
             image_key[image_index],
             batch["caption_id"],
+            outputs.get("image_tokens"),
+            outputs.get("text_tokens"),
         )
 
     def sample_notes(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any], count: int) -> list[SampleNote]:
@@ -142,4 +246,21 @@ class RetrievalTask(Task):
         return []  # rankings need the whole split: see final_predictions
 
     def final_predictions(self, metric: RetrievalRecall) -> dict[str, list[dict[str, Any]]]:
-        return top_k_rankings(metric.gathered(), self.top_k)
+        return metric.predictions()
+
+
+MATCH_PAIRS = 1024  # image-text pairs run through the fusion at once when re-ranking
+
+
+@torch.no_grad()
+def _batched_match_logits(
+    model: VisionLanguageModel, head: DualEncoderHead, images: Tokens, texts: Tokens
+) -> torch.Tensor:
+    parts = []
+    for start in range(0, images.feats.shape[0], MATCH_PAIRS):
+        part = slice(start, start + MATCH_PAIRS)
+        text = Tokens(texts.feats[part], texts.mask[part])
+        real = text.mask.any(dim=0)  # the split-wide padding trimmed to these texts' longest
+        text = Tokens(text.feats[:, real], text.mask[:, real])
+        parts.append(match_logits(model, head, Tokens(images.feats[part], images.mask[part]), text))
+    return torch.cat(parts)

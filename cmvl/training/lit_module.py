@@ -39,6 +39,7 @@ class VLLitModule(pl.LightningModule):
         self.test_metric = task.make_eval_metric()
         self.test_predictions: dict[str, list[dict[str, Any]]] = {}  # task name → per-batch prediction records
         self.score_test = True  # evaluation of a split without annotations only predicts
+        self.test_values: dict[str, torch.Tensor] = {}  # the test metric's values, after `trainer.test`
         self.val_history: list[dict[str, float]] = []
 
     @property
@@ -81,8 +82,14 @@ class VLLitModule(pl.LightningModule):
         self.task.update_metric(self.val_metric, outputs, batch)
         return outputs  # seen by callbacks (sample pictures), not kept by Lightning
 
+    def _compute(self, metric: Any) -> dict[str, torch.Tensor]:
+        """The task's metric values; in the precision context of the evaluation steps, since computing may run the
+        model (retrieval's re-ranking)."""
+        with self.trainer.precision_plugin.forward_context():
+            return self.task.compute_metric(metric, self.model)
+
     def on_validation_epoch_end(self) -> None:
-        values = {self.task.metric_key("val", k): v for k, v in self.val_metric.compute().items()}
+        values = {self.task.metric_key("val", k): v for k, v in self._compute(self.val_metric).items()}
         self.val_metric.reset()
         self.log_dict(values, prog_bar=False)
         if not self.trainer.sanity_checking:
@@ -95,6 +102,10 @@ class VLLitModule(pl.LightningModule):
         if self.score_test:
             self.task.update_metric(self.test_metric, outputs, batch)
         self.test_predictions.setdefault(batch["task"], []).extend(self.task.predictions(outputs, batch))
+
+    def on_test_epoch_end(self) -> None:
+        if self.score_test:
+            self.test_values = self._compute(self.test_metric)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         if self.skipping_step:  # parameters without a gradient: no update, no weight decay, no optimizer state change
