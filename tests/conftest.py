@@ -25,6 +25,8 @@ TINY_WORLD = [
     "task.min_answer_count=1",
     "data.num_workers=0",
 ]
+# The same world for a task other than VQA (the one task key above is VQA's).
+TINY_WORLD_ANY_TASK = [o for o in TINY_WORLD if not o.startswith("task.")]
 
 # A few steps of a small model: enough to train, checkpoint and evaluate through the CLI in seconds.
 TINY_TRAINING = [

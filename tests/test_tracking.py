@@ -3,7 +3,7 @@
 from PIL import Image
 
 from cmvl.training.samples import CELL, COLUMNS
-from tests.conftest import TINY_TRAINING, TINY_WORLD, run_cli
+from tests.conftest import TINY_TRAINING, TINY_WORLD_ANY_TASK, run_cli
 
 
 def _image_size(path) -> tuple[int, int]:
@@ -16,10 +16,9 @@ def _image_size(path) -> tuple[int, int]:
 
 def test_all_loggers_pictures_and_curves(tmp_path, cache_dir):
     run_dir = tmp_path / "run"
-    world = [a for a in TINY_WORLD if not a.startswith("task.")]
     result = run_cli(
-        "train", "task=grounding", *world, *TINY_TRAINING, "logger=[csv,tensorboard,wandb]", "samples.count=6",
-        f"hydra.run.dir={run_dir}", cwd=tmp_path, env_extra={"WANDB_MODE": "offline"},
+        "train", "task=grounding", *TINY_WORLD_ANY_TASK, *TINY_TRAINING, "logger=[csv,tensorboard,wandb]",
+        "samples.count=6", f"hydra.run.dir={run_dir}", cwd=tmp_path, env_extra={"WANDB_MODE": "offline"},
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
 

@@ -174,24 +174,20 @@ def recall_ranks(
     return t2i, i2t
 
 
+def _most_similar(queries: torch.Tensor, candidates: torch.Tensor, depth: int) -> torch.Tensor:
+    """The `depth` (at most all) candidates most similar to each query, best first, CHUNK queries at a time."""
+    depth = min(depth, candidates.shape[0])
+    return torch.cat(
+        [(queries[s : s + CHUNK] @ candidates.T).topk(depth, dim=1).indices for s in range(0, len(queries), CHUNK)]
+    )
+
+
 @torch.no_grad()
 def top_k_lists(split: dict[str, torch.Tensor], depth: int) -> dict[str, torch.Tensor]:
     """The `depth` most similar images of every caption and captions of every image (indices into the split)."""
-    text_emb, image_emb = split["text_emb"], split["image_emb"]
-    k_images, k_texts = min(depth, image_emb.shape[0]), min(depth, text_emb.shape[0])
     return {
-        "text_to_image": torch.cat(
-            [
-                (text_emb[s : s + CHUNK] @ image_emb.T).topk(k_images, dim=1).indices
-                for s in range(0, len(text_emb), CHUNK)
-            ]
-        ),
-        "image_to_text": torch.cat(
-            [
-                (image_emb[s : s + CHUNK] @ text_emb.T).topk(k_texts, dim=1).indices
-                for s in range(0, len(image_emb), CHUNK)
-            ]
-        ),
+        "text_to_image": _most_similar(split["text_emb"], split["image_emb"], depth),
+        "image_to_text": _most_similar(split["image_emb"], split["text_emb"], depth),
     }
 
 
@@ -218,35 +214,21 @@ def rerank(
     candidates in that order. Under DDP each process re-ranks its share of the queries and the shares are gathered.
     """
     text_image = split["text_image"]
+    each_image = torch.arange(len(split["image_emb"]), device=text_image.device)  # an image row's image is itself
     images, texts = split["image_tokens"], split["text_tokens"]
 
     def pairs(image_rows: torch.Tensor, text_rows: torch.Tensor) -> torch.Tensor:
-        image_rows, text_rows = image_rows.reshape(-1), text_rows.reshape(-1)
-        image = Tokens(images.feats[image_rows], images.mask[image_rows])
-        text = Tokens(texts.feats[text_rows], texts.mask[text_rows])
-        return score(image, text).float()
+        image = Tokens(images.feats[image_rows.reshape(-1)], images.mask[image_rows.reshape(-1)])
+        text = Tokens(texts.feats[text_rows.reshape(-1)], texts.mask[text_rows.reshape(-1)])
+        return score(image, text).float().view(image_rows.shape)
 
     def text_queries(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return _rerank_queries(
-            split["text_emb"][rows],
-            split["image_emb"],
-            t2i[rows],
-            k,
-            depth,
-            positive=lambda local, top: top == text_image[rows[local]][:, None],
-            score=lambda local, top: pairs(top, rows[local][:, None].expand_as(top)).view(top.shape),
-        )
+        side = (split["text_emb"], split["image_emb"], t2i, text_image, each_image)
+        return _rerank_queries(rows, *side, k, depth, lambda query, candidate: pairs(candidate, query))
 
     def image_queries(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return _rerank_queries(
-            split["image_emb"][rows],
-            split["text_emb"],
-            i2t[rows],
-            k,
-            depth,
-            positive=lambda local, top: text_image[top] == rows[local][:, None],
-            score=lambda local, top: pairs(rows[local][:, None].expand_as(top), top).view(top.shape),
-        )
+        side = (split["image_emb"], split["text_emb"], i2t, each_image, text_image)
+        return _rerank_queries(rows, *side, k, depth, pairs)
 
     t2i, text_lists = _in_shares(text_queries, len(t2i), t2i.device)
     i2t, image_lists = _in_shares(image_queries, len(i2t), i2t.device)
@@ -254,33 +236,34 @@ def rerank(
 
 
 def _rerank_queries(
-    queries: torch.Tensor,
-    candidates: torch.Tensor,
+    rows: torch.Tensor,
+    query_emb: torch.Tensor,
+    candidate_emb: torch.Tensor,
     embedding_rank: torch.Tensor,
+    query_image: torch.Tensor,
+    candidate_image: torch.Tensor,
     k: int,
     depth: int,
-    *,
-    positive: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(rank of each query's best positive, its `depth` best candidates) for Q queries, `RERANK_QUERIES` at a
-    time. `positive(local, top)` / `score(local, top)` take the positions of some queries (into `queries`) and
-    their candidate indices Q'×k: which candidates are right, and their match scores."""
-    k = min(k, candidates.shape[0])
+    """(rank of each query's best positive, its `depth` best candidates) for the queries `rows`, `RERANK_QUERIES`
+    at a time. A candidate is right when its image (`candidate_image`) is the query's (`query_image`);
+    `score(query rows, candidate rows)`, both Q'×k, gives the pairs' match scores."""
+    count = candidate_emb.shape[0]
+    k = min(k, count)
     ranks = [embedding_rank[:0]]
-    lists = [torch.zeros(0, min(depth, candidates.shape[0]), dtype=torch.long, device=queries.device)]
-    for start in range(0, len(queries), RERANK_QUERIES):
-        part = slice(start, start + RERANK_QUERIES)
-        top = (queries[part] @ candidates.T).topk(min(max(k, depth), candidates.shape[0]), dim=1).indices
+    lists = [torch.zeros(0, min(depth, count), dtype=torch.long, device=query_emb.device)]
+    for start in range(0, len(rows), RERANK_QUERIES):
+        query = rows[start : start + RERANK_QUERIES]
+        top = (query_emb[query] @ candidate_emb.T).topk(min(max(k, depth), count), dim=1).indices
         head = top[:, :k].clone()  # its own copy: `top` is re-ordered below
-        local = torch.arange(start, start + len(head), device=top.device)
-        matched = score(local, head)
+        matched = score(query[:, None].expand_as(head), head)
         top[:, :k] = head.gather(1, matched.argsort(dim=1, descending=True, stable=True))
         lists.append(top[:, :depth])
-        is_positive = positive(local, head)
+        is_positive = candidate_image[head] == query_image[query][:, None]
         best = matched.masked_fill(~is_positive, -torch.inf).amax(dim=1)
         in_head = (matched > best[:, None]).sum(1)
-        ranks.append(torch.where(is_positive.any(1), in_head, embedding_rank[part].clamp_min(k)))
+        ranks.append(torch.where(is_positive.any(1), in_head, embedding_rank[query].clamp_min(k)))
     return torch.cat(ranks), torch.cat(lists)
 
 

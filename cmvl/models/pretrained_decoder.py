@@ -116,24 +116,26 @@ class PretrainedLMDecoder(TextDecoder):
         return self.max_positions - prefix - 1
 
     def step(self, sequences: torch.Tensor, memory: Tokens, state: Any) -> tuple[torch.Tensor, Any]:
-        """The first step reads the whole prefix; later ones only the newest token, with the cache (`state`)."""
+        """The first step reads the whole prefix; later ones only the newest token, with the LM's cache. The state
+        is (cache, the projected memory the cross-attention reads: projected once per decoding)."""
         if state is None:
-            out = self.lm(**self._inputs(sequences, memory, None), use_cache=True)
-            return self._logits(out.logits, 1)[:, -1], out.past_key_values
+            inputs = self._inputs(sequences, memory, None)
+            out = self.lm(**inputs, use_cache=True)
+            return self._logits(out.logits, 1)[:, -1], (out.past_key_values, inputs.get("encoder_hidden_states"))
+        cache, visual = state
         newest = sequences[:, -1:]
-        if self.conditioning == "cross_attention":  # the LM reads the memory again; its keys/values are cached
-            inputs = self._inputs(newest, memory, None)
-            del inputs["attention_mask"]  # no padding while decoding; the LM's own mask spans the cache
+        if self.conditioning == "cross_attention":  # its keys/values are cached; the LM still takes the memory
+            inputs = {"encoder_hidden_states": visual, "encoder_attention_mask": memory.mask.long()}
         else:  # the mask spans the vision prefix, the cached tokens and the new one
-            mask = torch.cat([memory.mask.long(), torch.ones_like(sequences)], dim=1)
-            inputs = {"input_ids": newest, "attention_mask": mask}
-        out = self.lm(**inputs, past_key_values=state, use_cache=True)
-        return self._logits(out.logits, 1)[:, -1], out.past_key_values
+            inputs = {"attention_mask": torch.cat([memory.mask.long(), torch.ones_like(sequences)], dim=1)}
+        out = self.lm(input_ids=newest, **inputs, past_key_values=cache, use_cache=True)
+        return self._logits(out.logits, 1)[:, -1], (out.past_key_values, visual)
 
     def reorder(self, state: Any, source: torch.Tensor) -> Any:
         # Beams only move within their image's group, whose memory rows are equal: only the cache moves.
-        state.reorder_cache(source)
-        return state
+        cache, visual = state
+        cache.reorder_cache(source)
+        return cache, visual
 
 
 class PretrainedLM:
