@@ -100,3 +100,16 @@ def same_training_state(a: dict, b: dict) -> bool:
     weights = all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
     sa, sb = a["optimizer_states"][0]["state"], b["optimizer_states"][0]["state"]
     return weights and all(torch.equal(sa[p][k], sb[p][k]) for p in sa for k in sa[p])
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *needles: str, exit_code: int = 2) -> str:
+    """The command failed as a user mistake must: exit `exit_code`, exactly one `cmvl: error:` line on stderr, no
+    traceback anywhere; the line contains each of `needles`. Returns the line."""
+    output = result.stdout + result.stderr
+    assert "Traceback" not in output, output[-3000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("cmvl: error:")]
+    assert len(lines) == 1, result.stderr[-3000:]
+    assert result.returncode == exit_code, (result.returncode, result.stderr[-3000:])
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
