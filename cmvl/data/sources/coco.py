@@ -8,13 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from cmvl.data.jsonfile import load_json, require_keys
+from cmvl.data.jsonfile import load_json, optional, records, require_unique, required
 from cmvl.data.sources.base import OBJECTS_SCHEMA, FolderSource
 from cmvl.data.table_cache import cached_table
 from cmvl.errors import ConfigError, DataError
 
-READER_VERSION = 1  # bump when the tables built here change, so cached tables are rebuilt
+READER_VERSION = 2  # bump when the tables built here change, so cached tables are rebuilt
 SPLIT_SCHEMES = ("official", "karpathy")
 
 CAPTIONS_SCHEMA = pa.schema(
@@ -27,21 +28,62 @@ CAPTIONS_SCHEMA = pa.schema(
 )
 
 
+IMAGE = pa.struct([required("id", pa.int64()), required("file_name", pa.string())])
+SIZED_IMAGE = pa.struct([*IMAGE, required("width", pa.int32()), required("height", pa.int32())])
+CAPTION = pa.struct([required("image_id", pa.int64()), required("id", pa.int64()), required("caption", pa.string())])
+CAPTIONS_FILE = pa.struct([required("images", pa.list_(IMAGE)), required("annotations", pa.list_(CAPTION))])
+OBJECT = pa.struct(
+    [
+        required("image_id", pa.int64()),
+        required("category_id", pa.int64()),
+        required("bbox", pa.list_(pa.float64(), 4)),
+        optional("iscrowd", pa.int64()),
+    ]
+)
+CATEGORY = pa.struct([required("id", pa.int64()), required("name", pa.string())])
+INSTANCES_FILE = pa.struct(
+    [
+        required("images", pa.list_(SIZED_IMAGE)),
+        required("annotations", pa.list_(OBJECT)),
+        required("categories", pa.list_(CATEGORY)),
+    ]
+)
+KARPATHY_IMAGE = pa.struct(
+    [
+        required("filepath", pa.string()),
+        required("filename", pa.string()),
+        required("cocoid", pa.int64()),
+        required("split", pa.string()),
+        required("sentences", pa.list_(pa.struct([required("raw", pa.string()), optional("sentid", pa.int64())]))),
+    ]
+)
+KARPATHY_FILE = pa.struct([required("images", pa.list_(KARPATHY_IMAGE))])
+
+
+def _image_files(images: list[dict], *, path: Path, image_folder: str) -> dict[int, str]:
+    """Image id → file under the image root; ids must be unique (annotations are joined to images by id)."""
+    require_unique(np.array([im["id"] for im in images], dtype=np.int64), path=path, key="image id")
+    return {im["id"]: f"{image_folder}/{im['file_name']}" for im in images}
+
+
 def read_coco_captions(captions_file: Path, *, image_folder: str) -> pa.Table:
     """One row per caption; `image_folder` is the image subfolder of this subtype (e.g. ``val2017``)."""
-    doc = load_json(captions_file, what="COCO captions file")
-    require_keys(doc, ["images", "annotations"], path=captions_file, where="the top level")
-    files = {int(im["id"]): f"{image_folder}/{im['file_name']}" for im in doc["images"]}
-    columns: dict[str, list] = {name: [] for name in CAPTIONS_SCHEMA.names}
-    for ann in doc["annotations"]:
-        require_keys(ann, ["image_id", "id", "caption"], path=captions_file, where="a caption")
-        image_id = int(ann["image_id"])
-        if image_id not in files:
-            raise DataError(f"{captions_file}: caption {ann['id']} names image {image_id}, which is not in images")
-        columns["image_id"].append(image_id)
-        columns["image"].append(files[image_id])
-        columns["caption_id"].append(int(ann["id"]))
-        columns["caption"].append(ann["caption"].strip())
+    doc = load_json(captions_file, what="COCO captions file", layout=CAPTIONS_FILE)
+    files = _image_files(doc["images"], path=captions_file, image_folder=image_folder)
+    captions = records(doc["annotations"], CAPTION)
+    image_ids = captions.field("image_id")
+    unknown = [i for i, image_id in enumerate(image_ids.to_pylist()) if image_id not in files]
+    if unknown:
+        raise DataError(
+            f"{captions_file}: caption {captions.field('id')[unknown[0]]} names image {image_ids[unknown[0]]}, which "
+            f"is not in images ({len(unknown)} captions do)"
+        )
+    columns = {
+        "image_id": image_ids,
+        "image": pa.array([files[i] for i in image_ids.to_pylist()], type=pa.string()),
+        "caption_id": captions.field("id"),
+        "caption": pc.utf8_trim_whitespace(captions.field("caption")),
+    }
     return pa.table(columns, schema=CAPTIONS_SCHEMA)
 
 
@@ -54,27 +96,29 @@ def read_coco_instances(instances_files: list[tuple[Path, str]], *, keep: set[in
     categories: list[dict] | None = None
     columns: dict[str, list] = {name: [] for name in OBJECTS_SCHEMA.names}
     for path, image_folder in instances_files:
-        doc = load_json(path, what="COCO instances file")
-        require_keys(doc, ["images", "annotations", "categories"], path=path, where="the top level")
+        doc = load_json(path, what="COCO instances file", layout=INSTANCES_FILE)
         file_categories = sorted(doc["categories"], key=lambda c: c["id"])
+        require_unique(np.array([c["id"] for c in file_categories], dtype=np.int64), path=path, key="category id")
         if categories is None:
             categories = file_categories
         elif [c["id"] for c in categories] != [c["id"] for c in file_categories]:
             raise DataError(f"{path}: its categories differ from those of {instances_files[0][0]}")
         label = {c["id"]: i for i, c in enumerate(categories)}
+        _image_files(doc["images"], path=path, image_folder=image_folder)
         per_image: dict[int, list[dict]] = {}
-        for ann in doc["annotations"]:
-            require_keys(ann, ["image_id", "category_id", "bbox"], path=path, where="an object")
-            per_image.setdefault(int(ann["image_id"]), []).append(ann)
+        for row, ann in enumerate(doc["annotations"]):
+            if ann["category_id"] not in label:
+                raise DataError(f"{path}: annotations[{row}].category_id {ann['category_id']} is not in categories")
+            per_image.setdefault(ann["image_id"], []).append(ann)
         for im in sorted(doc["images"], key=lambda im: im["id"]):
-            image_id = int(im["id"])
+            image_id = im["id"]
             if keep is not None and image_id not in keep:
                 continue
             objects = per_image.get(image_id, [])
             columns["image_id"].append(image_id)
             columns["image"].append(f"{image_folder}/{im['file_name']}")
-            columns["width"].append(int(im["width"]))
-            columns["height"].append(int(im["height"]))
+            columns["width"].append(im["width"])
+            columns["height"].append(im["height"])
             columns["labels"].append([label[a["category_id"]] for a in objects])
             columns["boxes"].append([[float(v) for v in a["bbox"]] for a in objects])
             columns["iscrowd"].append([bool(a.get("iscrowd", 0)) for a in objects])
@@ -84,17 +128,16 @@ def read_coco_instances(instances_files: list[tuple[Path, str]], *, keep: set[in
 
 def read_karpathy_captions(karpathy_file: Path, split_names: list[str]) -> pa.Table:
     """Captions of the Karpathy split file's images whose `split` is in `split_names` (`raw` sentences)."""
-    doc = load_json(karpathy_file, what="Karpathy split file")
-    require_keys(doc, ["images"], path=karpathy_file, where="the top level")
+    doc = load_json(karpathy_file, what="Karpathy split file", layout=KARPATHY_FILE)
     columns: dict[str, list] = {name: [] for name in CAPTIONS_SCHEMA.names}
     for im in doc["images"]:
-        require_keys(im, ["filepath", "filename", "cocoid", "split", "sentences"], path=karpathy_file, where="an image")
         if im["split"] not in split_names:
             continue
         for sentence in im["sentences"]:
-            columns["image_id"].append(int(im["cocoid"]))
+            sentence_id = sentence.get("sentid")
+            columns["image_id"].append(im["cocoid"])
             columns["image"].append(f"{im['filepath']}/{im['filename']}")
-            columns["caption_id"].append(int(sentence.get("sentid", -1)))
+            columns["caption_id"].append(-1 if sentence_id is None else sentence_id)
             columns["caption"].append(sentence["raw"].strip())
     return pa.table(columns, schema=CAPTIONS_SCHEMA)
 

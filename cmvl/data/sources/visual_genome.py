@@ -13,8 +13,9 @@ from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from cmvl.data.jsonfile import load_json, require_keys
+from cmvl.data.jsonfile import load_json, optional, records, require_unique, required
 from cmvl.data.sources.base import (
     OBJECTS_SCHEMA,
     QA_SCHEMA,
@@ -27,15 +28,7 @@ from cmvl.data.sources.base import (
 from cmvl.data.table_cache import cached_table
 from cmvl.errors import ConfigError, DataError
 
-READER_VERSION = 3  # bump when the tables built here change, so cached tables are rebuilt
-
-
-def _image_id(record: dict, path: Path) -> int:
-    """v1.2/v1.4 files say `image_id`, v1.0 says `id`."""
-    for key in ("image_id", "id"):
-        if key in record:
-            return int(record[key])
-    raise DataError(f"{path}: an image record has neither 'image_id' nor 'id'")
+READER_VERSION = 4  # bump when the tables built here change, so cached tables are rebuilt
 
 
 # The file each table is read from (objects: object names, or their attributes).
@@ -54,21 +47,39 @@ class ImageRecords(NamedTuple):
     sizes: dict[int, tuple[int, int]]  # image id → (width, height) in pixels
 
 
+IMAGE_RECORD = pa.struct(
+    [
+        optional("image_id", pa.int64()),  # v1.2/v1.4 files say `image_id`, v1.0 says `id`
+        optional("id", pa.int64()),
+        required("url", pa.string()),
+        required("width", pa.int32()),
+        required("height", pa.int32()),
+        optional("coco_id", pa.int64()),
+    ]
+)
+
+
 def read_image_records(image_data_file: Path) -> ImageRecords:
     """The image records of `image_data.json` (file from the record's url, COCO id, size)."""
-    records = load_json(image_data_file, what="Visual Genome image_data.json")
-    if not isinstance(records, list):
-        raise DataError(f"{image_data_file}: expected a list of image records")
-    found = ImageRecords({}, {}, {})
-    for record in records:
-        require_keys(record, ["url", "width", "height"], path=image_data_file, where="an image record")
-        folder, name = record["url"].rstrip("/").split("/")[-2:]
-        image_id = _image_id(record, image_data_file)
-        found.files[image_id] = f"{folder}/{name}"
-        found.sizes[image_id] = (int(record["width"]), int(record["height"]))
-        if record.get("coco_id") is not None:
-            found.coco_ids[image_id] = int(record["coco_id"])
-    return found
+    found = records(
+        load_json(image_data_file, what="Visual Genome image_data.json", layout=pa.list_(IMAGE_RECORD)), IMAGE_RECORD
+    )
+    image_ids = pc.coalesce(found.field("image_id"), found.field("id"))
+    if image_ids.null_count:
+        row = int(np.flatnonzero(image_ids.is_null().to_numpy(zero_copy_only=False))[0])
+        raise DataError(f"{image_data_file}: [{row}] has neither 'image_id' nor 'id' (expected an integer)")
+    ids = image_ids.to_numpy()
+    require_unique(ids, path=image_data_file, key="image_id")
+    urls = found.field("url").to_pylist()
+    files = ["/".join(url.rstrip("/").split("/")[-2:]) for url in urls]
+    sizes = zip(found.field("width").to_pylist(), found.field("height").to_pylist())
+    coco = found.field("coco_id")
+    with_coco = coco.is_valid().to_numpy(zero_copy_only=False)
+    return ImageRecords(
+        files=dict(zip(ids.tolist(), files)),
+        coco_ids=dict(zip(ids[with_coco].tolist(), coco.drop_null().to_pylist())),
+        sizes=dict(zip(ids.tolist(), sizes)),
+    )
 
 
 def image_split_share(image_ids: np.ndarray, seed: int) -> np.ndarray:
@@ -79,24 +90,51 @@ def image_split_share(image_ids: np.ndarray, seed: int) -> np.ndarray:
 
 
 def _image_entries(
-    path: Path, list_key: str, entry_keys: list[str], images: ImageRecords, keep_image: np.ndarray | None
+    path: Path, list_key: str, entry: pa.StructType, images: ImageRecords, keep_image: np.ndarray | None
 ) -> Iterator[tuple[int, dict]]:
-    """(image id, entry) for every entry of a per-image VG file (`[{…, list_key: [entry, …]}]`) whose image is in
-    `keep_image` (all when None); the entry's own `image_id` wins over its record's (`image_id`, v1.0 `id`)."""
-    documents = load_json(path, what=f"Visual Genome {path.name}")
-    if not isinstance(documents, list):
-        raise DataError(f"{path}: expected a list of per-image records")
+    """(image id, entry) for every entry of a per-image VG file (`[{…, list_key: [entry, …]}]`, each entry checked
+    against `entry`) whose image is in `keep_image` (all when None); the entry's own `image_id` wins over its
+    record's (`image_id`, v1.0 `id`)."""
+    entry = pa.struct([*entry, optional("image_id", pa.int64())])
+    record = pa.struct(
+        [optional("image_id", pa.int64()), optional("id", pa.int64()), required(list_key, pa.list_(entry))]
+    )
+    documents = load_json(path, what=f"Visual Genome {path.name}", layout=pa.list_(record))
     keep = None if keep_image is None else set(keep_image.tolist())
     for document in documents:
-        require_keys(document, [list_key], path=path, where="an image record")
-        for entry in document[list_key]:
-            require_keys(entry, entry_keys, path=path, where=f"an entry of '{list_key}'")
-            image_id = int(entry.get("image_id", document.get("image_id", document.get("id", -1))))
+        for item in document[list_key]:
+            image_id = item.get("image_id", document.get("image_id", document.get("id", -1)))
             if keep is not None and image_id not in keep:
                 continue
             if image_id not in images.files:
                 raise DataError(f"{path}: image {image_id} is not in image_data.json")
-            yield image_id, entry
+            yield image_id, item
+
+
+BOX = [required(key, pa.float64()) for key in ("x", "y", "w", "h")]
+NAMES = [optional("names", pa.list_(pa.string())), optional("name", pa.string())]  # v1.2+ `names`, v1.0 `name`
+QA_ENTRY = pa.struct(
+    [required("qa_id", pa.int64()), required("question", pa.string()), required("answer", pa.string())]
+)
+REGION_ENTRY = pa.struct(
+    [
+        required("phrase", pa.string()),
+        *(required(key, pa.float64()) for key in ("x", "y", "width", "height")),
+        optional("region_id", pa.int64()),
+        optional("id", pa.int64()),
+    ]
+)
+RELATIONSHIP_ENTRY = pa.struct(
+    [
+        required("predicate", pa.string()),
+        required("subject", pa.struct([*NAMES, *BOX])),  # the phrase grounds the subject: its box is needed
+        required("object", pa.struct(NAMES)),
+        optional("relationship_id", pa.int64()),
+        optional("id", pa.int64()),
+    ]
+)
+OBJECT_ENTRY = pa.struct([*NAMES, *BOX])
+ATTRIBUTE_ENTRY = pa.struct([optional("attributes", pa.list_(pa.string())), *BOX])
 
 
 def read_visual_genome_qa(qa_file: Path, images: ImageRecords, keep_image: np.ndarray | None) -> pa.Table:
@@ -105,7 +143,7 @@ def read_visual_genome_qa(qa_file: Path, images: ImageRecords, keep_image: np.nd
     VG has one answer per question: it becomes ten identical normalised answers (`single_answer_annotations`).
     """
     columns: dict[str, list] = {name: [] for name in QA_SCHEMA.names}
-    for image_id, qa in _image_entries(qa_file, "qas", ["qa_id", "question", "answer"], images, keep_image):
+    for image_id, qa in _image_entries(qa_file, "qas", QA_ENTRY, images, keep_image):
         answers = single_answer_annotations(qa["answer"])
         columns["question_id"].append(int(qa["qa_id"]))
         columns["image_id"].append(image_id)
@@ -115,6 +153,7 @@ def read_visual_genome_qa(qa_file: Path, images: ImageRecords, keep_image: np.nd
         columns["answer_type"].append(answer_type(answers[0]))
         columns["question_type"].append(question_type(qa["question"]))
         columns["multiple_choice_answer"].append(answers[0])
+    require_unique(np.asarray(columns["question_id"], dtype=np.int64), path=qa_file, key="qa_id")
     return pa.table(columns, schema=QA_SCHEMA)
 
 
@@ -142,10 +181,9 @@ def _regions_table(rows: Iterator[tuple[int, int, str, tuple]], images: ImageRec
 def read_visual_genome_regions(region_file: Path, images: ImageRecords, keep_image: np.ndarray | None) -> pa.Table:
     """All region descriptions (of the images in `keep_image`, when given) in the `regions` layout: one row per
     (phrase, box)."""
-    keys = ["phrase", "x", "y", "width", "height"]
     rows = (
         (int(r.get("region_id", r.get("id", -1))), image_id, r["phrase"], (r["x"], r["y"], r["width"], r["height"]))
-        for image_id, r in _image_entries(region_file, "regions", keys, images, keep_image)
+        for image_id, r in _image_entries(region_file, "regions", REGION_ENTRY, images, keep_image)
     )
     return _regions_table(rows, images)
 
@@ -157,14 +195,12 @@ def read_visual_genome_relationships(
     "<subject> <predicate> <object>" ("man wears sneakers") with the subject's box, the entity the phrase refers
     to. Subjects and objects are named by their first name (v1.2+ `names`, v1.0 `name`), lower case."""
     rows = []
-    keys = ["predicate", "subject", "object"]
-    for image_id, rel in _image_entries(relationships_file, "relationships", keys, images, keep_image):
+    for image_id, rel in _image_entries(relationships_file, "relationships", RELATIONSHIP_ENTRY, images, keep_image):
         subject, obj = rel["subject"], rel["object"]
         names = _object_terms(subject, "names"), _object_terms(obj, "names")
         predicate = str(rel["predicate"]).strip().lower()
         if not (names[0] and names[1] and predicate):
             continue
-        require_keys(subject, ["x", "y", "w", "h"], path=relationships_file, where="a relationship's subject")
         box = (subject["x"], subject["y"], subject["w"], subject["h"])
         relationship_id = int(rel.get("relationship_id", rel.get("id", -1)))
         rows.append((relationship_id, image_id, f"{names[0][0]} {predicate} {names[1][0]}", box))
@@ -199,9 +235,8 @@ def read_visual_genome_objects(
     per_image: dict[int, list[tuple[list[str], list[float]]]] = {}
     counts: Counter[str] = Counter()
     vocabulary_ids, keep_ids = set(vocabulary_images.tolist()), set(keep_image.tolist())
-    for image_id, entry in _image_entries(
-        objects_file, labels if labels == "attributes" else "objects", ["x", "y", "w", "h"], images, None
-    ):
+    list_key, entry_layout = ("attributes", ATTRIBUTE_ENTRY) if labels == "attributes" else ("objects", OBJECT_ENTRY)
+    for image_id, entry in _image_entries(objects_file, list_key, entry_layout, images, None):
         terms = _object_terms(entry, labels)
         if image_id in vocabulary_ids:
             counts.update(terms)
@@ -222,6 +257,9 @@ def read_visual_genome_objects(
         columns["boxes"].append([box for _, box in found])
         columns["iscrowd"].append([False] * len(found))
     return pa.table(columns, schema=OBJECTS_SCHEMA.with_metadata({"categories": json.dumps(categories)}))
+
+
+SPLIT_FILE = pa.map_(pa.string(), pa.list_(pa.int64()))  # split name → image ids
 
 
 class VisualGenomeSource(FolderSource):
@@ -255,10 +293,8 @@ class VisualGenomeSource(FolderSource):
         self.split_seed = split_seed
         self.split_file = Path(split_file) if split_file else None
         if self.split_file is not None:
-            self.split_ids = {
-                str(k): np.asarray(v, dtype=np.int64)
-                for k, v in load_json(self.split_file, what="Visual Genome split file").items()
-            }
+            split_ids = load_json(self.split_file, what="Visual Genome split file", layout=SPLIT_FILE)
+            self.split_ids = {str(k): np.asarray(v, dtype=np.int64) for k, v in split_ids.items()}
             self.fractions = None
             self.splits = tuple(self.split_ids)
         else:

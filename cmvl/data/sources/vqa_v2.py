@@ -7,8 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from cmvl.data.jsonfile import load_json, require_keys
+from cmvl.data.jsonfile import load_json, optional, records, require_unique, required
 from cmvl.data.sources.base import QA_SCHEMA, FolderSource
 from cmvl.data.sources.visual_genome import read_image_records, read_visual_genome_qa
 from cmvl.data.table_cache import cached_table
@@ -25,45 +26,82 @@ def vqa_v2_files(root: str | Path, subtype: str) -> tuple[Path, Path]:
 IMAGE_SUBTYPE = {"test-dev2015": "test2015"}
 
 
+QUESTION = pa.struct(
+    [required("image_id", pa.int64()), required("question", pa.string()), required("question_id", pa.int64())]
+)
+QUESTIONS_FILE = pa.struct([required("questions", pa.list_(QUESTION)), required("data_subtype", pa.string())])
+ANNOTATION = pa.struct(
+    [
+        required("question_id", pa.int64()),
+        required("answers", pa.list_(pa.struct([required("answer", pa.string())]))),
+        required("answer_type", pa.string()),
+        optional("question_type", pa.string()),
+        optional("multiple_choice_answer", pa.string()),
+    ]
+)
+ANNOTATIONS_FILE = pa.struct([required("annotations", pa.list_(ANNOTATION))])
+
+
 def read_vqa_v2(questions_file: str | Path, annotations_file: str | Path | None, *, image_pattern: str) -> pa.Table:
     """Join questions with their annotations (when given) into a `qa` table.
 
     `image_pattern` maps an image to its file relative to the image root, with the fields ``subtype`` (the
     image folder's subtype: ``test2015`` for test-dev questions) and ``image_id``, e.g.
-    ``{subtype}/COCO_{subtype}_{image_id:012d}.jpg`` for the official COCO folders.
+    ``{subtype}/COCO_{subtype}_{image_id:012d}.jpg`` for the official COCO folders. Question ids must be unique
+    in each file; questions without an annotation are left out with one line (all of them: refused).
     """
-    qdoc = load_json(questions_file, what="VQA v2 questions file")
-    require_keys(qdoc, ["questions", "data_subtype"], path=questions_file, where="the top level")
+    qdoc = load_json(questions_file, what="VQA v2 questions file", layout=QUESTIONS_FILE)
     subtype = IMAGE_SUBTYPE.get(qdoc["data_subtype"], qdoc["data_subtype"])
-    questions = qdoc["questions"]
-    if questions:
-        require_keys(questions[0], ["image_id", "question", "question_id"], path=questions_file, where="a question")
-    by_qid: dict[int, dict] = {}
-    if annotations_file is not None:
-        adoc = load_json(annotations_file, what="VQA v2 annotations file")
-        require_keys(adoc, ["annotations"], path=annotations_file, where="the top level")
-        for ann in adoc["annotations"]:
-            require_keys(ann, ["question_id", "answers", "answer_type"], path=annotations_file, where="an annotation")
-            by_qid[ann["question_id"]] = ann
-    columns: dict[str, list] = {name: [] for name in QA_SCHEMA.names}
-    for q in questions:
-        ann = by_qid.get(q["question_id"])
-        if annotations_file is not None and ann is None:
-            continue  # question without annotation in an annotated split: not scoreable
-        columns["question_id"].append(q["question_id"])
-        columns["image_id"].append(q["image_id"])
-        columns["image"].append(image_pattern.format(subtype=subtype, image_id=q["image_id"]))
-        columns["question"].append(q["question"])
-        columns["answers"].append([a["answer"] for a in ann["answers"]] if ann else None)
-        columns["answer_type"].append(ann["answer_type"] if ann else None)
-        columns["question_type"].append(ann.get("question_type") if ann else None)
-        columns["multiple_choice_answer"].append(ann.get("multiple_choice_answer") if ann else None)
+    questions = records(qdoc["questions"], QUESTION)
+    question_ids = questions.field("question_id").to_numpy()
+    require_unique(question_ids, path=questions_file, key="question_id")
+    if annotations_file is None:
+        annotations = pa.nulls(len(questions), ANNOTATION)
+    else:
+        adoc = load_json(annotations_file, what="VQA v2 annotations file", layout=ANNOTATIONS_FILE)
+        annotated = records(adoc["annotations"], ANNOTATION)
+        annotation_ids = annotated.field("question_id").to_numpy()
+        require_unique(annotation_ids, path=annotations_file, key="question_id")
+        position = pc.index_in(pa.array(question_ids), value_set=pa.array(annotation_ids))
+        scoreable = position.is_valid()  # a question without annotation in an annotated split cannot be scored
+        _report_unannotated(scoreable, questions_file, annotations_file, question_ids)
+        questions, annotations = questions.filter(scoreable), annotated.take(position.filter(scoreable))
+    image_ids = questions.field("image_id").to_numpy()
+    distinct, inverse = np.unique(image_ids, return_inverse=True)  # one file name per image, not per question
+    files = np.array([image_pattern.format(subtype=subtype, image_id=int(i)) for i in distinct], dtype=object)
+    answers = annotations.field("answers")
+    answer_texts = pa.ListArray.from_arrays(answers.offsets, answers.values.field("answer"), mask=answers.is_null())
+    columns = {
+        "question_id": questions.field("question_id"),
+        "image_id": questions.field("image_id"),
+        "image": pa.array(files[inverse] if len(files) else [], type=pa.string()),
+        "question": questions.field("question"),
+        "answers": answer_texts,
+        **{name: annotations.field(name) for name in ("answer_type", "question_type", "multiple_choice_answer")},
+    }
     return pa.table(columns, schema=QA_SCHEMA)
+
+
+def _report_unannotated(scoreable: pa.BooleanArray, questions_file, annotations_file, question_ids) -> None:
+    kept = pc.sum(scoreable).as_py() or 0
+    if kept == len(scoreable):
+        return
+    example = question_ids[~scoreable.to_numpy(zero_copy_only=False)][0]
+    if kept == 0:
+        raise DataError(
+            f"{annotations_file}: none of the {len(scoreable)} questions of {questions_file} has an annotation "
+            f"(e.g. question_id {example}); are they files of the same subtype?"
+        )
+    print(
+        f"cmvl: {annotations_file}: leaving out {len(scoreable) - kept} of {len(scoreable)} questions that have no "
+        f"annotation (e.g. question_id {example})",
+        file=sys.stderr,
+    )
 
 
 COCO_IMAGE_PATTERN = "{subtype}/COCO_{subtype}_{image_id:012d}.jpg"
 ANNOTATED_SPLITS = ("train", "val")  # splits whose annotations must exist; others may be questions only
-READER_VERSION = 1  # bump when read_vqa_v2's output changes, so cached tables are rebuilt
+READER_VERSION = 2  # bump when read_vqa_v2's output changes, so cached tables are rebuilt
 
 
 class VQAv2Source(FolderSource):
@@ -132,7 +170,11 @@ class VQAv2Source(FolderSource):
 
         def build() -> pa.Table:
             images = read_image_records(image_data)
-            held_out = {q["image_id"] for path in evaluation for q in load_json(path, what="questions")["questions"]}
+            held_out = {
+                q["image_id"]
+                for path in evaluation
+                for q in load_json(path, what="VQA v2 questions file", layout=QUESTIONS_FILE)["questions"]
+            }
             keep = np.array(sorted(i for i in images.files if images.coco_ids.get(i) not in held_out), dtype=np.int64)
             absolute = {i: str((self.vg_root / f).resolve()) for i, f in images.files.items()}
             table = read_visual_genome_qa(qa_file, images._replace(files=absolute), keep)
