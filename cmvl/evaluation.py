@@ -17,7 +17,9 @@ from cmvl.training.lit_module import CHECKPOINT_KEY
 
 # Config keys added after some checkpoints were written, with the value that reproduces how those runs behaved;
 # a checkpoint's own values win.
-KEYS_ADDED_SINCE_OLDER_CHECKPOINTS = {"data": {"max_bad_fraction": 0.001, "image_cache_mb": 0}}
+KEYS_ADDED_SINCE_OLDER_CHECKPOINTS = {
+    "data": {"max_bad_fraction": 0.001, "image_cache_mb": 0, "max_rows_per_image": None}  # None: no cap
+}
 
 
 def checkpoint_config(checkpoint: dict[str, Any], overrides: list[str]):

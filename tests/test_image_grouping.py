@@ -20,8 +20,11 @@ IMAGE_IDS = np.array([0, 1, 2, 0, 3, 1, 4, 5, 6, 0, 2, 5, 5, 5, 3, 0, 6, 1, 2, 0
 
 
 class _Rows:
+    def __init__(self, rows: int = len(IMAGE_IDS)) -> None:
+        self.rows = rows
+
     def __len__(self) -> int:
-        return len(IMAGE_IDS)
+        return self.rows
 
 
 def _sampler(seed: int = 0) -> ImageGroupedSampler:
@@ -180,3 +183,111 @@ def test_a_deduplicated_batch_equals_the_row_by_row_batch():
         plain = model(rows, batch["input_ids"], batch["attention_mask"])
     torch.testing.assert_close(grouped.pooled, plain.pooled)
     torch.testing.assert_close(grouped.tokens.feats, plain.tokens.feats)
+
+
+# data.max_rows_per_image: rows of one image in a batch are capped; the shapes default (5 per image) is unchanged.
+
+
+def _layout(rows_per_image: np.ndarray, seed: int = 1) -> np.ndarray:
+    """Image ids of a table whose image k has rows_per_image[k] rows, in a shuffled table order."""
+    return np.random.default_rng(seed).permutation(np.repeat(np.arange(len(rows_per_image)), rows_per_image))
+
+
+def _batches(ids: np.ndarray, order: list[int], batch: int) -> list[np.ndarray]:
+    return [ids[order[k : k + batch]] for k in range(0, len(order) - batch + 1, batch)]
+
+
+def test_the_shapes_default_gives_the_batches_it_gave_before_the_cap():
+    """5 questions per image, rows of an image together in the table: the order the sampler gave before
+    `max_rows_per_image` existed (digest of the whole epoch, measured with that version for seed 0)."""
+    import hashlib
+
+    ids = np.repeat(np.arange(4000), 5)
+    expected = {(32, 0): "c220508d2bf1494f", (32, 1): "8c5944511cd2c409", (7, 0): "6b88b503c3197627"}
+    for (batch, epoch), digest in expected.items():
+        sampler = ImageGroupedSampler(_Rows(len(ids)), ids, seed=0, batch_size=batch, max_rows_per_image=8)
+        sampler.set_epoch(epoch)
+        order = np.asarray(list(sampler), dtype=np.int64)
+        assert hashlib.sha256(order.tobytes()).hexdigest()[:16] == digest
+
+
+def test_the_capped_walk_is_the_plain_order_when_no_image_exceeds_the_cap():
+    """The batch-by-batch walk itself (not only the shortcut taken when the cap cannot bind), for batches larger
+    and smaller than an image's rows."""
+    from cmvl.data.sampling import _cap_rows_per_batch
+
+    sizes = np.random.default_rng(0).integers(1, 6, 200)
+    starts = np.r_[0, np.cumsum(sizes)]
+    images = [np.arange(starts[k], starts[k + 1]) for k in np.random.default_rng(1).permutation(len(sizes))]
+    for batch_rows in (1, 3, 7, 32):
+        capped = np.concatenate(_cap_rows_per_batch(images, batch_rows=batch_rows, cap=5))
+        assert np.array_equal(capped, np.concatenate(images))
+
+
+def test_an_image_puts_at_most_the_cap_in_a_batch_and_no_row_is_dropped():
+    for sizes in (np.full(300, 20), np.random.default_rng(2).integers(1, 40, 600)):  # Sort-of-CLEVR, VG-like
+        ids = _layout(sizes)
+        sampler = ImageGroupedSampler(_Rows(len(ids)), ids, seed=0, batch_size=32, max_rows_per_image=8)
+        uncapped = ImageGroupedSampler(_Rows(len(ids)), ids, seed=0, batch_size=32)
+        for epoch in (0, 1):
+            order = sampler.order(epoch).tolist()
+            assert sorted(order) == list(range(len(ids)))  # every row once in the epoch's order
+            by_image = np.asarray(order)[np.argsort(ids[order], kind="stable")]  # each image's rows, in epoch order
+            assert np.all((np.diff(by_image) > 0) | (np.diff(ids[by_image]) != 0))  # an image's rows in table order
+            sampler.set_epoch(epoch)
+            served = list(sampler)
+            assert len(served) == len(ids) // 32 * 32  # as many steps as without the cap
+            most = [np.bincount(b).max() for b in _batches(ids, served, 32)]
+            assert max(most[:-1]) <= 8  # only the epoch's last batch may hold more (too few images left)
+            assert min(len(set(b)) for b in _batches(ids, served, 32)[:-1]) >= 4
+        assert max(np.bincount(b).max() for b in _batches(ids, list(uncapped), 32)) > 8  # the cap is what acts
+
+
+def test_the_cap_is_on_the_global_batch_so_ddp_ranks_split_the_one_process_batches(monkeypatch):
+    ids = _layout(np.full(60, 20))
+    single = ImageGroupedSampler(_Rows(len(ids)), ids, seed=0, batch_size=32, max_rows_per_image=8)
+    single.set_epoch(3)
+    one_process = list(single)
+    shares = []
+    for rank in range(4):
+        _as_rank(monkeypatch, 4, rank)
+        sampler = ImageGroupedSampler(_Rows(len(ids)), ids, seed=0, batch_size=8, max_rows_per_image=8)
+        sampler.set_epoch(3)
+        shares.append(list(sampler))
+    assert len({len(s) for s in shares}) == 1
+    steps = len(shares[0]) // 8
+    assert steps == len(one_process) // 32
+    for step in range(steps):
+        assert [r for s in shares for r in s[8 * step : 8 * step + 8]] == one_process[32 * step : 32 * step + 32]
+
+
+def test_a_capped_order_resumes_mid_epoch():
+    ids = _layout(np.full(40, 16))
+    sampler = ImageGroupedSampler(_Rows(len(ids)), ids, seed=0, batch_size=16, max_rows_per_image=8)
+    sampler.set_epoch(2)
+    full = list(sampler)
+    it = iter(sampler)
+    seen = [next(it) for _ in range(100)]
+    restored = ImageGroupedSampler(_Rows(len(ids)), ids, seed=0, batch_size=16, max_rows_per_image=8)
+    restored.load_state_dict(sampler.state_dict())
+    assert seen + list(restored) == full
+
+
+def test_training_says_in_one_line_when_the_cap_acts(tmp_path, capsys):
+    from cmvl.config.compose import compose_config
+    from cmvl.training.build import build_datamodule
+    from tests.conftest import TINY_WORLD
+
+    def notices(*overrides: str) -> list[str]:
+        cfg = compose_config([*TINY_WORLD, "data.batch_size=16", *overrides])
+        datamodule = build_datamodule(cfg)
+        datamodule.prepare()
+        capsys.readouterr()
+        datamodule.train_dataloader()
+        return [line for line in capsys.readouterr().err.splitlines() if "max_rows_per_image" in line]
+
+    many = ("dataset.questions_per_image=20", f"dataset.root={tmp_path / 'many'}")
+    (line,) = notices(*many)
+    assert line.startswith("cmvl: the vqa train split has ") and "data.max_rows_per_image=8" in line
+    assert notices(*many, "data.max_rows_per_image=20") == []
+    assert notices(f"dataset.root={tmp_path / 'five'}") == []  # 5 per image: nothing changes, nothing said

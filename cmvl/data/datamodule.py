@@ -154,6 +154,16 @@ class Collator:
         }
 
 
+def _cap_notice(member: Task, sampler: ImageGroupedSampler) -> str:
+    """The one line that says `data.max_rows_per_image` changes this split's batches, and how much."""
+    counts, cap = sampler.rows_per_image, sampler.max_rows_per_image
+    return (
+        f"the {member.name} train split has {counts.mean():.1f} rows per image on average (at "
+        f"most {counts.max()}; {int((counts > cap).sum())} of {len(counts)} images have more than {cap}): a batch "
+        f"takes at most data.max_rows_per_image={cap} rows of one image, the rest go to later batches of the epoch"
+    )
+
+
 class VLDataModule(pl.LightningDataModule):
     """Builds everything data-side from a `Source`, a `Task` and a tokenizer builder.
 
@@ -171,6 +181,7 @@ class VLDataModule(pl.LightningDataModule):
         image: dict[str, Any],
         batch_size: int = 64,
         group_by_image: bool | None = None,
+        max_rows_per_image: int | None = 8,
         seed: int = 0,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
@@ -185,6 +196,7 @@ class VLDataModule(pl.LightningDataModule):
         self.image_cfg = dict(image)
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
         self.group_by_image, self.seed = group_by_image, seed
+        self.max_rows_per_image = max_rows_per_image  # None: no cap (runs from before the setting existed)
         self.num_workers, self.pin_memory = num_workers, pin_memory
         self.max_bad_fraction, self.image_cache_mb = max_bad_fraction, image_cache_mb
         self.tokenizer: PreTrainedTokenizerFast | None = None
@@ -253,7 +265,11 @@ class VLDataModule(pl.LightningDataModule):
         # Shuffling images or single rows: either way the order is a pure function of (seed, epoch).
         by_image = member.group_rows_by_image if self.group_by_image is None else self.group_by_image
         groups = dataset.image_ids if by_image else np.arange(len(dataset))
-        sampler = ImageGroupedSampler(dataset, groups, seed=self.seed, batch_size=self.batch_size)
+        sampler = ImageGroupedSampler(
+            dataset, groups, seed=self.seed, batch_size=self.batch_size, max_rows_per_image=self.max_rows_per_image
+        )
+        if sampler.cap_acts and sampler.rank == 0:
+            print(f"cmvl: {_cap_notice(member, sampler)}", file=sys.stderr)
         if len(sampler) == 0:  # full global batches only: not one training step
             processes = sampler.num_replicas
             raise DataError(

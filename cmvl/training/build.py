@@ -65,6 +65,7 @@ def build_datamodule(cfg: DictConfig, *, data_state: dict[str, Any] | None = Non
         image=OmegaConf.to_container(data.image, resolve=True),
         batch_size=data.batch_size,
         group_by_image=data.group_by_image,
+        max_rows_per_image=data.max_rows_per_image,
         seed=cfg.seed,
         eval_batch_size=data.eval_batch_size,
         num_workers=resolve_num_workers(
