@@ -8,6 +8,7 @@ overrides, never the `cmvl` dispatcher and its sub-command.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
@@ -22,14 +23,25 @@ register_resolvers()
 @hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     """Trains one run; returns `optimized_metric` at the best checkpoint's epoch (what a sweeper optimises)."""
+    from cmvl.sweeps.jobs import sweeper_value
+    from cmvl.training.checkpoints import state_dict_errors
     from cmvl.training.train import run_training
 
     try:
-        summary = run_training(cfg)
+        with state_dict_errors(lambda: resumed_checkpoint(cfg)):
+            summary = run_training(cfg)
     except UserError as err:
         print(f"cmvl: error: {one_line(err)}", file=sys.stderr)
         sys.exit(err.exit_code)
-    return summary.get("optimized_value")
+    return sweeper_value(summary, Path(cfg.paths.output_dir))
+
+
+def resumed_checkpoint(cfg: DictConfig) -> Path | None:
+    """The checkpoint this run resumed from (found again: asked only when its weights did not fit the model)."""
+    from cmvl.sweeps.jobs import resume_mode
+    from cmvl.training.resume import find_resume_checkpoint
+
+    return find_resume_checkpoint(resume_mode(cfg.resume), Path(cfg.checkpoint.dirpath))[0]
 
 
 if __name__ == "__main__":

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
+
+from cmvl.errors import UserError, one_line
 
 
 class SweepReportCallback(Callback):
@@ -14,6 +17,11 @@ class SweepReportCallback(Callback):
         from cmvl.sweeps.report import write_report
 
         sweep_dir = Path(config.hydra.sweep.dir)
-        if sweep_dir.is_dir():
+        if not sweep_dir.is_dir():
+            return
+        try:
             _, text = write_report(sweep_dir)
-            print(f"\n{text}\nreport: {sweep_dir}/report.txt, report.csv, plots/")
+        except UserError as err:  # a job's file someone broke: the sweep itself ran; say why there is no report
+            print(f"cmvl: error: no sweep report: {one_line(err)}", file=sys.stderr)
+            return
+        print(f"\n{text}\nreport: {sweep_dir}/report.txt, report.csv, plots/")

@@ -4,6 +4,7 @@ start its own DDP ranks as a single run of its own configuration."""
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -52,3 +53,19 @@ def relaunch_ranks_as_single_run(run_dir: Path, resume: str, job_file: str) -> N
     sys.argv = [job_file, *overrides, "hydra.mode=RUN", f"resume={resume}"]
     with read_write(hydra_cfg.run):
         hydra_cfg.run.dir = str(run_dir)
+
+
+def sweeper_value(summary: dict[str, Any], run_dir: Path) -> float | None:
+    """What a job returns to the sweeper: its optimised metric. A sweep job that logged none (e.g. a run shorter
+    than one epoch) is reported failed in one line and returns the worst value of its direction, so that Optuna
+    records it as the worst trial and goes on with the others (None would end the whole search with a traceback)."""
+    value = summary.get("optimized_value")
+    if value is not None or not in_sweep():
+        return value
+    metric = summary.get("optimized_metric") or summary.get("monitor")
+    print(
+        f"cmvl: error: job {run_dir.name} failed: it logged no {metric} (no validation ran; give it at least one "
+        "epoch, or trainer.val_check_interval within the run); the sweep goes on without it",
+        file=sys.stderr,
+    )
+    return -math.inf if summary.get("mode", "max") == "max" else math.inf

@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from cmvl.atomic_file import atomic_write
+from cmvl.errors import UserError
 from cmvl.run_files import SUMMARY_FILE
 from cmvl.sweeps.naming import JOB_NAME_EXCLUDED
 
@@ -36,8 +37,11 @@ class Job:
 
     @property
     def value(self) -> float | None:
+        """The job's optimised metric; None when it logged none (or a summary holds no number there)."""
         value = self.summary.get("optimized_value", self.summary.get("best_score"))
-        return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            return None  # NaN, or the ±inf a job without a metric returns to the sweeper
+        return float(value)
 
 
 @dataclass
@@ -61,7 +65,7 @@ class SweepReport:
     def rows(self) -> list[dict[str, Any]]:
         rows = []
         for rank, job in enumerate(self.jobs, start=1):
-            best_epoch = job.summary.get("best_epoch_metrics") or {}
+            best_epoch = _section(job.summary, "best_epoch_metrics")
             row: dict[str, Any] = {"rank": rank if job.value is not None else None, "job": job.directory.name}
             row.update({key: job.params.get(key) for key in self.swept})
             row[self.metric] = job.value
@@ -78,18 +82,45 @@ def _job(job_dir: Path) -> Job | None:
     hydra_dir = job_dir / ".hydra"
     if not (hydra_dir / "overrides.yaml").is_file():
         return None
-    overrides = [str(o) for o in yaml.safe_load((hydra_dir / "overrides.yaml").read_text()) or []]
+    overrides = _read_yaml(hydra_dir / "overrides.yaml", list) or []
     hydra_yaml = hydra_dir / "hydra.yaml"
-    hydra_cfg = ((yaml.safe_load(hydra_yaml.read_text()) if hydra_yaml.is_file() else None) or {}).get("hydra") or {}
-    number = (hydra_cfg.get("job") or {}).get("num")
-    sweeper = str((hydra_cfg.get("sweeper") or {}).get("_target_", ""))
+    hydra_cfg = (_read_yaml(hydra_yaml, dict) if hydra_yaml.is_file() else None) or {}
+    hydra_cfg = _section(hydra_cfg, "hydra")
+    number = _section(hydra_cfg, "job").get("num")
+    sweeper = str(_section(hydra_cfg, "sweeper").get("_target_", ""))
     try:
         summary = json.loads((job_dir / SUMMARY_FILE).read_text())
-        status = "done"
-    except (OSError, json.JSONDecodeError):
-        summary = {}
-        status = "unfinished" if any((job_dir / "checkpoints").glob("*.ckpt")) else "failed"
-    return Job(job_dir, int(number) if number is not None else None, overrides, summary, status, sweeper)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        summary = None  # a job that stopped before writing it (writes are atomic: no half-written summary)
+    job = Job(job_dir, number if isinstance(number, int) else None, [str(o) for o in overrides], {}, "", sweeper)
+    if isinstance(summary, dict):
+        # A finished job without a metric (e.g. shorter than one epoch: no validation ran) failed as a sweep job.
+        job.summary = summary
+        job.status = "done" if job.value is not None else "failed"
+    else:
+        job.status = "unfinished" if any((job_dir / "checkpoints").glob("*.ckpt")) else "failed"
+    return job
+
+
+def _read_yaml(path: Path, kind: type) -> Any:
+    """A job's YAML file (Hydra's), refused in one line when it is not YAML of the expected kind."""
+    try:
+        value = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        message = f"{path}: not a readable YAML file ({reason[:150]}); fix or delete that job directory"
+        raise UserError(message) from None
+    if value is not None and not isinstance(value, kind):
+        raise UserError(
+            f"{path}: holds a {type(value).__name__}, not the {kind.__name__} Hydra writes; fix or delete that job "
+            "directory"
+        )
+    return value
+
+
+def _section(node: dict[str, Any], key: str) -> dict[str, Any]:
+    value = node.get(key)
+    return value if isinstance(value, dict) else {}
 
 
 def collect(sweep_dir: Path) -> SweepReport:

@@ -15,18 +15,32 @@ def read_metrics(path: Path) -> dict[str, list[tuple[float, float]]]:
     """Column → (x, value) points: x is the epoch for validation metrics, the global step otherwise (an epoch mean
     such as `train/loss_epoch` sits at its epoch's last step)."""
     series: dict[str, list[tuple[float, float]]] = {}
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            for key, text in row.items():
-                if key in ("epoch", "step") or not text:
-                    continue
-                value = float(text)
-                if not math.isfinite(value):
-                    continue
-                x = row.get("epoch") if key.startswith("val/") else row.get("step")
-                if x:
-                    series.setdefault(key, []).append((float(x), value))
+    try:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            for row in reader:
+                for key, text in row.items():
+                    if key in ("epoch", "step") or not text:
+                        continue
+                    x_column = "epoch" if str(key).startswith("val/") else "step"
+                    value, x = _number(text, path, reader.line_num, key), row.get(x_column)
+                    if x and math.isfinite(value):
+                        series.setdefault(str(key), []).append((_number(x, path, reader.line_num, x_column), value))
+    except (OSError, UnicodeDecodeError, csv.Error) as err:  # binary garbage, NUL bytes, an unreadable file
+        raise UserError(f"{path}: not a readable metrics CSV ({type(err).__name__}: {str(err)[:120]})") from None
     return series
+
+
+def _number(text: object, path: Path, line: int, column: str) -> float:
+    """A cell as a float, or one line naming the file, line and column (a row with more cells than the header
+    puts the extra ones in a list under the column None)."""
+    try:
+        return float(text)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise UserError(
+            f"{path} line {line}, column {column}: {str(text)[:40]!r} is not a number (a metrics.csv that a "
+            "logger=csv run wrote holds only numbers; fix or delete the file)"
+        ) from None
 
 
 def plot_curves(run_dir: Path, out: Path | None = None) -> Path:

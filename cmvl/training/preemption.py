@@ -1,4 +1,5 @@
-"""Preemption (SIGTERM, or SIGUSR1 as SLURM sends before a time limit): save at the next step boundary and stop.
+"""Preemption (SIGTERM, SIGUSR1 as SLURM sends before a time limit, or Ctrl-C): save at the next step boundary and
+stop; a second Ctrl-C aborts at once without saving.
 
 The signal handler only records the signal; the checkpoint is written from `on_train_batch_end`, between two
 optimizer steps, never inside the handler. Then the run stops at once (`PreemptionStop`), so no epoch-end hook
@@ -22,7 +23,8 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Checkpoint
 
 EXIT_PREEMPTED = 3  # process exit code of a run that saved and stopped on a preemption signal
-SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGUSR1") if hasattr(signal, name))
+# Ctrl-C (SIGINT) too: a first one saves and stops like SIGTERM; a second one aborts at once (see `_on_signal`).
+SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGUSR1", "SIGINT") if hasattr(signal, name))
 
 
 STEP_CHECKPOINT = "step{step:08d}"  # file name (without .ckpt) of step checkpoints; ModelCheckpoint's format too
@@ -47,6 +49,8 @@ class PreemptionCallback(Checkpoint):
         self._previous: dict[int, object] = {}
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if signum == signal.SIGINT and self._signalled:
+            raise KeyboardInterrupt  # a second Ctrl-C: the user will not wait for the step to end and the save
         self._signalled = True
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
