@@ -9,6 +9,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from cmvl.atomic_file import write_json_atomic
+from cmvl.config.targets import split_trust_overrides, without_trust
 from cmvl.config.validate import validate_config
 from cmvl.errors import ConfigError
 from cmvl.training.build import build_datamodule, build_lit_module, single_device_trainer
@@ -23,7 +24,10 @@ KEYS_ADDED_SINCE_OLDER_CHECKPOINTS = {
 
 
 def checkpoint_config(checkpoint: dict[str, Any], overrides: list[str]):
-    cfg = OmegaConf.merge(KEYS_ADDED_SINCE_OLDER_CHECKPOINTS, checkpoint[CHECKPOINT_KEY]["config"])
+    # The checkpoint's own extra_target_prefixes are dropped: only this command line may trust packages.
+    trust, overrides = split_trust_overrides(overrides)
+    saved = without_trust(checkpoint[CHECKPOINT_KEY]["config"])
+    cfg = OmegaConf.merge(KEYS_ADDED_SINCE_OLDER_CHECKPOINTS, saved, OmegaConf.from_dotlist(trust))
     OmegaConf.set_struct(cfg, True)  # an override of a key the run did not have is a typo, not a new key
     try:
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))

@@ -14,8 +14,9 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from cmvl.config.compose import compose_config
-from cmvl.config.overrides import user_overrides
+from cmvl.config.overrides import hydra_overrides, user_overrides
 from cmvl.config.paths import config_groups
+from cmvl.config.targets import check_targets
 from cmvl.config.validate import validate_config
 from cmvl.errors import ConfigError
 
@@ -47,9 +48,13 @@ def preflight(overrides: list[str], *, config_name: str = "train", check_task: b
     """Raise `ConfigError` if any override (or any value of a sweep) is not a valid configuration."""
     try:
         parsed = OverridesParser.create().parse_overrides(user_overrides(overrides))
+        hydra_settings = OverridesParser.create().parse_overrides(hydra_overrides(overrides))
     except HydraException as err:
         raise ConfigError(f"invalid override: {str(err).strip().splitlines()[0]}") from None
     base, variants = _split_sweeps(parsed)
+    # Hydra's own settings are composed too, so that the classes they name (callbacks, sweeper) are checked.
+    settings = [o.input_line for o in hydra_settings if not o.is_sweep_override()]
+    base, variants = [*settings, *base], [*([] for _ in settings), *variants]
     search_space = _validate(base, config_name, check_task)
     # A search space (hparams_search) sweeps too: each of its values is tried against the command's overrides.
     space_base, space_variants = _split_sweeps(_parse_search_space(search_space))
@@ -99,6 +104,7 @@ def _parse_search_space(params: dict[str, str]) -> list[Override]:
 def _validate(overrides: list[str], config_name: str, check_task: bool) -> dict[str, str]:
     """Check one configuration; returns its search space (`hydra.sweeper.params`, empty without one)."""
     cfg = _compose(overrides, config_name)
+    check_targets(cfg)  # Hydra's part included: it builds its callbacks, sweeper and launcher before the run starts
     OmegaConf.set_struct(cfg, False)
     hydra_cfg = cfg.pop("hydra", None)
     validate_config(cfg, check_task=check_task)

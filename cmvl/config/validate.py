@@ -5,6 +5,7 @@ from __future__ import annotations
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from cmvl.config.paths import CONF_DIR
+from cmvl.config.targets import check_targets
 from cmvl.data.workers import AUTO
 from cmvl.errors import ConfigError
 from cmvl.training.nonfinite import check_settings as check_nonfinite_settings
@@ -37,30 +38,6 @@ def _datasets_providing(kind: str) -> list[str]:
         if kind in (OmegaConf.load(path).get("provides") or []):
             names.append(path.stem)
     return names
-
-
-ALLOWED_TARGET_PREFIXES = (
-    "cmvl.",
-    "torch.",
-    "torchvision.",
-    "timm.",
-    "transformers.",
-    "pytorch_lightning.",
-    "lightning.",
-    "torchmetrics.",
-)
-
-
-def check_targets(cfg: DictConfig) -> None:
-    """Refuse `_target_`s outside the allowed packages (plus the user's `extra_target_prefixes`)."""
-    allowed = ALLOWED_TARGET_PREFIXES + tuple(str(p) for p in (cfg.get("extra_target_prefixes") or []))
-    targets = ((path, str(node._get_node(key)._value())) for path, node, key in _keys(cfg) if key == "_target_")
-    for key, target in targets:
-        if not target.startswith(allowed):
-            raise ConfigError(
-                f"{key}={target}: not an allowed class (packages: {', '.join(p.rstrip('.') for p in allowed)}); "
-                f"add its package with 'extra_target_prefixes=[{target.split('.')[0]}.]' if you trust it"
-            )
 
 
 def validate_config(cfg: DictConfig, *, check_task: bool = True) -> None:

@@ -84,8 +84,11 @@ class PretrainedTokenizer:
         from transformers import AutoTokenizer
 
         from cmvl.models.pretrained import resolve_pretrained
+        from cmvl.models.remote_code import refuse_remote_code
 
-        tokenizer = AutoTokenizer.from_pretrained(resolve_pretrained(self.name), use_fast=True)
+        path = resolve_pretrained(self.name)
+        refuse_remote_code(path, "text.tokenizer.name")
+        tokenizer = AutoTokenizer.from_pretrained(path, use_fast=True, trust_remote_code=False)
         if not isinstance(tokenizer, PreTrainedTokenizerFast):
             raise DataError(f"text tokenizer {self.name}: no fast (Rust) tokenizer available")
         if tokenizer.pad_token is None:

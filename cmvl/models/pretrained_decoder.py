@@ -20,6 +20,7 @@ from cmvl.errors import ConfigError
 from cmvl.models.caption_decoder import TextDecoder
 from cmvl.models.freeze import apply_freeze
 from cmvl.models.pretrained import resolve_pretrained
+from cmvl.models.remote_code import refuse_remote_code, refuse_remote_config
 from cmvl.models.tokens import Tokens
 
 CONDITIONINGS = ("cross_attention", "prefix")
@@ -28,7 +29,8 @@ NEW_CROSS_ATTENTION = ("crossattention", "ln_cross_attn")  # module names transf
 
 def lm_config(path: str, conditioning: str) -> PretrainedConfig:
     """The LM's config, set up as a decoder with cross-attention layers where `conditioning` needs them."""
-    config = AutoConfig.from_pretrained(path)
+    refuse_remote_code(path, "task.lm")
+    config = AutoConfig.from_pretrained(path, trust_remote_code=False)
     if conditioning == "cross_attention":
         config.is_decoder = True  # BERT-family models are encoders unless told otherwise
         config.add_cross_attention = True
@@ -40,8 +42,8 @@ def build_lm(path: str, config: PretrainedConfig, *, pretrained: bool) -> PreTra
     randomly initialised), else random init. A model type without a causal-LM head is a config error."""
     try:
         if pretrained:
-            return AutoModelForCausalLM.from_pretrained(path, config=config)
-        return AutoModelForCausalLM.from_config(config)
+            return AutoModelForCausalLM.from_pretrained(path, config=config, trust_remote_code=False)
+        return AutoModelForCausalLM.from_config(config, trust_remote_code=False)
     except ValueError as err:  # "Unrecognized configuration class … for this kind of AutoModel"
         raise ConfigError(f"task.lm={path}: {config.model_type} has no causal-LM head ({err.args[0][:80]}…)") from None
 
@@ -164,7 +166,8 @@ class PretrainedLM:
             )
         self.path = resolve_pretrained(self.name) if self.name is not None else text_model
         if self.path != text_model:
-            own = AutoTokenizer.from_pretrained(self.path)
+            refuse_remote_code(self.path, "task.lm")
+            own = AutoTokenizer.from_pretrained(self.path, trust_remote_code=False)
             if own.get_vocab() != tokenizer.get_vocab():
                 raise ConfigError(
                     f"task.lm={self.name}: its vocabulary is not the run's tokenizer's (text model: "
@@ -178,6 +181,7 @@ class PretrainedLM:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         config = dict(state["config"])
+        refuse_remote_config(config, "the checkpoint's task.lm config")  # a checkpoint is a file, not a choice
         self.config = AutoConfig.for_model(config.pop("model_type"), **config)
         self.conditioning, self.path = state["conditioning"], None
 

@@ -10,6 +10,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from cmvl.config.targets import check_targets, trusted_prefixes
 from cmvl.data.datamodule import VLDataModule
 from cmvl.data.sources.base import Source
 from cmvl.data.workers import resolve_num_workers
@@ -22,9 +23,14 @@ from cmvl.training.nonfinite import NonFiniteGuard
 DATASET_META_KEYS = ("name", "provides", "splits")  # documentation keys of a dataset config, not source arguments
 
 
-def instantiate(node: Any, **kwargs: Any) -> Any:
-    """Hydra's `instantiate`, except that a user error raised by the target (a missing folder, an unknown model
-    name) surfaces as itself, the one-line message, not wrapped in Hydra's exception with a traceback."""
+def instantiate(node: Any, *, origin: DictConfig | None = None, **kwargs: Any) -> Any:
+    """Hydra's `instantiate` of a config node (or of a plain container made from the node `origin`), after checking
+    again, on the resolved node, that its place in the config may build what it names (`check_targets`, also run
+    before anything starts). A user error raised by the target (a missing folder, an unknown model name) surfaces
+    as itself, the one-line message, not wrapped in Hydra's exception with a traceback."""
+    place = node if origin is None else origin
+    resolved = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+    check_targets(resolved, at=place._get_full_key(None), trusted=trusted_prefixes(place._get_root()))
     try:
         return hydra_instantiate(node, **kwargs)
     except InstantiationException as err:
@@ -44,14 +50,14 @@ def build_task(cfg: DictConfig) -> Task:
     for task_node in [node, *node.get("tasks", {}).values()]:  # a multitask's members are task configs too
         for key in TASK_META_KEYS:
             task_node.pop(key, None)
-    return instantiate(node, _convert_="all")
+    return instantiate(node, origin=cfg.task, _convert_="all")
 
 
 def build_source(cfg: DictConfig) -> Source:
     node = OmegaConf.to_container(cfg.dataset, resolve=True)
     for key in DATASET_META_KEYS:
         node.pop(key, None)
-    return instantiate(node, _convert_="all")
+    return instantiate(node, origin=cfg.dataset, _convert_="all")
 
 
 def build_datamodule(cfg: DictConfig, *, data_state: dict[str, Any] | None = None) -> VLDataModule:

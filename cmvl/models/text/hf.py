@@ -9,6 +9,7 @@ from transformers import AutoConfig, AutoModel, PreTrainedTokenizerBase
 from cmvl.errors import ConfigError
 from cmvl.models.freeze import apply_freeze
 from cmvl.models.pretrained import resolve_pretrained
+from cmvl.models.remote_code import refuse_remote_code
 from cmvl.models.tokens import Tokens
 
 
@@ -28,10 +29,12 @@ class HFTextEncoder(nn.Module):
     ) -> None:
         super().__init__()
         path = resolve_pretrained(name)
+        refuse_remote_code(path, "text.encoder.name")
         if pretrained:
-            model = AutoModel.from_pretrained(path)
+            model = AutoModel.from_pretrained(path, trust_remote_code=False)
         else:
-            model = AutoModel.from_config(AutoConfig.from_pretrained(path))
+            config = AutoConfig.from_pretrained(path, trust_remote_code=False)
+            model = AutoModel.from_config(config, trust_remote_code=False)
         if model.config.is_encoder_decoder:
             model = model.get_encoder()
         if len(tokenizer) > model.get_input_embeddings().num_embeddings:

@@ -15,6 +15,7 @@ from torch import nn
 from cmvl.errors import ConfigError
 from cmvl.models.freeze import apply_freeze
 from cmvl.models.pretrained import resolve_pretrained
+from cmvl.models.remote_code import refuse_remote_code
 from cmvl.models.tokens import Tokens
 from cmvl.models.vision.grid import grid_to_tokens
 
@@ -88,9 +89,12 @@ class HFVisionEncoder(nn.Module):
         from transformers import AutoConfig, AutoModel
 
         path = resolve_pretrained(name)
-        model = (
-            AutoModel.from_pretrained(path) if pretrained else AutoModel.from_config(AutoConfig.from_pretrained(path))
-        )
+        refuse_remote_code(path, "vision.encoder.name")
+        if pretrained:
+            model = AutoModel.from_pretrained(path, trust_remote_code=False)
+        else:
+            config = AutoConfig.from_pretrained(path, trust_remote_code=False)
+            model = AutoModel.from_config(config, trust_remote_code=False)
         if hasattr(model, "vision_model"):  # CLIPModel / SiglipModel: keep the image tower only
             model = model.vision_model
         self.model = model
