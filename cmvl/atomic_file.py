@@ -4,11 +4,60 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
+
+# A temporary name says who writes it: `.<target>.<pid>@<host>.<random>.tmp`. A later start of the same operation
+# removes the leftovers of writers that died (a killed save, a killed generation) and never those of a live one.
+_HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname().split(".")[0]) or "host"
+_TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.(?P<pid>\d+)@(?P<host>[A-Za-z0-9-]+)\.[^.]+\.tmp$")
+TEMP_SUFFIX = ".tmp"
+
+
+def temp_prefix(target: str) -> str:
+    """The start of a temporary name for `target` (mkstemp/mkdtemp add a random part and TEMP_SUFFIX)."""
+    return f".{target}.{os.getpid()}@{_HOST}."
+
+
+def _owner_alive(pid: int, host: str) -> bool:
+    if host != _HOST:  # another machine's writer on a shared file system: it cannot be asked, so it is kept
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def remove_stale_temps(folder: str | os.PathLike, *, target: str | None = None, recursive: bool = False) -> list[Path]:
+    """Remove the temporary files and folders in `folder` (and below it, if `recursive`) whose writer is no longer
+    alive; only those of `target` when given. Returns what was removed."""
+    removed = []
+    for parent, dirs, files in os.walk(folder):
+        for name in [*dirs, *files]:
+            match = _TEMP_NAME.match(name)
+            if not match or (target is not None and match["target"] != target):
+                continue
+            if _owner_alive(int(match["pid"]), match["host"]):
+                continue
+            path = Path(parent) / name
+            if name in dirs:
+                shutil.rmtree(path, ignore_errors=True)
+                dirs.remove(name)
+            else:
+                path.unlink(missing_ok=True)  # a concurrent cleaner may have been first
+            removed.append(path)
+        if not recursive:
+            break
+    return removed
 
 
 @contextmanager
@@ -17,7 +66,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", *, fsync: bool = Fals
     error it is removed, so a crash mid-write never leaves a partial file under the final name."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=TEMP_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, mode, **open_args) as f:
             yield f

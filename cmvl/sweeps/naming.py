@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import secrets
 
 from omegaconf import OmegaConf
 
@@ -44,6 +45,9 @@ def sweep_dir_for(overrides: list[str]) -> str:
 
 
 def register_resolvers() -> None:
-    """`${cmvl_dirname:...}`: used by conf/train.yaml's `hydra.sweep.subdir`."""
+    """`${cmvl_dirname:...}`: used by conf/train.yaml's `hydra.sweep.subdir`; `${cmvl_run_suffix:}`: by its
+    `hydra.run.dir` (cached like `${now:}`, so one config resolves it to one value)."""
     if not OmegaConf.has_resolver("cmvl_dirname"):
         OmegaConf.register_new_resolver("cmvl_dirname", lambda text: safe_dirname(str(text)))
+    if not OmegaConf.has_resolver("cmvl_run_suffix"):
+        OmegaConf.register_new_resolver("cmvl_run_suffix", lambda: secrets.token_hex(3), use_cache=True)

@@ -27,6 +27,7 @@ from cmvl.training.curves import plot_curves
 from cmvl.training.lit_module import CHECKPOINT_KEY
 from cmvl.training.preemption import EXIT_PREEMPTED, STEP_CHECKPOINT, PreemptionCallback, PreemptionStop
 from cmvl.training.resume import RNGStateCallback, find_resume_checkpoint
+from cmvl.training.run_dir import claim_run_dir
 from cmvl.training.samples import SamplePredictions
 
 
@@ -116,6 +117,7 @@ class StepCheckpoint(ModelCheckpoint):
 
 
 def run_training(cfg: DictConfig) -> dict[str, Any]:
+    _run_dir_lock = claim_run_dir(cfg)  # held while this run lasts; refuses a clash before anything is written
     out_dir = Path(cfg.paths.output_dir)
     finished = finished_summary(out_dir, SUMMARY_FILE)
     if finished is not None:

@@ -10,7 +10,8 @@ Layout under ``root``::
     shapes.json                                                                           (how it was made)
 
 The directory appears atomically (written under a temporary name, then renamed), so concurrent processes
-(DDP ranks, sweep jobs) never see a half-written world.
+(DDP ranks, sweep jobs) never see a half-written world; the temporary folder of a killed generation is removed
+by the next generation of the same world (cmvl/atomic_file.py names its owner).
 """
 
 from __future__ import annotations
@@ -24,10 +25,12 @@ from pathlib import Path
 
 import numpy as np
 
+from cmvl.atomic_file import TEMP_SUFFIX, remove_stale_temps, temp_prefix
 from cmvl.data.shapes.captions import make_captions
 from cmvl.data.shapes.questions import RELATIONS, annotate, is_related, sample_questions
 from cmvl.data.shapes.render import render_scene, shape_area, shape_polygon
 from cmvl.data.shapes.scene import SHAPES, Scene, sample_scene
+from cmvl.errors import DataError
 from cmvl.progress import track
 
 FORMAT_VERSION = 1
@@ -58,17 +61,20 @@ def image_file(split: str, image_id: int) -> str:
 def ensure_shapes_world(root: str | Path, spec: ShapesSpec) -> Path:
     """Generate the world at `root` unless a complete one with the same spec is already there."""
     root = Path(root)
-    marker = root / "shapes.json"
+    marker = root / "shapes.json"  # written last, inside the temporary folder: a world with it is complete
     if marker.exists():
         return root
+    if root.is_dir() and any(root.iterdir()):  # not a generation in progress: those appear whole, by a rename
+        raise DataError(f"{root} holds files but no complete shapes world (no shapes.json); remove it or use another")
     root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
+    remove_stale_temps(root.parent, target=root.name)  # what a killed generation of this world left
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(root.name), suffix=TEMP_SUFFIX, dir=root.parent))
     try:
         write_shapes_world(tmp, spec)
         try:
-            os.rename(tmp, root)
+            os.rename(tmp, root)  # replaces an empty `root`, never a non-empty one
         except OSError:
-            if not marker.exists():  # not a concurrent writer that finished first: a real error
+            if not marker.exists():  # not a concurrent writer (DDP rank, sweep job) that finished first
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
