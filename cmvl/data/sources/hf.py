@@ -12,9 +12,12 @@ import io
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 from PIL import Image
 
+from cmvl.data.images import decode_image
+from cmvl.data.jsonfile import require_unique
 from cmvl.data.sources.base import QA_SCHEMA, Source, answer_type, question_type, single_answer_annotations
 from cmvl.data.sources.coco import CAPTIONS_SCHEMA
 from cmvl.data.table_cache import cached_table
@@ -127,11 +130,10 @@ class HFSource(Source):
             source = io.BytesIO(value["bytes"]) if value.get("bytes") else value.get("path")
         else:
             source = value
-        try:
-            with Image.open(source) as im:
-                return im.convert("RGB")
-        except (OSError, TypeError) as err:
-            raise DataError(f"unreadable image in {self.path} split {split} row {row} ({err})") from None
+        name = f"{self.path} split {split} row {row}"
+        if not isinstance(source, (str, io.BytesIO)):
+            raise DataError(f"unreadable image: {name} (neither image bytes nor a path: {type(source).__name__})")
+        return decode_image(source, name=name)
 
     def _read(self, kind: str, split: str) -> pa.Table:
         dataset = self.data[self.split_names[split]]
@@ -152,7 +154,7 @@ class HFSource(Source):
             return pa.table(columns, schema=CAPTIONS_SCHEMA)
         questions = self._column(split, "question")
         answers = self._column(split, "answers") if self.columns["answers"] in self._names(split) else None
-        qids, types = self._column(split, "question_id"), self._column(split, "answer_type")
+        qids, types = self._question_ids(split), self._column(split, "answer_type")
         columns = {name: [] for name in QA_SCHEMA.names}
         for row, question in enumerate(questions):
             human = _answer_list(answers[row]) if answers is not None else None
@@ -168,6 +170,19 @@ class HFSource(Source):
             columns["question_type"].append(question_type(question))
             columns["multiple_choice_answer"].append(majority)
         return pa.table(columns, schema=QA_SCHEMA)
+
+    def _question_ids(self, split: str) -> np.ndarray | None:
+        """The `question_id` column as integers, each once (results are written per question id)."""
+        values = self._column(split, "question_id")
+        if values is None:
+            return None
+        where = f"{self.path} split {self.split_names[split]} column {self.columns['question_id']}"
+        try:
+            ids = np.asarray(list(values)).astype(np.int64, casting="safe" if len(values) else "unsafe")
+        except (TypeError, ValueError) as err:
+            raise DataError(f"{where}: question ids must be integers ({err})") from None
+        require_unique(ids, path=where, key="question_id")
+        return ids
 
     def _names(self, split: str) -> list[str]:
         return self.data[self.split_names[split]].column_names
