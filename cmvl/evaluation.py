@@ -12,6 +12,7 @@ from cmvl.atomic_file import write_json_atomic
 from cmvl.config.targets import split_trust_overrides, without_trust
 from cmvl.config.validate import validate_config
 from cmvl.errors import ConfigError
+from cmvl.tasks.vqa import fill_vqa_eval_of_older_checkpoint
 from cmvl.training.build import build_datamodule, build_lit_module, single_device_trainer
 from cmvl.training.checkpoints import load_checkpoint
 from cmvl.training.lit_module import CHECKPOINT_KEY
@@ -28,6 +29,7 @@ def checkpoint_config(checkpoint: dict[str, Any], overrides: list[str]):
     trust, overrides = split_trust_overrides(overrides)
     saved = without_trust(checkpoint[CHECKPOINT_KEY]["config"])
     cfg = OmegaConf.merge(KEYS_ADDED_SINCE_OLDER_CHECKPOINTS, saved, OmegaConf.from_dotlist(trust))
+    fill_vqa_eval_of_older_checkpoint(cfg.task)  # a key added since, only where the task is VQA
     OmegaConf.set_struct(cfg, True)  # an override of a key the run did not have is a typo, not a new key
     try:
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))

@@ -33,9 +33,9 @@ def _table(rows):
     )
 
 
-@pytest.fixture()
-def task():
-    t = VQATask(min_answer_count=1)
+@pytest.fixture(params=["current", "2017"])
+def task(request):
+    t = VQATask(min_answer_count=1, vqa_eval=request.param)
     t.fit(_table(ROWS))
     return t
 
@@ -59,7 +59,7 @@ def test_dense_targets_are_the_official_scores(task):
     batch = task.targets(_table(ROWS)).collate(list(range(len(ROWS))))
     for row, (_, human, _, _) in enumerate(ROWS):
         for j, answer in enumerate(task.answers):
-            assert batch["targets"][row, j].item() == pytest.approx(vqa_score(answer, human), abs=1e-6)
+            assert batch["targets"][row, j].item() == vqa_score(answer, human, task.rules.version)
 
 
 def test_metric_from_targets_equals_string_scoring(task):
@@ -70,7 +70,8 @@ def test_metric_from_targets_equals_string_scoring(task):
     metric = task.make_metric()
     task.update_metric(metric, {"logits": logits}, batch)
     predictions = task.predictions({"logits": logits}, batch)
-    expected = sum(vqa_score(p["answer"], ROWS[p["question_id"]][1]) for p in predictions) / len(ROWS)
+    expected = sum(vqa_score(p["answer"], ROWS[p["question_id"]][1], task.rules.version) for p in predictions)
+    expected /= len(ROWS)
     assert metric.compute()["acc"].item() == pytest.approx(expected, abs=1e-9)
 
 

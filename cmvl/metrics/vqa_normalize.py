@@ -1,25 +1,36 @@
 """Answer normalisation and per-question scoring exactly as the official VQA evaluation does it.
 
-Reference: GT-Vision-Lab/VQA, ``PythonEvaluationTools/vqaEvaluation/vqaEval.py`` (master). Its quirks are
-reproduced on purpose, because published numbers come from that code:
+Reference: GT-Vision-Lab/VQA, ``PythonEvaluationTools/vqaEvaluation/vqaEval.py``, in two versions (`VQA_EVAL`):
 
-* a *prediction* goes through newline/tab removal, ``strip``, punctuation processing, then digit/article/
-  contraction processing;
-* the *human answers* only go through punctuation processing, and only when the 10 answers are not all
-  identical (they are never lower-cased or digit-mapped by the evaluator);
+* ``current`` (commit a013f00, 2021, "Fixed processing answers bug", confirmed as intended in GT-Vision-Lab/VQA#14):
+  the human answers and the prediction lose newlines/tabs and surrounding spaces; then, only when the ten answers
+  are *not* all identical, both go through punctuation and digit/article/contraction processing. When all ten
+  agree, the prediction must equal that answer character for character (``Yes`` does not match 10 × ``yes``).
+* ``2017`` (the code before a013f00, which most published VQA v2 numbers used): the prediction always goes through
+  newline/tab removal, ``strip``, punctuation and digit/article/contraction processing; the human answers only
+  through punctuation processing, only when not unanimous, and are never stripped, lower-cased or digit-mapped.
+
+Quirks of both, reproduced on purpose:
+
 * the punctuation rule removes a mark outright when it touches a space (or when the text contains a
   ``digit,digit`` group) and replaces it by a space otherwise;
 * the period rule is ``(?!<=\\d)(\\.)(?!\\d)`` – a look-*ahead* typo for a look-behind – called with
-  ``re.UNICODE`` (= 32) in the ``count`` position, so at most 32 periods are removed;
+  ``re.UNICODE`` (= 32) in the ``count`` position, so at most 32 periods are removed; the official code is Python 2,
+  where that pattern's ``\\d`` means ASCII digits only (hence ``re.ASCII`` here);
 * the score of a prediction is the mean over the 10 leave-one-annotator-out subsets of
-  ``min(1, #matches / 3)``, which gives 0, 0.3, 0.6, 0.9 or 1.0 for 0, 1, 2, 3, ≥4 matching annotators.
+  ``min(1, #matches / 3)``, which gives 0, 0.3, 0.6, 0.9 or 1.0 for 0, 1, 2, 3, ≥4 matching annotators, summed in
+  annotator order as the official loop does (so the floats are the same to the last bit).
 """
 
 from __future__ import annotations
 
 import re
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import lru_cache
+
+from cmvl.errors import ConfigError
 
 # The official contraction table (keys are the forms with the apostrophe missing).
 CONTRACTIONS: dict[str, str] = {
@@ -58,8 +69,8 @@ NUMBER_WORDS: dict[str, str] = {
 }  # fmt: skip
 ARTICLES = frozenset({"a", "an", "the"})
 PUNCTUATION = (";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!")
-_PERIOD_STRIP = re.compile(r"(?!<=\d)(\.)(?!\d)")
-_COMMA_STRIP = re.compile(r"(\d)(,)(\d)")
+_PERIOD_STRIP = re.compile(r"(?!<=\d)(\.)(?!\d)", re.ASCII)
+_COMMA_STRIP = re.compile(r"(\d)(,)(\d)", re.ASCII)
 _OFFICIAL_PERIOD_COUNT = int(re.UNICODE)  # the official call passes re.UNICODE as `count`
 
 
@@ -88,47 +99,163 @@ def process_digit_article(text: str) -> str:
     return " ".join(words)
 
 
+def strip_answer(answer: str) -> str:
+    """Newlines and tabs to spaces, then `strip` (both versions do this to the prediction, `current` to answers)."""
+    return answer.replace("\n", " ").replace("\t", " ").strip()
+
+
 @MEMO
 def normalize_prediction(answer: str) -> str:
-    """What the official evaluator compares for a predicted answer."""
-    answer = answer.replace("\n", " ").replace("\t", " ").strip()
-    return process_digit_article(process_punctuation(answer))
+    """The fully processed form of an answer: strip, punctuation, then digits/articles/contractions."""
+    return process_digit_article(process_punctuation(strip_answer(answer)))
 
 
 def normalize_answer(answer: str) -> str:
-    """The canonical form used for answer vocabularies: the prediction normalisation."""
+    """cmvl's canonical form of an answer it writes (majority answers, the 2017 vocabulary): the full processing."""
     return normalize_prediction(answer)
 
 
-def prepare_human_answers(answers: Sequence[str]) -> list[str]:
-    """The human answers as the official evaluator compares them (punctuation only, only if not unanimous)."""
-    if len(set(answers)) > 1:
-        return [process_punctuation(answer) for answer in answers]
-    return list(answers)
+@dataclass(frozen=True)
+class PreparedAnswers:
+    """One question's human answers as the evaluator compares them, and whether it processed them (its case)."""
+
+    answers: tuple[str, ...]
+    processed: bool
 
 
-def vqa_score(prediction: str, human_answers: Sequence[str]) -> float:
-    """Official accuracy of one raw predicted answer against the raw human answers of one question."""
-    return score_normalized(normalize_prediction(prediction), prepare_human_answers(human_answers))
-
-
-def score_normalized(prediction: str, prepared_answers: Sequence[str]) -> float:
-    """Leave-one-annotator-out accuracy of an already normalised prediction against prepared human answers."""
-    if not prepared_answers:
+def leave_one_out_score(prediction_form: str, prepared: PreparedAnswers) -> float:
+    """Mean over the leave-one-annotator-out subsets of min(1, matches / 3), summed in annotator order."""
+    answers = prepared.answers
+    if not answers:
         return 0.0
-    matches = sum(answer == prediction for answer in prepared_answers)
+    matches = sum(answer == prediction_form for answer in answers)
     total = 0.0
-    for answer in prepared_answers:
+    for answer in answers:
         # Leaving out annotator i removes one match exactly when annotator i gave the predicted answer.
-        others = matches - (answer == prediction)
-        total += min(1.0, others / 3)
-    return total / len(prepared_answers)
+        total += min(1.0, (matches - (answer == prediction_form)) / 3)
+    return total / len(answers)
 
 
-def soft_scores(prepared_answers: Sequence[str]) -> dict[str, float]:
-    """Official score of predicting each human answer, keyed by its normalised (vocabulary) form.
+class VQAEvalRules(ABC):
+    """One version of the official evaluator's answer processing. A question falls in one of two cases, answers
+    processed (they are not all alike) or not, and each case says what is compared for an answer and a prediction."""
 
-    This is the soft training target: the score the evaluator would give if the model answered that class.
+    version: str
+
+    @abstractmethod
+    def processes(self, human_answers: Sequence[str]) -> bool:
+        """Whether this version processes the human answers of this question (they are not unanimous)."""
+
+    @abstractmethod
+    def answer_form(self, answer: str, processed: bool) -> str:
+        """What this version compares for one human answer of a question in case `processed`."""
+
+    @abstractmethod
+    def prediction_form(self, prediction: str, processed: bool) -> str:
+        """What this version compares for a predicted answer on a question in case `processed`."""
+
+    def prepare(self, human_answers: Sequence[str]) -> PreparedAnswers:
+        """The human answers of one question as this version compares them."""
+        processed = self.processes(human_answers)
+        return PreparedAnswers(tuple(self.answer_form(answer, processed) for answer in human_answers), processed)
+
+    def score(self, prediction: str, human_answers: Sequence[str]) -> float:
+        """Official accuracy of one raw predicted answer against the raw human answers of one question."""
+        prepared = self.prepare(human_answers)
+        return leave_one_out_score(self.prediction_form(prediction, prepared.processed), prepared)
+
+    def answer_class(self, majority: str, human_answers: Sequence[str] | None) -> str:
+        """The answer cmvl learns and writes for a question with this majority answer: the first of its normalised,
+        stripped and raw spellings that the evaluator matches with it (the normalised one when none does).
+
+        Where the answers are compared unprocessed, the unanimous answer is the majority. Normalised where it can
+        be, so spellings of one answer share a class; otherwise as written, e.g. "Yes" for 10 × "Yes" under the
+        current rules (no processed spelling matches it) or 40 periods (processing removes at most 32 at a time).
+        """
+        normalized = normalize_answer(majority)
+        if not human_answers:
+            return normalized
+        processed = self.processes(human_answers)
+        majority = majority if processed else human_answers[0]
+        target = self.answer_form(majority, processed)
+        for spelling in (normalize_answer(majority), strip_answer(majority), majority):
+            if self.prediction_form(spelling, processed) == target:
+                return spelling
+        return normalized
+
+
+class CurrentVQAEval(VQAEvalRules):
+    """GT-Vision-Lab/VQA since a013f00: answers and prediction stripped, then fully processed only when the
+    stripped answers are not unanimous."""
+
+    version = "current"
+
+    def processes(self, human_answers: Sequence[str]) -> bool:
+        return len({strip_answer(answer) for answer in human_answers}) > 1
+
+    def answer_form(self, answer: str, processed: bool) -> str:
+        return normalize_prediction(answer) if processed else strip_answer(answer)
+
+    def prediction_form(self, prediction: str, processed: bool) -> str:
+        return normalize_prediction(prediction) if processed else strip_answer(prediction)
+
+
+class VQAEval2017(VQAEvalRules):
+    """GT-Vision-Lab/VQA before a013f00: the prediction always fully processed; the raw answers only get
+    punctuation processing, only when not unanimous."""
+
+    version = "2017"
+
+    def processes(self, human_answers: Sequence[str]) -> bool:
+        return len(set(human_answers)) > 1
+
+    def answer_form(self, answer: str, processed: bool) -> str:
+        return process_punctuation(answer) if processed else answer
+
+    def prediction_form(self, prediction: str, processed: bool) -> str:
+        return normalize_prediction(prediction)
+
+
+VQA_EVAL: dict[str, VQAEvalRules] = {rules.version: rules for rules in (CurrentVQAEval(), VQAEval2017())}
+DEFAULT_VQA_EVAL = "current"
+OLDER_CHECKPOINT_VQA_EVAL = "2017"  # what runs written before task.vqa_eval existed were scored by
+
+
+def vqa_eval_rules(version: str) -> VQAEvalRules:
+    """The rules of `task.vqa_eval=version`; a one-line error for any other value."""
+    if version not in VQA_EVAL:
+        raise ConfigError(f"task.vqa_eval={version}: choose one of {' | '.join(VQA_EVAL)}")
+    return VQA_EVAL[version]
+
+
+def vqa_score(prediction: str, human_answers: Sequence[str], version: str = DEFAULT_VQA_EVAL) -> float:
+    """Official accuracy of one raw predicted answer against the raw human answers of one question."""
+    return vqa_eval_rules(version).score(prediction, human_answers)
+
+
+class VocabularyScorer:
+    """Soft targets: the official score of writing each vocabulary answer, for one question at a time.
+
+    Every vocabulary answer is looked up by the form the evaluator compares (processed or as written, the two
+    cases of a question), so a target is exactly what the evaluator gives that answer string, including answers
+    that only match after processing (``Yes`` on a question with 9 × ``yes`` + ``no``).
     """
-    candidates = {normalize_answer(answer) for answer in prepared_answers}
-    return {answer: score_normalized(answer, prepared_answers) for answer in candidates if answer}
+
+    def __init__(self, rules: VQAEvalRules, answers: Sequence[str]) -> None:
+        self.rules = rules
+        self.by_form: dict[bool, dict[str, list[int]]] = {True: {}, False: {}}
+        for processed, index in self.by_form.items():
+            for j, answer in enumerate(answers):
+                index.setdefault(rules.prediction_form(answer, processed), []).append(j)
+
+    def scores(self, human_answers: Sequence[str]) -> dict[int, float]:
+        """{vocabulary index: official score > 0} for one question."""
+        prepared = self.rules.prepare(human_answers)
+        index = self.by_form[prepared.processed]
+        result = {}
+        for form in dict.fromkeys(prepared.answers):
+            score = leave_one_out_score(form, prepared)
+            if score > 0:
+                for j in index.get(form, ()):
+                    result[j] = score
+        return result

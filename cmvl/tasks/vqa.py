@@ -10,12 +10,18 @@ import numpy as np
 import pyarrow as pa
 import torch
 import torch.nn.functional as F
+from omegaconf import DictConfig
 from torch import nn
 from transformers import PreTrainedTokenizerFast
 
 from cmvl.errors import ConfigError, DataError
 from cmvl.metrics.vqa_accuracy import VQAAccuracy, answer_type_index
-from cmvl.metrics.vqa_normalize import normalize_answer, prepare_human_answers, soft_scores, vqa_score
+from cmvl.metrics.vqa_normalize import (
+    DEFAULT_VQA_EVAL,
+    OLDER_CHECKPOINT_VQA_EVAL,
+    VocabularyScorer,
+    vqa_eval_rules,
+)
 from cmvl.models.caption_decoder import CaptionDecoder
 from cmvl.models.fusion.base import mlp
 from cmvl.models.tokens import Tokens
@@ -38,11 +44,11 @@ class VQATargets(SplitTargets):
     answer_type: np.ndarray  # int64 [Q], index into ANSWER_TYPES or -1
     offsets: np.ndarray  # int64 [Q+1]
     answer_idx: np.ndarray  # int64 [nnz]
-    answer_score: np.ndarray  # float32 [nnz]
+    answer_score: np.ndarray  # float64 [nnz]: the official score to the last bit (the metric reads it)
     num_answers: int
     annotated: bool
-    # Generative mode: the answer to write (normalised majority answer), tokenised here, and the ten human
-    # answers it is scored against.
+    # Generative mode: the answer to write (the majority answer's vocabulary form), tokenised here, and the ten
+    # human answers it is scored against.
     answer_text: pa.ChunkedArray | None = None
     human_answers: pa.ChunkedArray | None = None
     tokenizer: PreTrainedTokenizerFast | None = None
@@ -50,7 +56,7 @@ class VQATargets(SplitTargets):
 
     def collate(self, indices: list[int]) -> dict[str, Any]:
         idx = np.asarray(indices)
-        dense = np.zeros((len(idx), self.num_answers), dtype=np.float32)
+        dense = np.zeros((len(idx), self.num_answers), dtype=np.float64)
         for row, i in enumerate(idx):
             start, end = self.offsets[i], self.offsets[i + 1]
             dense[row, self.answer_idx[start:end]] = self.answer_score[start:end]
@@ -73,8 +79,10 @@ class VQATargets(SplitTargets):
 class VQATask(Task):
     """Answer classification with BCE over official soft scores (0, .3, .6, .9, 1).
 
-    The vocabulary holds the normalised answers that are the majority (`multiple_choice_answer`) of at least
-    `min_answer_count` training questions (the common VQA v2 recipe: 9 → 3,129 answers), cut to `top_k`.
+    The vocabulary holds the answers that are the majority (`multiple_choice_answer`) of at least
+    `min_answer_count` training questions (the common VQA v2 recipe: 9 → 3,129 answers), cut to `top_k`, each in
+    the form the chosen official evaluator (`vqa_eval`: current | 2017) gives credit for: normalised, or as the
+    annotators wrote it where all ten agree and the current evaluator compares them unprocessed.
     """
 
     name = "vqa"
@@ -93,7 +101,9 @@ class VQATask(Task):
         decoder_heads: int = 4,
         answer_max_length: int = 8,
         beam_size: int = 1,
+        vqa_eval: str = DEFAULT_VQA_EVAL,
     ) -> None:
+        self.rules = vqa_eval_rules(str(vqa_eval))  # YAML reads an unquoted 2017 as an int
         if answer_mode not in ANSWER_MODES:
             raise ConfigError(f"task.answer_mode={answer_mode}: choose one of {', '.join(ANSWER_MODES)}")
         self.answer_mode = answer_mode
@@ -113,7 +123,8 @@ class VQATask(Task):
         majority = train_table.column("multiple_choice_answer").to_pylist()
         if all(a is None for a in majority):
             raise DataError("VQA training split has no annotations (multiple_choice_answer is missing)")
-        counts = Counter(normalize_answer(a) for a in majority if a)
+        human = train_table.column("answers").to_pylist()
+        counts = Counter(self.rules.answer_class(a, answers) for a, answers in zip(majority, human) if a)
         ranked = sorted(
             ((n, a) for a, n in counts.items() if n >= self.min_answer_count and a), key=lambda t: (-t[0], t[1])
         )
@@ -150,16 +161,15 @@ class VQATask(Task):
     def targets(self, table: pa.Table) -> VQATargets:
         answers_col = table.column("answers").to_pylist()
         annotated = any(a is not None for a in answers_col)
+        scorer = VocabularyScorer(self.rules, self.answers)
         offsets = [0]
         idx: list[int] = []
         scores: list[float] = []
         for human in answers_col:
             if human:
-                for answer, score in soft_scores(prepare_human_answers(human)).items():
-                    j = self._index.get(answer)
-                    if j is not None and score > 0:
-                        idx.append(j)
-                        scores.append(score)
+                for j, score in scorer.scores(human).items():
+                    idx.append(j)
+                    scores.append(score)
             offsets.append(len(idx))
         types = [answer_type_index(t) for t in table.column("answer_type").to_pylist()]
         return VQATargets(
@@ -167,14 +177,18 @@ class VQATask(Task):
             answer_type=np.asarray(types, dtype=np.int64),
             offsets=np.asarray(offsets, dtype=np.int64),
             answer_idx=np.asarray(idx, dtype=np.int64),
-            answer_score=np.asarray(scores, dtype=np.float32),
+            answer_score=np.asarray(scores, dtype=np.float64),
             num_answers=len(self.answers),
             annotated=annotated,
             **(self._generation_targets(table) if self.answer_mode == "generate" else {}),
         )
 
     def _generation_targets(self, table: pa.Table) -> dict[str, Any]:
-        majority = [normalize_answer(a) if a else None for a in table.column("multiple_choice_answer").to_pylist()]
+        human = table.column("answers").to_pylist()
+        majority = [
+            self.rules.answer_class(a, answers) if a else None
+            for a, answers in zip(table.column("multiple_choice_answer").to_pylist(), human)
+        ]
         return {
             "answer_text": pa.chunked_array([pa.array(majority, type=pa.string())]),
             "human_answers": table.column("answers"),
@@ -230,7 +244,8 @@ class VQATask(Task):
             return self.framing.next_token_loss(outputs)
         logits = outputs["logits"]
         # Sum over answers, mean over questions: the usual VQA scaling of the soft-target BCE.
-        return F.binary_cross_entropy_with_logits(logits.float(), batch["targets"], reduction="sum") / logits.shape[0]
+        targets = batch["targets"].float()  # float64 in the batch for the metric's exact scores
+        return F.binary_cross_entropy_with_logits(logits.float(), targets, reduction="sum") / logits.shape[0]
 
     def make_metric(self) -> VQAAccuracy:
         return VQAAccuracy()
@@ -238,7 +253,7 @@ class VQATask(Task):
     def update_metric(self, metric: VQAAccuracy, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> None:
         if self.answer_mode == "generate":  # string-level official score of each written answer
             written = self.framing.decode(outputs["tokens"])
-            scores = [vqa_score(a, human) for a, human in zip(written, batch["human_answers"])]
+            scores = [self.rules.score(a, human) for a, human in zip(written, batch["human_answers"])]
             metric.update(torch.tensor(scores, dtype=torch.float64), batch["answer_type"])
             return
         best = outputs["logits"].argmax(dim=1, keepdim=True)
@@ -263,3 +278,10 @@ class VQATask(Task):
         else:
             answers = [self.answers[j] for j in outputs["logits"].argmax(dim=1).tolist()]
         return [{"question_id": int(q), "answer": a} for q, a in zip(batch["question_id"].tolist(), answers)]
+
+
+def fill_vqa_eval_of_older_checkpoint(task_cfg: DictConfig) -> None:
+    """A checkpoint's task config written before `vqa_eval` existed: its VQA task(s) were scored by the 2017 rules."""
+    for node in [task_cfg, *task_cfg.get("tasks", {}).values()]:  # a multitask's members are task configs too
+        if node.get("_target_") == f"{VQATask.__module__}.{VQATask.__name__}" and "vqa_eval" not in node:
+            node.vqa_eval = OLDER_CHECKPOINT_VQA_EVAL
