@@ -27,6 +27,7 @@ from cmvl.training.curves import plot_curves
 from cmvl.training.lit_module import CHECKPOINT_KEY
 from cmvl.training.preemption import EXIT_PREEMPTED, STEP_CHECKPOINT, PreemptionCallback, PreemptionStop
 from cmvl.training.resume import RNGStateCallback, find_resume_checkpoint
+from cmvl.training.resume_settings import check_loop_settings
 from cmvl.training.run_dir import claim_run_dir
 from cmvl.training.samples import SamplePredictions
 
@@ -125,7 +126,7 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
         return finished
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     resume = resume_mode(cfg.resume)
-    ckpt_path, checkpoint = _resume_checkpoint(resume, Path(cfg.checkpoint.dirpath), asked=cfg.resume is not None)
+    ckpt_path, checkpoint = _resume_checkpoint(cfg, resume, asked=cfg.resume is not None)
     # A resumed run keeps the tokenizer and answer vocabulary it started with (the checkpoint's), never rebuilt ones.
     data_state = checkpoint[CHECKPOINT_KEY]["data_state"] if checkpoint else None
     datamodule = build_datamodule(cfg, data_state=data_state)
@@ -193,10 +194,14 @@ def _optimized(summary: dict[str, Any], metric: str, mode: str) -> dict[str, Any
     return {"optimized_metric": metric, "optimized_value": value, "mode": mode}
 
 
-def _resume_checkpoint(resume: str, checkpoint_dir: Path, *, asked: bool) -> tuple[Path | None, dict[str, Any] | None]:
-    """The checkpoint to resume (path, contents), saying which; `asked`: the user set `resume` (a sweep job that
-    resumes by default starts fresh without a word)."""
+def _resume_checkpoint(cfg: DictConfig, resume: str, *, asked: bool) -> tuple[Path | None, dict[str, Any] | None]:
+    """The checkpoint to resume (path, contents), saying which, after checking that it was trained with this run's
+    loop-defining settings; `asked`: the user set `resume` (a sweep job that resumes by default starts fresh
+    without a word)."""
+    checkpoint_dir = Path(cfg.checkpoint.dirpath)
     ckpt_path, checkpoint, skipped = find_resume_checkpoint(resume, checkpoint_dir)
+    if checkpoint is not None:  # before anything is built from it: every process refuses alike, none proceeds
+        check_loop_settings(OmegaConf.to_container(cfg, resolve=True), checkpoint[CHECKPOINT_KEY]["config"], ckpt_path)
     if rank_zero_only.rank == 0:
         for line in skipped:
             print(f"cmvl: {line}", file=sys.stderr)
