@@ -199,6 +199,15 @@ def test_eval_takes_trust_from_its_own_command_line_never_from_the_checkpoint(tr
     assert list(cfg.extra_target_prefixes) == [USER_MODULE]
 
 
+def _config_with_target(location: str, target: str) -> dict:
+    config: dict = {}
+    node = config
+    for part in location.split("."):
+        node = node.setdefault(part, {})
+    node["_target_"] = target
+    return config
+
+
 @pytest.mark.parametrize(
     ("location", "target"),
     [
@@ -209,12 +218,7 @@ def test_eval_takes_trust_from_its_own_command_line_never_from_the_checkpoint(tr
     ],
 )
 def test_the_listed_library_classes_of_each_kind_are_accepted(location, target):
-    config: dict = {}
-    node = config
-    for part in location.split("."):
-        node = node.setdefault(part, {})
-    node["_target_"] = target
-    check_targets(config)
+    check_targets(_config_with_target(location, target))
 
 
 @pytest.mark.parametrize(
@@ -228,13 +232,8 @@ def test_the_listed_library_classes_of_each_kind_are_accepted(location, target):
     ],
 )
 def test_a_class_of_the_wrong_kind_or_place_is_refused(location, target, message):
-    config: dict = {}
-    node = config
-    for part in location.split("."):
-        node = node.setdefault(part, {})
-    node["_target_"] = target
     with pytest.raises(ConfigError, match=message):
-        check_targets(config)
+        check_targets(_config_with_target(location, target))
 
 
 def _remote_code_model(root: Path, marker: Path, **config) -> Path:
