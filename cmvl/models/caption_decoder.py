@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
+import copy
+import re
 from typing import Any
 
 import torch
 from torch import nn
 
+from cmvl.models.attention import MultiHeadAttention
+from cmvl.models.fusion.base import mlp
 from cmvl.models.tokens import Tokens
+
+# nn.TransformerDecoder's parameter names (relative to CaptionDecoder) → ours, for checkpoints written with it.
+_TORCH_DECODER_NAMES = {
+    "self_attn": "self_attn",
+    "multihead_attn": "cross_attn",
+    "norm1": "norm_self",
+    "norm2": "norm_cross",
+    "norm3": "norm_ff",
+    "linear1": "ff.0",
+    "linear2": "ff.3",
+}
+_TORCH_DECODER_KEY = re.compile(r"layers\.layers\.(\d+)\.([a-z_]+\d?)\.(.+)")
 
 
 class TextDecoder(nn.Module):
@@ -88,21 +104,54 @@ class TextDecoder(nn.Module):
         return sequences[best, 1:]
 
 
+class DecoderLayer(nn.Module):
+    """Pre-norm transformer decoder layer: masked self-attention, cross-attention to the memory, GELU feed-forward,
+    each a residual branch (the function of `nn.TransformerDecoderLayer(norm_first=True, activation="gelu")`)."""
+
+    def __init__(self, dim: int, heads: int, dropout: float, *, heads_key: str = "heads") -> None:
+        super().__init__()
+        # Built in nn.TransformerDecoderLayer's order, so the same seed draws the same parameters.
+        self.self_attn = MultiHeadAttention(dim, heads, dropout, heads_key=heads_key)
+        self.cross_attn = MultiHeadAttention(dim, heads, dropout, heads_key=heads_key)
+        self.ff = mlp(dim, 4 * dim, dim, dropout)
+        self.norm_self, self.norm_cross, self.norm_ff = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(
+        self, x: torch.Tensor, memory: Tokens, causal: torch.Tensor, padding: torch.Tensor | None
+    ) -> torch.Tensor:
+        """x B×T×D; `causal` T×T True where a position may not attend; `padding` B×T True at pads."""
+        h = self.norm_self(x)
+        x = x + self.drop(self.self_attn(h, h, h, key_padding_mask=padding, attn_mask=causal)[0])
+        h = self.norm_cross(x)
+        x = x + self.drop(self.cross_attn(h, memory.feats, memory.feats, key_padding_mask=~memory.mask)[0])
+        return x + self.drop(self.ff(self.norm_ff(x)))
+
+
 class CaptionDecoder(TextDecoder):
     """Token + position embeddings → `layers` pre-norm transformer decoder layers (causal self-attention,
     cross-attention over the image's tokens) → logits over the tokenizer's vocabulary (weights tied to the
-    input embedding)."""
+    input embedding). `heads_key` is the config key `heads` came from, named in the error when it does not divide
+    `dim`."""
 
     def __init__(
-        self, *, vocab_size: int, dim: int, layers: int, heads: int, max_positions: int, dropout: float
+        self,
+        *,
+        vocab_size: int,
+        dim: int,
+        layers: int,
+        heads: int,
+        max_positions: int,
+        dropout: float,
+        heads_key: str = "task.heads",
     ) -> None:
         super().__init__()
         self.embed = nn.Embedding(vocab_size, dim)
         self.position = nn.Embedding(max_positions, dim)
-        layer = nn.TransformerDecoderLayer(
-            dim, heads, dim_feedforward=4 * dim, dropout=dropout, activation="gelu", batch_first=True, norm_first=True
-        )
-        self.layers = nn.TransformerDecoder(layer, layers, norm=nn.LayerNorm(dim))
+        # Copies of one layer, as nn.TransformerDecoder made them: the same seed gives the same parameters as before.
+        layer = DecoderLayer(dim, heads, dropout, heads_key=heads_key)
+        self.layers = nn.ModuleList(copy.deepcopy(layer) for _ in range(layers))
+        self.norm = nn.LayerNorm(dim)
         self.out = nn.Linear(dim, vocab_size, bias=False)
         self.out.weight = self.embed.weight
         self.max_positions = max_positions
@@ -114,12 +163,19 @@ class CaptionDecoder(TextDecoder):
         length = tokens.shape[1]
         x = self.embed(tokens) + self.position(torch.arange(length, device=tokens.device))
         causal = torch.ones(length, length, dtype=torch.bool, device=tokens.device).triu(1)  # True = may not attend
-        x = self.layers(
-            x,
-            memory.feats,
-            tgt_mask=causal,
-            tgt_is_causal=True,
-            tgt_key_padding_mask=padding,
-            memory_key_padding_mask=~memory.mask,
-        )
-        return self.out(x)
+        for layer in self.layers:
+            x = layer(x, memory, causal, padding)
+        return self.out(self.norm(x))
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        # Checkpoints written with nn.TransformerDecoder: its layer and final-norm names become ours (the attention
+        # modules convert their own packed projections).
+        for key in [k for k in state_dict if k.startswith(prefix + "layers.")]:
+            name = key[len(prefix) :]
+            match = _TORCH_DECODER_KEY.fullmatch(name)
+            if match and match[2] in _TORCH_DECODER_NAMES:
+                index, module, rest = match[1], _TORCH_DECODER_NAMES[match[2]], match[3]
+                state_dict[f"{prefix}layers.{index}.{module}.{rest}"] = state_dict.pop(key)
+            elif name.startswith("layers.norm."):
+                state_dict[prefix + name.removeprefix("layers.")] = state_dict.pop(key)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from cmvl.errors import ConfigError
+from cmvl.models.attention import MultiHeadAttention
 from cmvl.models.fusion.base import Fusion, mlp
 from cmvl.models.tokens import FusionOutput, Tokens
 
@@ -19,8 +20,8 @@ class _CrossBlock(nn.Module):
     def __init__(self, dim: int, heads: int, dropout: float) -> None:
         super().__init__()
         self.norm_self, self.norm_cross, self.norm_ff = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.self_attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
-        self.cross_attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        self.self_attn = MultiHeadAttention(dim, heads, dropout, heads_key="fusion.heads")
+        self.cross_attn = MultiHeadAttention(dim, heads, dropout, heads_key="fusion.heads")
         self.ff = mlp(dim, 4 * dim, dim, dropout)
         self.drop = nn.Dropout(dropout)
 
@@ -36,7 +37,6 @@ class _CrossBlock(nn.Module):
             context.feats,
             key_padding_mask=~context.mask,
             need_weights=need_weights,
-            average_attn_weights=False,
         )
         feats = feats + self.drop(retrieved)
         feats = feats + self.drop(self.ff(self.norm_ff(feats)))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from cmvl.models.attention import MultiHeadAttention
 from cmvl.models.tokens import FusionOutput, Tokens
 
 
@@ -17,12 +18,15 @@ class Fusion(nn.Module):
         self._attention: dict[str, torch.Tensor] = {}
 
     def attention_maps(self) -> dict[str, torch.Tensor]:
-        """Attention weights of the last forward (name → B×heads×Nq×Nk), empty if not recorded or not attentive."""
+        """Attention weights of the last forward (name → B×heads×Nq×Nk), empty if not recorded or not attentive.
+
+        They are the weights the output was computed from, on its autograd path when gradients are on (Grad-CAM:
+        `torch.autograd.grad(score, maps[name])`)."""
         return dict(self._attention)
 
     def _keep_attention(self, name: str, weights: torch.Tensor | None) -> None:
         if weights is not None:
-            self._attention[name] = weights.detach()
+            self._attention[name] = weights
 
     def forward(self, vision: Tokens, text: Tokens) -> FusionOutput:  # pragma: no cover - interface
         raise NotImplementedError
@@ -41,7 +45,7 @@ class TransformerBlock(nn.Module):
     def __init__(self, dim: int, heads: int, ff_mult: int, dropout: float) -> None:
         super().__init__()
         self.norm_attn, self.norm_ff = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        self.attn = MultiHeadAttention(dim, heads, dropout, heads_key="fusion.heads")
         self.ff = mlp(dim, ff_mult * dim, dim, dropout)
         self.drop = nn.Dropout(dropout)
 
@@ -49,8 +53,6 @@ class TransformerBlock(nn.Module):
         self, feats: torch.Tensor, mask: torch.Tensor, need_weights: bool
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         h = self.norm_attn(feats)
-        attended, weights = self.attn(
-            h, h, h, key_padding_mask=~mask, need_weights=need_weights, average_attn_weights=False
-        )
+        attended, weights = self.attn(h, h, h, key_padding_mask=~mask, need_weights=need_weights)
         feats = feats + self.drop(attended)
         return feats + self.drop(self.ff(self.norm_ff(feats))), weights

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from cmvl.models.attention import MultiHeadAttention
 from cmvl.models.fusion.base import Fusion
 from cmvl.models.tokens import FusionOutput, Tokens
 
@@ -15,7 +16,7 @@ class _FiLMBlock(nn.Module):
     def __init__(self, dim: int, heads: int, hidden_mult: int, dropout: float) -> None:
         super().__init__()
         self.norm_attn, self.norm_mlp = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        self.attn = MultiHeadAttention(dim, heads, dropout, heads_key="fusion.heads")
         self.fc_in = nn.Linear(dim, hidden_mult * dim)
         self.fc_out = nn.Linear(hidden_mult * dim, dim)
         self.film = nn.Linear(dim, 2 * hidden_mult * dim)
@@ -23,9 +24,7 @@ class _FiLMBlock(nn.Module):
 
     def forward(self, x: Tokens, condition_BD: torch.Tensor, need_weights: bool):
         h = self.norm_attn(x.feats)
-        attended, weights = self.attn(
-            h, h, h, key_padding_mask=~x.mask, need_weights=need_weights, average_attn_weights=False
-        )
+        attended, weights = self.attn(h, h, h, key_padding_mask=~x.mask, need_weights=need_weights)
         feats = x.feats + self.drop(attended)
         gamma, beta = self.film(condition_BD).unsqueeze(1).chunk(2, dim=-1)
         h = self.act((1 + gamma) * self.fc_in(self.norm_mlp(feats)) + beta)

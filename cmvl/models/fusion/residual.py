@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from cmvl.models.attention import MultiHeadAttention
 from cmvl.models.fusion.base import Fusion, mlp
 from cmvl.models.tokens import FusionOutput, Tokens
 
@@ -19,7 +20,7 @@ class _GatedResidualBlock(nn.Module):
     def __init__(self, dim: int, heads: int, dropout: float) -> None:
         super().__init__()
         self.norm_query = nn.LayerNorm(dim)
-        self.attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        self.attn = MultiHeadAttention(dim, heads, dropout, heads_key="fusion.heads")
         self.gate = nn.Linear(2 * dim, dim)
         self.norm_fused, self.norm_ff = nn.LayerNorm(dim), nn.LayerNorm(dim)
         self.ff = mlp(dim, 4 * dim, dim, dropout)
@@ -32,7 +33,6 @@ class _GatedResidualBlock(nn.Module):
             vision.feats,
             key_padding_mask=~vision.mask,
             need_weights=need_weights,
-            average_attn_weights=False,
         )
         gate = torch.sigmoid(self.gate(torch.cat([text.feats, attended], dim=-1)))
         feats = self.norm_fused(text.feats + self.drop(gate * attended))
