@@ -9,12 +9,13 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from cmvl.atomic_file import write_json_atomic
+from cmvl.config.eval_overrides import check_eval_overrides
 from cmvl.config.targets import split_trust_overrides, without_trust
 from cmvl.config.validate import validate_config
 from cmvl.errors import ConfigError
 from cmvl.tasks.vqa import fill_vqa_eval_of_older_checkpoint
 from cmvl.training.build import build_datamodule, build_lit_module, single_device_trainer
-from cmvl.training.checkpoints import load_checkpoint
+from cmvl.training.checkpoints import load_checkpoint, state_dict_errors
 from cmvl.training.lit_module import CHECKPOINT_KEY
 
 # Config keys added after some checkpoints were written, with the value that reproduces how those runs behaved;
@@ -36,6 +37,7 @@ def checkpoint_config(checkpoint: dict[str, Any], overrides: list[str]):
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None) or str(err).splitlines()[0]
         raise ConfigError(f"{key}: no such config key in this checkpoint's config") from None
+    check_eval_overrides(cfg, overrides)
     validate_config(cfg)
     return cfg
 
@@ -52,7 +54,8 @@ def evaluate_checkpoint(
     split = cfg.dataset.split
     datamodule = build_datamodule(cfg, data_state=checkpoint[CHECKPOINT_KEY]["data_state"])
     lit = build_lit_module(cfg, datamodule)
-    lit.load_state_dict(checkpoint["state_dict"])
+    with state_dict_errors(ckpt_path):
+        lit.load_state_dict(checkpoint["state_dict"])
     loaders = datamodule.eval_dataloaders(split)
     lit.score_test = all(loader.collate_fn.targets.annotated for loader in loaders.values())
     trainer = single_device_trainer(cfg, enable_progress_bar=cfg.trainer.get("enable_progress_bar", True))

@@ -11,7 +11,9 @@ Writes metrics.json and the predictions in the task's official results format (V
 next to the checkpoint, or into out=DIR. Overrides apply to the checkpoint's config, e.g.
   dataset.split=test     score the test split (splits without annotations only get predictions)
   dataset.root=/data/x   read the data from another place
-  data.num_workers=0"""
+  data.num_workers=0
+  task.beam_size=5       a task's evaluation option (decoding, re-ranking, scoring thresholds)
+Overrides that change the model (model.*, vision.*, text.*, fusion.*), the task or only training are refused."""
 
 
 def eval_command(args: list[str]) -> None:
