@@ -40,12 +40,16 @@ def _source(overrides: list[str]):
     from cmvl.config.preflight import preflight
     from cmvl.training.build import build_source
 
-    preflight(overrides, check_task=False)  # the data commands read every table kind, whatever the task
+    preflight(overrides, check_task=False, training=False)  # the data commands read every table kind, whatever the task
     return build_source(compose_config(overrides))
 
 
 def data_command(args: list[str]) -> None:
     parsed = _parser().parse_args(args)
+    if parsed.action in ("shapes", "prepare"):
+        from cmvl.config.writable import check_writable_dir
+
+        check_writable_dir(parsed.out, "--out ")
     if parsed.action == "info":
         from cmvl.data.inspect import format_report, read_splits, split_report
 

@@ -31,6 +31,10 @@ def eval_command(args: list[str]) -> None:
             overrides.append(arg)
     if "ckpt" not in options:
         raise UserError("missing ckpt=PATH (the checkpoint to evaluate)")
+    if "out" in options:
+        from cmvl.config.writable import check_writable_dir
+
+        check_writable_dir(options["out"], "out=")
     from cmvl.evaluation import evaluate_checkpoint
 
     result = evaluate_checkpoint(options["ckpt"], overrides=overrides, out_dir=options.get("out"))

@@ -7,17 +7,22 @@ value.
 
 from __future__ import annotations
 
+from functools import partial
+
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import IntervalSweep, Override
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import GrammarParseError, OmegaConfBaseException
 
 from cmvl.config.compose import compose_config
+from cmvl.config.locations import cache_directory, check_hub_names, run_directories
 from cmvl.config.overrides import hydra_overrides, user_overrides
 from cmvl.config.paths import config_groups
 from cmvl.config.targets import check_targets
+from cmvl.config.unreadable import unreadable_override
 from cmvl.config.validate import validate_config
+from cmvl.config.writable import check_writable_dir
 from cmvl.errors import ConfigError
 
 
@@ -41,29 +46,44 @@ def _compose(overrides: list[str], config_name: str) -> DictConfig:
         if "not in struct mode" in str(err) or "Could not override" in message:
             key = message.split("'")[1] if "'" in message else message
             raise ConfigError(f"{key}: no such config key (add new keys with +{key}=...)") from None
+        if _caused_by(err, GrammarParseError):
+            raise ConfigError(unreadable_override(overrides)) from None
         raise ConfigError(f"invalid override: {message}") from None
 
 
-def preflight(overrides: list[str], *, config_name: str = "train", check_task: bool = True) -> None:
-    """Raise `ConfigError` if any override (or any value of a sweep) is not a valid configuration."""
+def _caused_by(err: BaseException, kind: type[BaseException]) -> bool:
+    while err is not None:
+        if isinstance(err, kind):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def preflight(
+    overrides: list[str], *, config_name: str = "train", check_task: bool = True, training: bool = True
+) -> None:
+    """Raise `ConfigError` if any override (or any value of a sweep) is not a valid configuration; `training`: also
+    the devices against this machine, the run directory, and that pretrained hub names can be loaded."""
     try:
         parsed = OverridesParser.create().parse_overrides(user_overrides(overrides))
         hydra_settings = OverridesParser.create().parse_overrides(hydra_overrides(overrides))
-    except HydraException as err:
-        raise ConfigError(f"invalid override: {str(err).strip().splitlines()[0]}") from None
+    except HydraException:
+        raise ConfigError(unreadable_override(overrides)) from None
+    sweeping = any(o.is_sweep_override() for o in parsed)
+    check = partial(_validate, config_name=config_name, check_task=check_task, training=training, sweeping=sweeping)
     base, variants = _split_sweeps(parsed)
     # Hydra's own settings are composed too, so that the classes they name (callbacks, sweeper) are checked.
     settings = [o.input_line for o in hydra_settings if not o.is_sweep_override()]
     base, variants = [*settings, *base], [*([] for _ in settings), *variants]
-    search_space = _validate(base, config_name, check_task)
+    search_space = check(base)
     # A search space (hparams_search) sweeps too: each of its values is tried against the command's overrides.
     space_base, space_variants = _split_sweeps(_parse_search_space(search_space))
     base, variants = [*space_base, *base], [*space_variants, *variants]
     if space_base:
-        _validate(base, config_name, check_task)
+        check(base)
     for i, alternatives in enumerate(variants):
         for alternative in alternatives:
-            _validate(base[:i] + [alternative] + base[i + 1 :], config_name, check_task)
+            check(base[:i] + [alternative] + base[i + 1 :])
 
 
 def _split_sweeps(parsed: list[Override]) -> tuple[list[str], list[list[str]]]:
@@ -101,13 +121,20 @@ def _parse_search_space(params: dict[str, str]) -> list[Override]:
         raise ConfigError(f"hydra.sweeper.params: {str(err).strip().splitlines()[0]}") from None
 
 
-def _validate(overrides: list[str], config_name: str, check_task: bool) -> dict[str, str]:
+def _validate(
+    overrides: list[str], *, config_name: str, check_task: bool, training: bool, sweeping: bool
+) -> dict[str, str]:
     """Check one configuration; returns its search space (`hydra.sweeper.params`, empty without one)."""
     cfg = _compose(overrides, config_name)
+    output_dirs = run_directories(cfg, sweeping=sweeping) if training else {}
     check_targets(cfg)  # Hydra's part included: it builds its callbacks, sweeper and launcher before the run starts
     OmegaConf.set_struct(cfg, False)
     hydra_cfg = cfg.pop("hydra", None)
-    validate_config(cfg, check_task=check_task)
+    validate_config(cfg, check_task=check_task, check_devices=training)
+    for setting, path in {**output_dirs, **cache_directory()}.items():
+        check_writable_dir(path, setting)
+    if training:
+        check_hub_names(cfg)
     if cfg.get("optimized_metric") is not None:
         _check_optimized_metric(cfg)
     params = OmegaConf.select(hydra_cfg, "sweeper.params", default=None) if hydra_cfg is not None else None

@@ -4,32 +4,12 @@ from __future__ import annotations
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from cmvl.config.hardware import check_hardware
 from cmvl.config.paths import CONF_DIR
+from cmvl.config.rules import check_values
 from cmvl.config.targets import check_targets
-from cmvl.data.workers import AUTO
 from cmvl.errors import ConfigError
 from cmvl.training.nonfinite import check_settings as check_nonfinite_settings
-
-PRECISIONS = (
-    "64",
-    "64-true",
-    "32",
-    "32-true",
-    "16",
-    "16-mixed",
-    "16-true",
-    "bf16",
-    "bf16-mixed",
-    "bf16-true",
-    "transformer-engine",
-)
-ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
-
-
-def _positive_int(cfg: DictConfig, key: str) -> None:
-    value = OmegaConf.select(cfg, key)
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ConfigError(f"{key}={value}: must be a positive integer")
 
 
 def _datasets_providing(kind: str) -> list[str]:
@@ -40,27 +20,18 @@ def _datasets_providing(kind: str) -> list[str]:
     return names
 
 
-def validate_config(cfg: DictConfig, *, check_task: bool = True) -> None:
+def validate_config(cfg: DictConfig, *, check_task: bool = True, check_devices: bool = False) -> None:
+    """Every check a composed config (or a checkpoint's, with overrides) must pass before work starts;
+    `check_devices`: also `trainer.devices` against this machine (training; evaluation uses one device)."""
     missing = _first_missing_key(cfg)
     if missing:
         raise ConfigError(f"{missing} is required: set it on the command line ({missing}=...)")
     check_targets(cfg)
-    precision = str(cfg.trainer.precision)
-    if precision not in PRECISIONS:
-        raise ConfigError(f"trainer.precision={precision}: must be one of {', '.join(PRECISIONS)}")
-    if str(cfg.trainer.accelerator) not in ACCELERATORS:
-        raise ConfigError(f"trainer.accelerator={cfg.trainer.accelerator}: must be one of {', '.join(ACCELERATORS)}")
-    for key in ("data.batch_size", "data.eval_batch_size", "model.dim", "text.max_length"):
-        _positive_int(cfg, key)
-    workers = cfg.data.num_workers
-    if workers != AUTO and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 0):
-        raise ConfigError(f"data.num_workers={workers}: must be an integer >= 0 or 'auto'")
+    check_values(cfg)
+    check_hardware(cfg, check_devices=check_devices)
     guard = cfg.get("nonfinite_loss") or {}
     check_nonfinite_settings(guard.get("action", "stop"), guard.get("max_skips", 10))
-    fraction = cfg.data.max_bad_fraction
-    if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 <= fraction < 1:
-        raise ConfigError(f"data.max_bad_fraction={fraction}: must be a number in [0, 1)")
-    _check_checkpointing(cfg)
+    _check_resume(cfg)
     splits = [str(s) for s in cfg.dataset.get("splits") or ("train", "val", "test")]
     if cfg.dataset.split not in splits:
         raise ConfigError(f"dataset.split={cfg.dataset.split}: must be one of {', '.join(splits)}")
@@ -95,12 +66,7 @@ def _first_missing_key(cfg: DictConfig) -> str | None:
     return next((path for path, node, key in _keys(cfg) if OmegaConf.is_missing(node, key)), None)
 
 
-def _check_checkpointing(cfg: DictConfig) -> None:
-    keep_last = cfg.checkpoint.keep_last
-    if not isinstance(keep_last, int) or isinstance(keep_last, bool) or keep_last < 2:
-        raise ConfigError(f"checkpoint.keep_last={keep_last}: must be an integer >= 2")
-    if cfg.checkpoint.every_n_steps is not None:
-        _positive_int(cfg, "checkpoint.every_n_steps")
+def _check_resume(cfg: DictConfig) -> None:
     resume = str(cfg.resume)
     if resume not in ("None", "never", "auto") and not resume.endswith(".ckpt"):
         raise ConfigError(f"resume={resume}: must be never, auto or the path of a .ckpt file")
