@@ -24,6 +24,7 @@ from cmvl.training.build import build_datamodule, build_lit_module, instantiate
 from cmvl.training.checkpoint_io import AtomicCheckpointIO
 from cmvl.training.csv_logger import ResumableCSVLogger
 from cmvl.training.curves import plot_curves
+from cmvl.training.final_validation import validate_unless_current
 from cmvl.training.lit_module import CHECKPOINT_KEY
 from cmvl.training.preemption import EXIT_PREEMPTED, STEP_CHECKPOINT, PreemptionCallback, PreemptionStop
 from cmvl.training.resume import RNGStateCallback, find_resume_checkpoint
@@ -92,6 +93,7 @@ def build_callbacks(cfg: DictConfig, monitor: str, mode: str, has_logger: bool) 
 class StepCheckpoint(ModelCheckpoint):
     """The newest `keep_last` step<N>.ckpt by global step, every `every_n_steps` steps (or every epoch), and
     last.ckpt written with each of them and once more at the end of fit, so last.ckpt is always the newest state.
+    At the end of fit it first validates the final weights when no validation covered them (`final_validation`).
 
     (last.ckpt cannot hang off the best-metric checkpoint: Lightning writes `last` only in a step where its owner
     saved, so a run whose metric stopped improving would leave a stale last.ckpt.)
@@ -111,9 +113,18 @@ class StepCheckpoint(ModelCheckpoint):
         )
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self._should_skip_saving_checkpoint(trainer):
+        validated = validate_unless_current(trainer)
+        if validated:  # the best checkpoint too, as after an epoch's validation (its owner saves at epoch ends only)
+            for callback in trainer.checkpoint_callbacks:
+                if isinstance(callback, ModelCheckpoint) and not isinstance(callback, StepCheckpoint):
+                    callback._save_topk_checkpoint(trainer, callback._monitor_candidates(trainer))
+        if validated or not self._should_skip_saving_checkpoint(trainer):
             candidates = self._monitor_candidates(trainer)
-            self._save_topk_checkpoint(trainer, candidates)
+            step_file = self._get_metric_interpolated_filepath_name(candidates, trainer)
+            if step_file in self.best_k_models:  # written at this step before the final validation: rewritten
+                self._save_checkpoint(trainer, step_file)
+            else:
+                self._save_topk_checkpoint(trainer, candidates)
             self._save_last_checkpoint(trainer, candidates)
 
 
