@@ -6,14 +6,12 @@ from __future__ import annotations
 import io
 
 import numpy as np
-import pyarrow as pa
 import pytest
 from PIL import Image
 
-from cmvl.data.datamodule import ImageTextDataset
-from cmvl.data.images import build_transform, decode_image, load_image
-from cmvl.data.text import TokenizedTexts, TrainedWordPiece
+from cmvl.data.images import decode_image, load_image
 from cmvl.errors import DataError
+from tests.test_bad_images import _dataset as bad_images_dataset
 
 WHITE, RED = (255, 255, 255), (255, 0, 0)
 
@@ -94,25 +92,12 @@ def test_a_decompression_bomb_is_an_unreadable_image(tmp_path, bomb_limit, side)
 
 
 def test_training_skips_bombs_and_unranged_modes_like_any_unreadable_image(tmp_path, bomb_limit, capfd):
-    Image.new("RGB", (8, 8), RED).save(tmp_path / "good.png")
-    Image.new("L", (16, 16)).save(tmp_path / "bomb.png")
-    Image.new("F", (4, 4)).save(tmp_path / "float.tiff")
-    table = pa.table({"image": ["bomb.png", "float.tiff", "good.png"]})
-    texts = ["a", "b", "c"]
-
-    def dataset(max_bad_fraction):
-        return ImageTextDataset(
-            table,
-            texts,
-            TokenizedTexts(TrainedWordPiece().build(texts), texts, 4),
-            lambda name: load_image(tmp_path / name),
-            build_transform(image_size=8, train=False),
-            max_bad_fraction=max_bad_fraction,
-        )
-
-    samples = dataset(0.9).__getitems__([0, 1])
-    assert [s["index"] for s in samples] == [2, 2]
+    Image.new("RGB", (8, 8), RED).save(tmp_path / "a.jpg")
+    Image.new("L", (16, 16)).save(tmp_path / "b.jpg", format="PNG")  # Pillow reads the content, not the name
+    Image.new("F", (4, 4)).save(tmp_path / "c.jpg", format="TIFF")
+    samples = bad_images_dataset(tmp_path, max_bad_fraction=0.9).__getitems__([2, 4])  # rows of b.jpg and c.jpg
+    assert [s["index"] for s in samples] == [0, 0]  # both replaced by the next readable row (a.jpg, wrapped)
     err = capfd.readouterr().err
-    assert "skipped unreadable image:" in err and "bomb.png" in err and "float.tiff" in err
-    with pytest.raises(DataError, match="unreadable image: .*bomb.png"):
-        dataset(None).__getitems__([0])
+    assert "skipped unreadable image:" in err and "b.jpg (Image size" in err and "c.jpg (mode F" in err
+    with pytest.raises(DataError, match=r"unreadable image: .*b.jpg \(Image size"):
+        bad_images_dataset(tmp_path, max_bad_fraction=None).__getitems__([2])
