@@ -13,7 +13,7 @@ from torchvision.ops import box_iou
 
 from cmvl.metrics.caption import CaptionScores, _fallback_tokenize, caption_scores, java_available, tokenize
 from cmvl.metrics.grounding import GroundingAccuracy, paired_box_iou
-from cmvl.metrics.retrieval import RetrievalRecall, recall_ranks
+from cmvl.metrics.retrieval import RetrievalRecall, embedding_ranking
 from cmvl.metrics.tagging import TaggingMetrics
 from cmvl.models.tokens import Tokens
 
@@ -100,7 +100,8 @@ def test_recall_at_k_equals_brute_force_with_five_captions_per_image():
     text_image = torch.arange(num_images).repeat_interleave(5)
     # Captions near their image, with enough noise that recall is far from 0 and 1.
     text_emb = torch.nn.functional.normalize(image_emb[text_image] + 1.2 * torch.randn(200, dim, generator=gen), dim=1)
-    t2i, i2t = recall_ranks(image_emb, text_emb, text_image)
+    split = {"image_emb": image_emb, "text_emb": text_emb, "text_image": text_image}
+    t2i, i2t = (ranking.rank for ranking in embedding_ranking(split, 10))
     metric = RetrievalRecall()
     order = torch.randperm(200, generator=gen)
     for chunk in order.split(37):  # shuffled batches; every image is sent with each of its captions (repeats)

@@ -4,6 +4,7 @@ optionally after re-ranking each query's top k with an image-text matching model
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -11,7 +12,7 @@ from torchmetrics import Metric
 
 from cmvl.models.tokens import Tokens
 
-CHUNK = 4096  # rows of the similarity matrix scored at once (bounds memory: CHUNK × images floats)
+SORT_ELEMENTS = 1 << 24  # similarities sorted at once (bounds memory: those scores and their order, ~200 MB)
 RERANK_QUERIES = 256  # queries re-ranked at once (their k candidates each are scored in one call)
 TOKEN_STATES = ("image_tokens", "image_token_mask", "text_tokens", "text_token_mask")
 
@@ -29,13 +30,14 @@ class RetrievalRecall(Metric):
 
     - text→image: a caption is a hit at K when its image is among the K images most similar to it;
     - image→text: an image is a hit at K when *any* of its captions is among the K most similar captions.
-    Ranks count the candidates scored strictly higher than the (best) positive. `r_mean` is the mean of the six
-    recalls at 1/5/10 (the number retrieval papers select checkpoints on).
+    Each query's candidates are ranked once, by a stable sort (equal scores keep table order, so a repeated caption
+    ranks after its first copy), and both the recalls and the written top lists come from that one ranking.
+    `r_mean` is the mean of the six recalls at 1/5/10 (the number retrieval papers select checkpoints on).
 
     With `rerank_k` > 0 the metric also keeps every image's and caption's tokens, and `compute` needs a
     `pair_scorer` (set by the task, which holds the model): each query's k most similar candidates are re-ordered by
-    the scorer's match scores (ALBEF's protocol); a positive outside them ranks after them, at its embedding rank or
-    k, whichever is later. The embedding-only mean is reported too, as `itc_r_mean`.
+    the scorer's match scores (ALBEF's protocol, equal scores again kept in the embedding order); a positive outside
+    them keeps its embedding rank. The embedding-only mean is reported too, as `itc_r_mean`.
     """
 
     full_state_update = False
@@ -50,7 +52,7 @@ class RetrievalRecall(Metric):
             for name in TOKEN_STATES:
                 self.add_state(name, [], dist_reduce_fx="cat")
         self.pair_scorer: PairScorer | None = None  # set around `compute` by the task
-        self.reranked: dict[str, torch.Tensor] | None = None  # the last compute's re-ranked lists (depth per query)
+        self.lists: dict[str, torch.Tensor] | None = None  # the last compute's top lists (depth per query)
 
     def update(
         self,
@@ -111,14 +113,15 @@ class RetrievalRecall(Metric):
 
     def compute(self) -> dict[str, torch.Tensor]:
         split = self.gathered()
-        t2i, i2t = recall_ranks(split["image_emb"], split["text_emb"], split["text_image"])
+        t2i, i2t = embedding_ranking(split, max(self.depth, self.rerank_k))
         if not self.rerank_k:
-            return self._recalls(t2i, i2t)
+            self.lists = {"text_to_image": t2i.top[:, : self.depth], "image_to_text": i2t.top[:, : self.depth]}
+            return self._recalls(t2i.rank, i2t.rank)
         if self.pair_scorer is None:
             raise RuntimeError("re-ranking needs the matching model: compute through the task (compute_metric)")
-        itc_mean = self._recalls(t2i, i2t)["r_mean"]
-        t2i, i2t, self.reranked = rerank(split, t2i, i2t, self.rerank_k, self.depth, self.pair_scorer)
-        return {**self._recalls(t2i, i2t), "itc_r_mean": itc_mean}
+        itc_mean = self._recalls(t2i.rank, i2t.rank)["r_mean"]
+        t2i_rank, i2t_rank, self.lists = rerank(split, t2i, i2t, self.rerank_k, self.depth, self.pair_scorer)
+        return {**self._recalls(t2i_rank, i2t_rank), "itc_r_mean": itc_mean}
 
     def _recalls(self, t2i: torch.Tensor, i2t: torch.Tensor) -> dict[str, torch.Tensor]:
         result = {}
@@ -130,17 +133,17 @@ class RetrievalRecall(Metric):
 
     def reset(self) -> None:
         super().reset()
-        self.reranked = None
+        self.lists = None
 
     def predictions(self) -> dict[str, list[dict]]:
-        """The `depth` best images for every caption and captions for every image (after re-ranking, if any: call
-        after `compute`), as result records."""
+        """The `depth` best images for every caption and captions for every image, from the ranking `compute` scored
+        (after re-ranking, if any: call after `compute`), as result records."""
         split = self.gathered()
-        if self.rerank_k:
-            if self.reranked is None:
+        if self.lists is None:
+            if self.rerank_k:
                 raise RuntimeError("compute() first: the re-ranked lists come from it")
-            return ranking_records(split, self.reranked)
-        return ranking_records(split, top_k_lists(split, self.depth))
+            self.compute()  # a split nobody scored (no recall logged): the same ranking all the same
+        return ranking_records(split, self.lists)
 
 
 def _first_occurrence(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -152,43 +155,48 @@ def _first_occurrence(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return unique, first
 
 
+class Ranking(NamedTuple):
+    """Each query's 0-based position of its first right candidate, and its first candidates (best first)."""
+
+    rank: torch.Tensor  # int64 [queries]
+    top: torch.Tensor  # int64 [queries, keep]
+
+
+def first_true(flags: torch.Tensor) -> torch.Tensor:
+    """Per row, the position of the first True (argmax returns the first of equal maxima)."""
+    return flags.to(torch.uint8).argmax(dim=1)
+
+
 @torch.no_grad()
-def recall_ranks(
-    image_emb: torch.Tensor, text_emb: torch.Tensor, text_image: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(rank of each caption's image among all images, best rank of each image's captions among all captions),
-    0-based, from similarities `text_emb @ image_emb.T` computed CHUNK captions at a time."""
-    num_images = image_emb.shape[0]
-    t2i = torch.empty(text_emb.shape[0], dtype=torch.long, device=text_emb.device)
-    best_positive = torch.full((num_images,), -torch.inf, device=text_emb.device)
-    for start in range(0, text_emb.shape[0], CHUNK):
-        sim = text_emb[start : start + CHUNK] @ image_emb.T  # chunk × images
-        own = text_image[start : start + CHUNK]
-        positive = sim.gather(1, own[:, None])
-        t2i[start : start + CHUNK] = (sim > positive).sum(1)
-        best_positive.scatter_reduce_(0, own, positive.squeeze(1), reduce="amax")
-    # Second pass (the product is cheap next to holding captions × images): captions above each image's best.
-    i2t = torch.zeros(num_images, dtype=torch.long, device=text_emb.device)
-    for start in range(0, text_emb.shape[0], CHUNK):
-        i2t += (text_emb[start : start + CHUNK] @ image_emb.T > best_positive[None, :]).sum(0)
-    return t2i, i2t
+def stable_ranking(
+    query_emb: torch.Tensor,
+    candidate_emb: torch.Tensor,
+    query_image: torch.Tensor,
+    candidate_image: torch.Tensor,
+    keep: int,
+) -> Ranking:
+    """Every query's candidates by similarity `query_emb @ candidate_emb.T`, best first, equal scores in table order
+    (a stable sort); a candidate is right when its image is the query's. Every query needs a right candidate."""
+    rows = max(1, SORT_ELEMENTS // max(1, candidate_emb.shape[0]))
+    ranks, tops = [], []
+    for start in range(0, query_emb.shape[0], rows):
+        similarity = query_emb[start : start + rows] @ candidate_emb.T
+        order = similarity.argsort(dim=1, descending=True, stable=True)
+        ranks.append(first_true(candidate_image[order] == query_image[start : start + rows, None]))
+        tops.append(order[:, :keep])
+    if not ranks:
+        return Ranking(query_image.new_zeros(0), query_image.new_zeros(0, min(keep, candidate_emb.shape[0])))
+    return Ranking(torch.cat(ranks), torch.cat(tops))
 
 
-def _most_similar(queries: torch.Tensor, candidates: torch.Tensor, depth: int) -> torch.Tensor:
-    """The `depth` (at most all) candidates most similar to each query, best first, CHUNK queries at a time."""
-    depth = min(depth, candidates.shape[0])
-    return torch.cat(
-        [(queries[s : s + CHUNK] @ candidates.T).topk(depth, dim=1).indices for s in range(0, len(queries), CHUNK)]
+def embedding_ranking(split: dict[str, torch.Tensor], keep: int) -> tuple[Ranking, Ranking]:
+    """(text→image, image→text) rankings of the split by embedding similarity, each query's first `keep` kept."""
+    text_image = split["text_image"]
+    each_image = torch.arange(len(split["image_emb"]), device=text_image.device)  # an image row's image is itself
+    return (
+        stable_ranking(split["text_emb"], split["image_emb"], text_image, each_image, keep),
+        stable_ranking(split["image_emb"], split["text_emb"], each_image, text_image, keep),
     )
-
-
-@torch.no_grad()
-def top_k_lists(split: dict[str, torch.Tensor], depth: int) -> dict[str, torch.Tensor]:
-    """The `depth` most similar images of every caption and captions of every image (indices into the split)."""
-    return {
-        "text_to_image": _most_similar(split["text_emb"], split["image_emb"], depth),
-        "image_to_text": _most_similar(split["image_emb"], split["text_emb"], depth),
-    }
 
 
 def ranking_records(split: dict[str, torch.Tensor], lists: dict[str, torch.Tensor]) -> dict[str, list[dict]]:
@@ -208,11 +216,11 @@ def ranking_records(split: dict[str, torch.Tensor], lists: dict[str, torch.Tenso
 
 @torch.no_grad()
 def rerank(
-    split: dict, t2i: torch.Tensor, i2t: torch.Tensor, k: int, depth: int, score: PairScorer
+    split: dict, t2i: Ranking, i2t: Ranking, k: int, depth: int, score: PairScorer
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-    """Ranks after re-ordering each query's k most similar candidates by `score`, and each query's `depth` best
-    candidates in that order. Under DDP each process re-ranks its share of the queries and the shares are gathered.
-    """
+    """Ranks after re-ordering each query's k best embedding candidates (from `t2i`/`i2t`, which keep at least k)
+    by `score`, and each query's `depth` best candidates in that order. Under DDP each process re-ranks its share of
+    the queries and the shares are gathered."""
     text_image = split["text_image"]
     each_image = torch.arange(len(split["image_emb"]), device=text_image.device)  # an image row's image is itself
     images, texts = split["image_tokens"], split["text_tokens"]
@@ -223,47 +231,42 @@ def rerank(
         return score(image, text).float().view(image_rows.shape)
 
     def text_queries(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        side = (split["text_emb"], split["image_emb"], t2i, text_image, each_image)
+        side = (t2i, text_image, each_image)
         return _rerank_queries(rows, *side, k, depth, lambda query, candidate: pairs(candidate, query))
 
     def image_queries(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        side = (split["image_emb"], split["text_emb"], i2t, each_image, text_image)
-        return _rerank_queries(rows, *side, k, depth, pairs)
+        return _rerank_queries(rows, i2t, each_image, text_image, k, depth, pairs)
 
-    t2i, text_lists = _in_shares(text_queries, len(t2i), t2i.device)
-    i2t, image_lists = _in_shares(image_queries, len(i2t), i2t.device)
-    return t2i, i2t, {"text_to_image": text_lists, "image_to_text": image_lists}
+    t2i_rank, text_lists = _in_shares(text_queries, len(t2i.rank), text_image.device)
+    i2t_rank, image_lists = _in_shares(image_queries, len(i2t.rank), text_image.device)
+    return t2i_rank, i2t_rank, {"text_to_image": text_lists, "image_to_text": image_lists}
 
 
 def _rerank_queries(
     rows: torch.Tensor,
-    query_emb: torch.Tensor,
-    candidate_emb: torch.Tensor,
-    embedding_rank: torch.Tensor,
+    embedding: Ranking,
     query_image: torch.Tensor,
     candidate_image: torch.Tensor,
     k: int,
     depth: int,
     score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(rank of each query's best positive, its `depth` best candidates) for the queries `rows`, `RERANK_QUERIES`
-    at a time. A candidate is right when its image (`candidate_image`) is the query's (`query_image`);
-    `score(query rows, candidate rows)`, both Q'×k, gives the pairs' match scores."""
-    count = candidate_emb.shape[0]
-    k = min(k, count)
-    ranks = [embedding_rank[:0]]
-    lists = [torch.zeros(0, min(depth, count), dtype=torch.long, device=query_emb.device)]
+    """(rank of each query's first right candidate, its `depth` best candidates) for the queries `rows`,
+    `RERANK_QUERIES` at a time: the embedding order with its first k re-ordered by match score (a stable sort).
+    A candidate is right when its image (`candidate_image`) is the query's (`query_image`); `score(query rows,
+    candidate rows)`, both Q'×k, gives the pairs' match scores."""
+    k = min(k, embedding.top.shape[1])
+    ranks = [embedding.rank[:0]]
+    lists = [embedding.top[:0, :depth]]
     for start in range(0, len(rows), RERANK_QUERIES):
         query = rows[start : start + RERANK_QUERIES]
-        top = (query_emb[query] @ candidate_emb.T).topk(min(max(k, depth), count), dim=1).indices
-        head = top[:, :k].clone()  # its own copy: `top` is re-ordered below
+        head = embedding.top[query, :k]
         matched = score(query[:, None].expand_as(head), head)
-        top[:, :k] = head.gather(1, matched.argsort(dim=1, descending=True, stable=True))
-        lists.append(top[:, :depth])
-        is_positive = candidate_image[head] == query_image[query][:, None]
-        best = matched.masked_fill(~is_positive, -torch.inf).amax(dim=1)
-        in_head = (matched > best[:, None]).sum(1)
-        ranks.append(torch.where(is_positive.any(1), in_head, embedding_rank[query].clamp_min(k)))
+        head = head.gather(1, matched.argsort(dim=1, descending=True, stable=True))
+        lists.append(torch.cat([head, embedding.top[query, k:]], dim=1)[:, :depth])
+        right = candidate_image[head] == query_image[query][:, None]
+        # No right candidate among the first k: the embedding order below them is unchanged, so is its rank.
+        ranks.append(torch.where(right.any(1), first_true(right), embedding.rank[query]))
     return torch.cat(ranks), torch.cat(lists)
 
 

@@ -236,7 +236,7 @@ class RetrievalTask(Task):
         scores = outputs["image_emb"] @ outputs["text_emb"].T  # U images × B captions
         notes = []
         for u in range(min(count, scores.shape[0])):
-            top = scores[u].topk(min(3, scores.shape[1])).indices.tolist()
+            top = scores[u].argsort(descending=True, stable=True)[:3].tolist()  # ties in table order, as the metric
             own = (batch["image_index"] == u).nonzero().flatten().tolist()
             lines = [f"{'+' if j in own else '-'} {batch['text'][j]}" for j in top]
             notes.append(SampleNote(u, ["top captions in this batch:", *lines]))
