@@ -88,3 +88,25 @@ def test_vqa_on_an_hf_dataset_through_the_cli(hf_folder, tmp_path, cache_dir):
     assert len(predictions) == TINY_SPEC.images["val"] * TINY_SPEC.questions_per_image
     prepare = run_cli("data", "prepare", "--out", str(tmp_path / "x"), *dataset, cwd=tmp_path)
     assert prepare.returncode == 2 and "keeps its images inside the dataset" in prepare.stderr
+
+
+def test_repeated_question_ids_are_refused_and_images_decode_through_the_one_decoder(tmp_path, cache_dir):
+    """A 16-bit PNG inside the dataset decodes as grey (not clipped to white); a repeated id column is refused."""
+    grey = np.full((4, 4), 128 * 257, dtype=np.uint16)
+    buffer = tmp_path / "grey16.png"
+    Image.fromarray(grey).save(buffer)
+    rows = {
+        "picture": [{"bytes": buffer.read_bytes(), "path": None}] * 3,
+        "question": ["what?", "where?", "why?"],
+        "answers": [["a"], ["b"], ["c"]],
+        "qid": [7, 8, 7],
+    }
+    folder = tmp_path / "hf"
+    datasets.DatasetDict(
+        {"train": datasets.Dataset.from_dict(rows).cast_column("picture", datasets.Image())}
+    ).save_to_disk(str(folder))
+    source = HFSource(path=str(folder), split_names={"train": "train"}, columns=COLUMNS)
+    with pytest.raises(DataError, match=r"split train column qid: question_id 7 occurs 2 times"):
+        source.table("qa", "train")
+    pixels = np.asarray(source.open_image("train:0"))
+    assert pixels.shape == (4, 4, 3) and (pixels == 128).all()
