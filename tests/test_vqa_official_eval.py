@@ -361,3 +361,15 @@ def test_the_shapes_world_scores_alike_under_both_versions():
                 human = [r["answer"] for r in records]
                 assert majority == answer
                 assert all(vqa_score(a, human, "current") == vqa_score(a, human, "2017") for a in pool)
+
+
+def test_cmvl_eval_scores_an_older_checkpoint_by_the_2017_rules_unless_told_otherwise():
+    from cmvl.config.compose import compose_config
+    from cmvl.evaluation import checkpoint_config
+
+    saved = OmegaConf.to_container(compose_config([]))
+    assert saved["task"]["vqa_eval"] == "current"
+    del saved["task"]["vqa_eval"]  # as written before the key existed
+    checkpoint = {"cmvl": {"config": saved}}
+    assert checkpoint_config(checkpoint, []).task.vqa_eval == "2017"
+    assert checkpoint_config(checkpoint, ["task.vqa_eval=current"]).task.vqa_eval == "current"

@@ -6,7 +6,7 @@ Reference: GT-Vision-Lab/VQA, ``PythonEvaluationTools/vqaEvaluation/vqaEval.py``
   the human answers and the prediction lose newlines/tabs and surrounding spaces; then, only when the ten answers
   are *not* all identical, both go through punctuation and digit/article/contraction processing. When all ten
   agree, the prediction must equal that answer character for character (``Yes`` does not match 10 × ``yes``).
-* ``2017`` (the code before a013f00, which most published VQA v2 numbers used): the prediction always goes through
+* ``2017`` (the code from the VQA v2 release in 2017 until a013f00): the prediction always goes through
   newline/tab removal, ``strip``, punctuation and digit/article/contraction processing; the human answers only
   through punctuation processing, only when not unanimous, and are never stripped, lower-cased or digit-mapped.
 
