@@ -189,3 +189,26 @@ def test_the_defaults_and_every_shipped_choice_pass(tmp_path, cache_dir):
     for trainer in ("default", "cpu", "debug", "ddp"):
         preflight([f"trainer={trainer}", f"hydra.run.dir={tmp_path / 'run'}"])
     assert not (tmp_path / "run").exists()
+
+
+def test_devices_are_checked_against_the_gpus_a_machine_has():
+    """The GPU side of the devices check, on any machine: the count of GPUs is given."""
+    from cmvl.config.hardware import _check_devices
+    from cmvl.errors import ConfigError
+
+    for fitting in ("auto", 2, -1, [0, 1], "0,1", "[1]", "2"):
+        _check_devices(fitting, gpus=2, cores=2)
+    for absent, needle in [([0, 3], "ids 3 do not exist"), ("0,2", "ids 2 do not exist"), (4, "has 2 GPUs"), ("x", "")]:
+        with pytest.raises(ConfigError, match=needle):
+            _check_devices(absent, gpus=2, cores=2)
+
+
+def test_fp16_and_the_gpu_accelerator_pass_where_there_is_a_gpu(monkeypatch):
+    from omegaconf import OmegaConf
+
+    from cmvl.config import hardware
+
+    monkeypatch.setattr(hardware, "_gpu_count", lambda: 1)
+    for accelerator in ("gpu", "cuda", "auto"):
+        trainer = {"accelerator": accelerator, "precision": "16-mixed", "devices": 1}
+        hardware.check_hardware(OmegaConf.create({"trainer": trainer}))
