@@ -17,7 +17,7 @@ TRAIN_FAST = [*TINY_WORLD, *TINY_TRAINING]
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory, cache_dir) -> Path:
     run_dir = tmp_path_factory.mktemp("run")
-    result = run_cli("train", *TRAIN_FAST, f"hydra.run.dir={run_dir}", cwd=run_dir)
+    result = run_cli("train", *TRAIN_FAST, f"hydra.run.dir={run_dir}", cwd=run_dir.parent)  # never the cwd
     assert result.returncode == 0, result.stderr[-3000:]
     assert "best val/vqa/acc = " in result.stdout
     return run_dir

@@ -20,7 +20,7 @@ def test_the_readme_fusion_example_trains(tmp_path, tiny_world):
         written[0].write_text(python_code)
         written[1].write_text(yaml_text)
         result = run_cli(
-            "train", *TINY_WORLD, "trainer=debug", "fusion=gated_sum", f"hydra.run.dir={tmp_path}", cwd=tmp_path
+            "train", *TINY_WORLD, "trainer=debug", "fusion=gated_sum", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path
         )
     finally:
         for path in written:

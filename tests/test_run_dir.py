@@ -69,15 +69,15 @@ def _live_writer_temp(folder: Path, target: str) -> Path:
 def _wait_for_lock(run_dir: Path, process: subprocess.Popen) -> None:
     lock = run_dir / LOCK_FILE
     deadline = time.monotonic() + 120
-    while not (lock.is_file() and lock.read_text().strip()):
-        assert process.poll() is None, process.communicate()[1][-3000:]
+    while not (lock.is_file() and lock.read_text().startswith(f"{process.pid}@")):
+        assert process.poll() is None, process.communicate()[1][-3000:]  # it ended without taking the lock
         assert time.monotonic() < deadline, "the first run never took the lock"
         time.sleep(0.2)
 
 
-def _start_train(run_dir: Path, release: Path, cwd: Path) -> subprocess.Popen:
+def _start_train(run_dir: Path, release: Path, cwd: Path, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONWARNINGS": "ignore", **ENV}
-    args = [*TRAIN, *WAIT, f"+callbacks.wait.path={release}", f"hydra.run.dir={run_dir}"]
+    args = [*TRAIN, *WAIT, f"+callbacks.wait.path={release}", f"hydra.run.dir={run_dir}", *extra]
     return subprocess.Popen(
         [sys.executable, "-m", "cmvl", *args], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True,
@@ -118,12 +118,25 @@ def test_atomic_write_names_its_temporary_file_after_its_process(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
 
 
-def test_overwrite_true_leaves_only_the_new_runs_files(finished_run, tmp_path):
-    run_dir = tmp_path / "run"
+def test_overwrite_and_resume_together_are_refused(tmp_path):
+    result = cli_in_process(*TRAIN, "overwrite=true", "resume=auto", f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path)
+    assert_one_line_error(result, "overwrite=true", "resume=auto")
+
+
+def test_overwrite_true_leaves_only_the_new_run_and_a_second_train_meanwhile_is_refused(finished_run, tmp_path):
+    run_dir, release = tmp_path / "run", tmp_path / "release"
     shutil.copytree(finished_run, run_dir)
     (run_dir / "notes.txt").write_text("mine")  # not cmvl's: stays
-    result = run_cli(*TRAIN, "trainer.max_epochs=1", "overwrite=true", f"hydra.run.dir={run_dir}", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
+    first = _start_train(run_dir, release, tmp_path, "trainer.max_epochs=1", "overwrite=true")
+    try:
+        _wait_for_lock(run_dir, first)
+        second = cli_in_process(*TRAIN, "resume=auto", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+        assert_one_line_error(second, str(run_dir), "in use", str(first.pid))
+        release.touch()
+        _, stderr = first.communicate(timeout=300)
+    finally:
+        first.kill()
+    assert first.returncode == 0, stderr[-3000:]
     checkpoints = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
     assert checkpoints == ["best.ckpt", "last.ckpt", "step00000003.ckpt"]  # the old step00000006.ckpt is gone
     last = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
@@ -134,38 +147,22 @@ def test_overwrite_true_leaves_only_the_new_runs_files(finished_run, tmp_path):
     assert (run_dir / "notes.txt").read_text() == "mine" and (run_dir / LOCK_FILE).is_file()
 
 
-def test_overwrite_and_resume_together_are_refused(tmp_path):
-    result = cli_in_process(*TRAIN, "overwrite=true", "resume=auto", f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path)
-    assert_one_line_error(result, "overwrite=true", "resume=auto")
-
-
-def test_a_second_train_while_the_first_runs_is_refused_and_the_first_completes(tmp_path, cache_dir):
-    run_dir, release = tmp_path / "run", tmp_path / "release"
-    first = _start_train(run_dir, release, tmp_path)
-    try:
-        _wait_for_lock(run_dir, first)
-        second = cli_in_process(*TRAIN, "resume=auto", f"hydra.run.dir={run_dir}", cwd=tmp_path)
-        assert_one_line_error(second, str(run_dir), "in use", str(first.pid))
-        release.touch()
-        _, stderr = first.communicate(timeout=300)
-    finally:
-        first.kill()
-    assert first.returncode == 0, stderr[-3000:]
-    assert (run_dir / "summary.json").is_file()
-
-
-def test_the_lock_of_a_killed_run_is_free(tmp_path, cache_dir):
+def test_the_lock_of_a_killed_holder_is_free_for_the_next_run(finished_run, tmp_path):
     run_dir = tmp_path / "run"
-    holder = _start_train(run_dir, tmp_path / "never", tmp_path)
+    shutil.copytree(finished_run, run_dir)
+    code = "import sys, time, pathlib, cmvl.training.run_dir as r; held = r.RunDirLock(pathlib.Path(sys.argv[1]))"
+    code += "; time.sleep(99)"  # holds the lock until killed
+    holder = subprocess.Popen([sys.executable, "-c", code, str(run_dir)], stderr=subprocess.PIPE, text=True)
     try:
         _wait_for_lock(run_dir, holder)
-        with pytest.raises(UserError, match="in use"):
-            RunDirLock(run_dir)
+        held = cli_in_process(*TRAIN, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+        assert_one_line_error(held, "in use")
         holder.send_signal(signal.SIGKILL)
         holder.wait(timeout=60)
     finally:
         holder.kill()
-    RunDirLock(run_dir).release()  # no stale lock
+    after = cli_in_process(*TRAIN, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert_one_line_error(after, "earlier run")  # it took the lock: no stale lock stopped it
 
 
 def _claim_config(run_dir: Path) -> DictConfig:
