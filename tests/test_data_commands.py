@@ -42,3 +42,21 @@ def test_prepare_writes_a_resized_resumable_copy_that_trains(tmp_path, cache_dir
     train = run_cli("train", *dataset, f"dataset.images={out}", *small, f"hydra.run.dir={run_dir}", cwd=tmp_path)
     assert train.returncode == 0, train.stderr[-3000:]
     assert (run_dir / "checkpoints" / "best.ckpt").is_file()
+
+
+def test_prepare_decodes_images_as_training_does(tmp_path):
+    """A 16-bit grey PNG is scaled to 8 bits (not clipped to white) and an RGBA one composited over white."""
+    import numpy as np
+    from PIL import Image
+
+    from cmvl.data.inspect import _resize_one
+
+    grey = tmp_path / "grey16.png"
+    Image.fromarray(np.full((20, 20), 257 * 60, dtype=np.uint16)).save(grey)
+    rgba = tmp_path / "rgba.png"
+    Image.new("RGBA", (20, 20), (0, 0, 0, 0)).save(rgba)
+    for src, expected in ((grey, 60), (rgba, 255)):
+        dst = tmp_path / f"{src.stem}.jpg"
+        _resize_one((str(src), str(dst), 16, 95))
+        pixels = np.asarray(Image.open(dst))
+        assert abs(int(pixels.mean()) - expected) <= 2, (src.name, pixels.mean())

@@ -13,6 +13,7 @@ import pyarrow as pa
 from PIL import Image
 
 from cmvl.atomic_file import atomic_write
+from cmvl.data.images import load_image
 from cmvl.data.sources.base import Source
 from cmvl.errors import UserError
 from cmvl.progress import track
@@ -68,13 +69,12 @@ def format_report(name: str, image_root: Path, report: list[dict[str, Any]]) -> 
 
 def _resize_one(job: tuple[str, str, int, int]) -> str:
     src, dst, size, quality = job
-    with Image.open(src) as im:
-        im = im.convert("RGB")
-        scale = size / min(im.size)
-        if scale < 1:  # never upscale
-            im = im.resize((round(im.width * scale), round(im.height * scale)), Image.Resampling.BICUBIC)
-        with atomic_write(dst, "wb") as f:
-            im.save(f, format="JPEG", quality=quality)
+    im = load_image(Path(src))  # the decoder training uses: every mode to 8-bit RGB, upright, or one-line refusal
+    scale = size / min(im.size)
+    if scale < 1:  # never upscale
+        im = im.resize((round(im.width * scale), round(im.height * scale)), Image.Resampling.BICUBIC)
+    with atomic_write(dst, "wb") as f:
+        im.save(f, format="JPEG", quality=quality)
     return dst
 
 
