@@ -204,6 +204,7 @@ class VQATask(Task):
                 dim=dim,
                 layers=self.decoder_layers,
                 heads=self.decoder_heads,
+                heads_key="task.decoder_heads",
                 max_positions=self.answer_max_length + 2,
                 dropout=self.dropout,
             )
