@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from cmvl.errors import CheckpointError
 from cmvl.training.checkpoint_io import AtomicCheckpointIO
 
 
@@ -21,7 +22,7 @@ def test_a_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
         raise OSError("disk full")  # ... then the process fails before the file is complete and renamed
 
     monkeypatch.setattr(torch, "save", save_then_die)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(CheckpointError, match="disk full"):
         io.save_checkpoint({"step": 2, "weights": torch.zeros(1000)}, path)
     monkeypatch.setattr(torch, "save", real_save)
 
