@@ -9,13 +9,18 @@ resumes a checkpoint taken between the last batch and the validation in the next
 Under DDP the ranks agree on the stop step: the flag is all-reduced every step (any rank that saw the signal
 stops them all).
 
-cmvl's handler replaces Lightning's SIGTERM handler for the duration of `fit` (Lightning's raises at the end of the
-step without saving) and puts the previous handlers back afterwards.
+A signal seen anywhere else (the sanity check, a validation, an epoch-end checkpoint) is honoured at the next of
+those two points, and one seen in `on_train_end` names the newest checkpoint, which is complete by then.
+
+cmvl's handler replaces Lightning's SIGTERM handler for the duration of `fit` and puts the previous handlers back
+afterwards. Lightning installs its own after `on_fit_start` and, outside a training step, ends `fit` with a quiet
+`SystemExit` (exit 0, nothing saved), so cmvl takes the signals back once the loops start (`_take_over_signals`).
 """
 
 from __future__ import annotations
 
 import signal
+import threading
 from pathlib import Path
 from types import FrameType
 
@@ -57,6 +62,25 @@ class PreemptionCallback(Checkpoint):
         for signum in SIGNALS:
             self._previous[signum] = signal.signal(signum, self._on_signal)
 
+    def _take_over_signals(self) -> None:
+        """Ours again in place of the handler Lightning's signal connector installed after `on_fit_start` (which
+        wraps ours and puts it back at teardown); the handlers from before `fit` stay the ones restored."""
+        if threading.current_thread() is threading.main_thread():  # as Lightning: only there can handlers be set
+            for signum in SIGNALS:
+                signal.signal(signum, self._on_signal)
+
+    def on_sanity_check_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._take_over_signals()
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._take_over_signals()
+
+    def _stop_requested(self, trainer: pl.Trainer) -> bool:
+        """Whether any rank saw a signal (a collective under DDP: every rank calls it at the same hook)."""
+        if trainer.world_size > 1:
+            return bool(trainer.strategy.reduce_boolean_decision(self._signalled, all=False))
+        return self._signalled
+
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
@@ -65,10 +89,7 @@ class PreemptionCallback(Checkpoint):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: object, batch: object, batch_idx: int
     ) -> None:
-        stop = self._signalled
-        if trainer.world_size > 1:
-            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
-        if not stop or self._stop_at_epoch_end:
+        if not self._stop_requested(trainer) or self._stop_at_epoch_end:
             return
         last_batch = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
         if last_batch or batch_idx + 1 >= trainer.num_training_batches:
@@ -79,8 +100,23 @@ class PreemptionCallback(Checkpoint):
         self._save_and_stop(trainer)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._stop_at_epoch_end:
+        # Also a signal seen after the epoch's last step: in its validation or the checkpoints saved after it.
+        if self._stop_requested(trainer) or self._stop_at_epoch_end:
+            self._stop_at_epoch_end = True
             self._save_and_stop(trainer)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """A signal seen after the last epoch (in the final validation or the last checkpoints, which the checkpoint
+        callbacks have written by now: they run before this one): the run stops short of its summary and names
+        the newest checkpoint; `resume=auto` then finishes it."""
+        if not self._stop_requested(trainer):
+            return
+        saved = [path for path in self.dirpath.glob("*.ckpt") if path.is_file()]
+        if not saved:
+            path = self.dirpath / f"{STEP_CHECKPOINT.format(step=trainer.global_step)}.ckpt"
+            trainer.save_checkpoint(path)
+            saved = [path]
+        raise PreemptionStop(trainer.global_step, max(saved, key=lambda path: path.stat().st_mtime_ns))
 
     def _save_and_stop(self, trainer: pl.Trainer) -> None:
         path = self.dirpath / f"{STEP_CHECKPOINT.format(step=trainer.global_step)}.ckpt"
