@@ -97,11 +97,28 @@ CRAFTED = {
     "tokenizer-garbage": (_set("cmvl/data_state/tokenizer/tokenizer_json", "{not json"), "tokenizer state"),
     "rng-garbage": (_set("cmvl_rng", ["x"]), "RNG state"),
     "global-step-a-string": (_set("global_step", "abc"), "'global_step' is a str"),
+    "global-step-negative": (_set("global_step", -5), "'global_step' is negative"),
+    "epoch-negative": (_set("epoch", -1), "'epoch' is negative"),
     "weight-not-a-tensor": (_first_weight(lambda sd, k: sd.__setitem__(k, "x")), "is not a tensor"),
     "weight-wrong-shape": (_first_weight(lambda sd, k: sd.__setitem__(k, torch.zeros(3, 3))), "size mismatch"),
     "weight-missing": (_first_weight(lambda sd, k: sd.pop(k)), "Missing key"),
     "weight-unexpected": (_set("state_dict/bogus.weight", torch.zeros(1)), "Unexpected key"),
 }
+
+def _every_callback_state(value) -> Callable[[dict], None]:
+    return lambda checkpoint: checkpoint["callbacks"].update({key: value for key in checkpoint["callbacks"]})
+
+
+# States only a resume restores (Lightning's loops, optimizers, schedulers, callbacks; cmvl's own section): each
+# passes the structure check and made Lightning's or a hook's restore code raise (AttributeError, KeyError …).
+RESTORE_CRAFTED = {
+    "loops-garbage": (_set("loops", {"fit_loop": {"state_dict": "garbage"}}), "does not restore a training state"),
+    "scheduler-garbage": (_set("lr_schedulers", [{"foo": 1}]), "does not restore a training state"),
+    "optimizer-garbage": (_set("optimizer_states", [{"foo": 1}]), "does not restore a training state"),
+    "epoch-loss-strings": (_set("cmvl/epoch_loss", ["a", "b"]), "does not restore a training state"),
+    "callback-states-garbage": (_every_callback_state("garbage"), "does not restore a training state"),
+}
+CRAFTED.update(RESTORE_CRAFTED)
 # Only the state-dict cases build a model before failing in training; the others fail on load (cheap).
 NOT_A_CHECKPOINT = {
     "random-bytes": lambda p: p.write_bytes(random.Random(0).randbytes(3000)),
@@ -137,10 +154,16 @@ def _resume(path: Path, cwd: Path):
 
 
 # One case of each kind through `train resume=` (each composes a training run: slower); eval takes them all.
-RESUMED = ("config-missing-task", "vocabulary-not-a-list", "weight-wrong-shape")
+RESUMED = ("config-missing-task", "vocabulary-not-a-list", "weight-wrong-shape", "global-step-negative")
 
 
-@pytest.mark.parametrize(("name", "command"), [*((n, "eval") for n in CRAFTED), *((n, "resume") for n in RESUMED)])
+@pytest.mark.parametrize(
+    ("name", "command"),
+    [
+        *((n, "eval") for n in CRAFTED if n not in RESTORE_CRAFTED),
+        *((n, "resume") for n in (*RESUMED, *RESTORE_CRAFTED)),
+    ],
+)
 def test_crafted_checkpoint_is_one_line(trained, tmp_path, name, command):
     edit, needle = CRAFTED[name]
     path = _crafted(trained, tmp_path, edit)

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cmvl.errors import CheckpointError
+from cmvl.errors import CheckpointError, UserError
 from cmvl.training.lit_module import CHECKPOINT_KEY
 
 # (place in the checkpoint, the type(s) it must have, required). Lightning's own sections are checked only for
@@ -40,6 +40,8 @@ SECTIONS: tuple[tuple[str, type | tuple[type, ...], bool], ...] = (
     (f"{CHECKPOINT_KEY}.nonfinite", dict, False),
     (f"{CHECKPOINT_KEY}.epoch_loss", (list, tuple), False),
 )
+# Counters a run only ever counts up from 0 (a negative one would make the resumed run's loops start before it).
+NON_NEGATIVE = ("global_step", "epoch")
 # Config sections every run has, as mappings (the model is built from them; a missing one is a crafted file).
 CONFIG_SECTIONS = ("task", "model", "data", "text", "vision", "fusion", "trainer", "dataset")
 
@@ -72,6 +74,9 @@ def structure_problem(checkpoint: dict[str, Any]) -> str | None:
             continue
         if not isinstance(value, kinds) or isinstance(value, bool):
             return f"'{place}' is a {type(value).__name__}, not a {_names(kinds)}"
+    negative = next((place for place in NON_NEGATIVE if checkpoint.get(place, 0) < 0), None)
+    if negative:
+        return f"'{negative}' is negative ({checkpoint[negative]})"
     bad = next((k for k, v in checkpoint["state_dict"].items() if not isinstance(v, torch.Tensor)), None)
     if bad is not None:
         return f"state_dict['{bad}'] is not a tensor"
@@ -153,6 +158,37 @@ def state_dict_errors(checkpoint: Path | str | Callable[[], Path | str | None]) 
             f"checkpoint {name or '(the resumed one)'} does not fit the model this config builds: {first} (was it "
             "written with other model.*/vision.*/text.*/fusion.* settings or another task?)"
         ) from None
+
+
+# The steps of Lightning's checkpoint connector that restore a resumed run from the file: the weights, the
+# LightningModule's / datamodule's / callbacks' on_load_checkpoint and states, the loops, optimizers and schedulers.
+RESTORE_STEPS = ("_restore_modules_and_callbacks", "restore_training_state")
+
+
+def refuse_unrestorable(trainer: Any, checkpoint: Path | str) -> None:
+    """Makes any error raised while `trainer` restores its state from `checkpoint` one CheckpointError naming the
+    file: a crafted file passes the structure check yet holds, say, loop or scheduler states that Lightning's
+    restore code (or a hook's) fails on with an AttributeError, KeyError … Weights that do not fit keep
+    `state_dict_errors`' message; errors already meant for the user pass as they are."""
+    connector = trainer._checkpoint_connector  # Lightning offers no public hook around its restore
+
+    def guarded(restore: Callable[..., Any]) -> Callable[..., Any]:
+        def run(*args: Any, **kwargs: Any) -> Any:
+            try:
+                with state_dict_errors(checkpoint):
+                    return restore(*args, **kwargs)
+            except UserError:
+                raise
+            except Exception as err:  # noqa: BLE001 - any failure restoring a file's states means a malformed file
+                raise CheckpointError(
+                    f"checkpoint {checkpoint} does not restore a training state ({_reason(err)}); "
+                    "use a checkpoint cmvl train wrote"
+                ) from None
+
+        return run
+
+    for name in RESTORE_STEPS:
+        setattr(connector, name, guarded(getattr(connector, name)))
 
 
 def _first_keys(line: str, keep: int = 3) -> str:

@@ -22,6 +22,7 @@ from cmvl.sweeps.jobs import finished_summary, in_sweep, relaunch_ranks_as_singl
 from cmvl.training import slurm
 from cmvl.training.build import build_datamodule, build_lit_module, instantiate
 from cmvl.training.checkpoint_io import AtomicCheckpointIO
+from cmvl.training.checkpoints import refuse_unrestorable
 from cmvl.training.csv_logger import ResumableCSVLogger
 from cmvl.training.curves import plot_curves
 from cmvl.training.final_validation import validate_unless_current
@@ -171,6 +172,8 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     if in_sweep() and trainer.world_size > 1:
         relaunch_ranks_as_single_run(out_dir, resume, find_spec("cmvl.cli.train_job").origin)
+    if ckpt_path:
+        refuse_unrestorable(trainer, ckpt_path)
     started = time.perf_counter()
     try:
         trainer.fit(lit, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
