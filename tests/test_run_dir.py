@@ -215,3 +215,29 @@ def test_a_killed_shapes_generation_leaves_nothing_that_is_taken_as_a_world(tmp_
     result = cli_in_process("data", "shapes", "--out", str(out), "--images", "8", "--size", "16", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert (out / "shapes.json").is_file() and not left.exists() and live.exists()
+
+
+@pytest.mark.parametrize("first_file", ["config.yaml", "hparams.yaml"])
+def test_a_run_dir_with_the_files_a_run_writes_first_is_refused_unless_continued_or_overwritten(tmp_path, first_file):
+    """A run that died before its first checkpoint (or a user's own file of that name) is not written over."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / first_file).write_text("mine")
+    with pytest.raises(UserError, match=rf"earlier run \({first_file}\).*resume=auto.*overwrite=true"):
+        claim_run_dir(_claim_config(run_dir))
+    assert (run_dir / first_file).read_text() == "mine"
+    claim_run_dir(OmegaConf.merge(_claim_config(run_dir), {"resume": "auto"})).release()
+    assert (run_dir / first_file).read_text() == "mine"
+    claim_run_dir(OmegaConf.merge(_claim_config(run_dir), {"overwrite": True})).release()
+    assert not (run_dir / first_file).exists()
+
+
+def test_a_run_dir_inside_another_runs_checkpoints_folder_is_refused(tmp_path):
+    checkpoints = tmp_path / "other" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    (checkpoints / "step00000003.ckpt").write_bytes(b"a checkpoint")
+    run_dir = checkpoints / "nested" / "run"
+    for resume in (None, "auto"):
+        with pytest.raises(UserError, match=rf"inside {checkpoints}.*step00000003.ckpt"):
+            claim_run_dir(OmegaConf.merge(_claim_config(run_dir), {"resume": resume}))
+    assert not run_dir.exists()

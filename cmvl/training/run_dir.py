@@ -8,8 +8,10 @@
   are rank-zero work), so it is the one process that needs the lock; the other DDP processes of the run (started
   by Lightning, torchrun or srun, every one marked by a nonzero rank variable) neither take nor test it.
 - Temporary files in the run dir (and checkpoint dir) whose writer died (a killed save) are removed.
-- A directory that holds an earlier run (checkpoints or logs) is refused unless the run continues it (`resume=auto`
-  or `resume=PATH`, as a sweep job and a requeued SLURM job do) or `overwrite=true` removes that run's files first.
+- A run dir inside a folder that holds another run's checkpoints is refused.
+- A directory that holds an earlier run (checkpoints, config.yaml, hparams.yaml or logs) is refused unless the run
+  continues it (`resume=auto` or `resume=PATH`, as a sweep job and a requeued SLURM job do) or `overwrite=true`
+  removes that run's files first.
 
 For a single run `ClaimRunDirCallback` claims the directory before Hydra writes `.hydra/` and its log into it, so a
 refused run leaves every file as it was; `run_training` then takes that claim over. A sweep job claims its own
@@ -29,6 +31,7 @@ from typing import IO, Any
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 
 from cmvl.atomic_file import remove_stale_temps
 from cmvl.errors import ConfigError, UserError, one_line
@@ -37,8 +40,11 @@ from cmvl.sweeps.jobs import resume_mode
 
 LOCK_FILE = Path(".cmvl") / "lock"
 RESOLVED_CONFIG = "config.yaml"  # the run's resolved config, written when training starts
-# What a run leaves beside its checkpoints: conf/logger/*.yaml write under the tensorboard/ and wandb/ folders.
-RUN_LOGS = (SUMMARY_FILE, METRICS_CSV, CURVES_PNG, SAMPLES_DIR, "tensorboard", "wandb")
+HPARAMS_FILE = ExperimentWriter.NAME_HPARAMS_FILE  # the CSV logger's copy of the config, written with it
+# What a run leaves beside its checkpoints, the files it writes first included (a run that died before its first
+# checkpoint, or a user's own file of that name, is not written over): conf/logger/*.yaml write under the
+# tensorboard/ and wandb/ folders.
+RUN_LOGS = (RESOLVED_CONFIG, HPARAMS_FILE, SUMMARY_FILE, METRICS_CSV, CURVES_PNG, SAMPLES_DIR, "tensorboard", "wandb")
 CHECKPOINT_NAME = re.compile(r"^(best|last|step\d+)\.ckpt$")  # the files train.py's checkpoint callbacks write
 # Set (nonzero) in every process of a run but the first by the launchers cmvl runs under: Lightning's DDP launcher
 # (LOCAL_RANK, NODE_RANK), torchrun (RANK, LOCAL_RANK), SLURM srun (SLURM_PROCID), LSF jsrun (JSM_NAMESPACE_RANK).
@@ -111,6 +117,7 @@ class ClaimRunDirCallback(Callback):
 
 def _claim(run_dir: Path, cfg: DictConfig) -> RunDirLock:
     _refuse_current_folder(run_dir)
+    _refuse_inside_checkpoints(run_dir)
     overwrite = bool(cfg.get("overwrite", False))
     if overwrite and cfg.get("resume") not in (None, "never"):
         raise ConfigError(
@@ -123,7 +130,7 @@ def _claim(run_dir: Path, cfg: DictConfig) -> RunDirLock:
             remove_stale_temps(folder, recursive=True)
     earlier = _earlier_run_files(run_dir, checkpoint_dir)
     if earlier and overwrite:
-        for path in [*earlier, run_dir / RESOLVED_CONFIG]:
+        for path in earlier:
             _remove(path)
         print(f"cmvl: overwrite=true: removed the earlier run's checkpoints and logs in {run_dir}", file=sys.stderr)
     elif earlier and resume_mode(cfg.get("resume")) == "never":
@@ -145,10 +152,27 @@ def _refuse_current_folder(run_dir: Path) -> None:
         )
 
 
+def _refuse_inside_checkpoints(run_dir: Path) -> None:
+    """A run dir inside a folder of another run's checkpoints: that run's resume, checkpoint pruning and overwrite
+    work on the folder, and this run's files would pass for its own."""
+    for folder in run_dir.parents:
+        checkpoint = next((p for p in _checkpoints(folder) if p.is_file()), None)
+        if checkpoint is not None:
+            raise UserError(
+                f"hydra.run.dir {run_dir} lies inside {folder}, which holds another run's checkpoints "
+                f"({checkpoint.name}); choose a hydra.run.dir outside that folder"
+            )
+
+
+def _checkpoints(folder: Path) -> list[Path]:
+    """The checkpoint files train.py's checkpoint callbacks wrote in `folder`."""
+    return sorted(p for p in folder.glob("*.ckpt") if CHECKPOINT_NAME.match(p.name))
+
+
 def _earlier_run_files(run_dir: Path, checkpoint_dir: Path) -> list[Path]:
-    """The checkpoints and logs an earlier run left (the lock, .hydra/ and files cmvl does not write do not count)."""
-    checkpoints = sorted(p for p in checkpoint_dir.glob("*.ckpt") if CHECKPOINT_NAME.match(p.name))
-    return [*checkpoints, *(run_dir / name for name in RUN_LOGS if (run_dir / name).exists())]
+    """The checkpoints, config and logs an earlier run left (the lock, .hydra/ and files cmvl does not write do not
+    count)."""
+    return [*_checkpoints(checkpoint_dir), *(run_dir / name for name in RUN_LOGS if (run_dir / name).exists())]
 
 
 def _remove(path: Path) -> None:
