@@ -284,3 +284,66 @@ def test_every_model_loader_refuses_remote_code(tmp_path):
 def test_a_model_folder_transformers_ships_the_code_for_passes(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
     refuse_remote_code(str(tmp_path), "text.encoder.name")
+
+
+def _code_channel_attacks(marker: Path) -> dict[str, list[str]]:
+    """Command-line attacks through the two other channels that import or call code: `logging.config`'s importing
+    keys in Hydra's logging settings, and Hydra's instantiate keywords."""
+    popen = f"{{class:subprocess.Popen,args:'touch {marker}',shell:true}}"
+    return {
+        "job-logging-handler-dict": [f"+hydra.job_logging.handlers.evil={popen}"],
+        "hydra-logging-handler-dict": [f"+hydra.hydra_logging.handlers.evil={popen}"],
+        "job-logging-unknown-class": ["hydra.job_logging.handlers.file.class=logging.NoSuchHandler"],
+        "formatter-factory": ["+hydra.job_logging.formatters.simple.factory=subprocess.getoutput"],
+        "filter-factory": [f"+hydra.job_logging.filters={{evil:{{class:subprocess.Popen,args:'touch {marker}'}}}}"],
+        "ext-stream": ["hydra.job_logging.handlers.console.stream=ext://subprocess.PIPE"],
+        "args-on-task": ["+task._args_=[1]"],
+        "partial-on-task": ["+task._partial_=true"],
+        "recursive-on-encoder": ["+vision.encoder._recursive_=false"],
+        "convert-nested": ["+fusion.extra={_convert_:all}"],
+        "optimizer-partial-other-value": ["optim.optimizer._partial_=false"],
+        "optimizer-args": ["+optim.optimizer._args_=[1]"],
+    }
+
+
+@pytest.mark.parametrize("attack", list(_code_channel_attacks(Path("m"))))
+def test_logging_classes_and_instantiate_keywords_from_the_command_line_are_refused(tmp_path, attack):
+    marker, run_dir = tmp_path / "pwned", tmp_path / "run"
+    overrides = _code_channel_attacks(marker)[attack]
+    result = cli_in_process("train", *TINY_WORLD, "trainer=debug", f"hydra.run.dir={run_dir}", *overrides, cwd=tmp_path)
+    key = overrides[0].lstrip("+").partition("=")[0]
+    assert_one_line_error(result, key)
+    assert not marker.exists()
+    assert not run_dir.exists()
+
+
+@pytest.mark.parametrize("choice", ["default", "disabled", "none", "stdout"])
+def test_hydras_shipped_logging_choices_and_the_optimizers_partial_pass(choice):
+    from cmvl.config.compose import compose_config
+
+    cfg = compose_config([f"hydra/job_logging={choice}"], config_name="train", return_hydra_config=True)
+    assert cfg.optim.optimizer._partial_ is True
+    check_targets(cfg)
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"task": {"_partial_": True}}, "task._partial_=True"),
+        ({"task": {"tasks": {"vqa": {"_args_": [1]}}}}, r"task.tasks.vqa._args_=\[1\]"),
+        ({"optim": {"optimizer": {"_partial_": "true"}}}, "optim.optimizer._partial_=true"),
+        ({"hydra": {"job_logging": {"handlers": {"x": {"()": "os.system"}}}}}, r"hydra.job_logging.handlers.x.\(\)"),
+    ],
+)
+def test_a_checkpoints_config_is_held_to_the_same_keywords_and_logging_classes(config, message):
+    with pytest.raises(ConfigError, match=message):
+        check_targets(config)
+
+
+def test_eval_of_a_checkpoint_with_an_instantiate_keyword_is_refused(trained, tmp_path):
+    checkpoint = load_checkpoint_file(trained[0] / "run" / "checkpoints" / "last.ckpt")
+    checkpoint["cmvl"]["config"]["task"]["_args_"] = [1]
+    evil = tmp_path / "evil.ckpt"
+    torch.save(checkpoint, evil)
+    result = cli_in_process("eval", f"ckpt={evil}", cwd=tmp_path)
+    assert_one_line_error(result, "task._args_=[1]")

@@ -5,6 +5,10 @@ A `_target_` there may name cmvl's own class of that kind, a public class of tha
 listed for it, or a class of that kind under a package the user trusts on the command line
 (`extra_target_prefixes`, never read from a checkpoint). A `_target_` anywhere else is refused. Nothing is imported
 for a string that is not on these lists: importing a module can run code.
+
+Two more channels build or import code from a config, and are held to what cmvl's and Hydra's shipped configs use:
+Hydra's instantiate keywords (`_args_`, `_partial_`, ...) and the `logging.config` keys of Hydra's logging settings
+(`class`, `()`, `ext://` values), which import any dotted name they are given.
 """
 
 from __future__ import annotations
@@ -72,6 +76,18 @@ LOCATIONS: dict[str, Kind] = {
     "hydra.launcher": LAUNCHER,
 }
 
+# Hydra's instantiate keywords, accepted only where cmvl's shipped config tree uses them, with the value it uses:
+# anywhere else they change what a `_target_` is called with (`_args_`) or what it returns (`_partial_`).
+INSTANTIATE_KEYWORDS = ("_args_", "_partial_", "_recursive_", "_convert_")
+SHIPPED_KEYWORDS: dict[str, Any] = {"optim.optimizer._partial_": True}  # conf/optim/*.yaml
+
+# Hydra hands these settings to `logging.config.dictConfig`, which imports what their `class` / `()` keys and
+# `ext://` values name. Accepted: what Hydra's shipped logging configs use (hydra/conf/hydra/*_logging/*.yaml).
+LOGGING_SETTINGS = ("hydra.job_logging", "hydra.hydra_logging")
+LOGGING_IMPORT_KEYS = ("class", "()", "factory")
+LOGGING_CLASSES = ("logging.StreamHandler", "logging.FileHandler", "logging.Formatter")
+LOGGING_EXTERNALS = ("ext://sys.stdout", "ext://sys.stderr")
+
 HOW_TO_TRUST = (
     f"to build a class of your own, trust its package on the command line: '{TRUST_KEY}=[your_package]' "
     "(a checkpoint's own list is never used)"
@@ -102,14 +118,40 @@ def check_targets(cfg: DictConfig | dict, *, at: str = "", trusted: Sequence[str
     known location and names a class of that location's kind that cmvl may build. `trusted` defaults to the
     config's own `extra_target_prefixes`, which only the command line sets."""
     trusted = trusted_prefixes(cfg) if trusted is None else trusted
-    for key, target in _targets(cfg, at):
-        kind = _kind_at(key)
-        if kind is None:
-            raise ConfigError(
-                f"{key}._target_={target}: cmvl builds nothing at {key} (a `_target_` may only stand at "
-                f"{', '.join(LOCATIONS)})"
-            )
-        resolve_target(key, target, kind, trusted)
+    for path, key, value in _entries(cfg, at):
+        if key == "_target_":
+            kind = _kind_at(path)
+            if kind is None:
+                raise ConfigError(
+                    f"{path}._target_={value}: cmvl builds nothing at {path} (a `_target_` may only stand at "
+                    f"{', '.join(LOCATIONS)})"
+                )
+            resolve_target(path, value, kind, trusted)
+        elif key in INSTANTIATE_KEYWORDS:
+            _check_keyword(_join(path, key), value)
+        if _under(f"{path}.", LOGGING_SETTINGS):
+            _check_logging_entry(_join(path, key), key, value)
+
+
+def _check_keyword(where: str, value: Any) -> None:
+    expected = SHIPPED_KEYWORDS.get(where, ...)
+    if type(value) is not type(expected) or value != expected:
+        allowed = ", ".join(f"{k}={v}" for k, v in SHIPPED_KEYWORDS.items()).lower()
+        raise ConfigError(
+            f"{where}={value}: Hydra's instantiate keywords ({', '.join(INSTANTIATE_KEYWORDS)}) are accepted only "
+            f"as cmvl's own configs set them ({allowed}); remove {where}"
+        )
+
+
+def _check_logging_entry(where: str, key: str, value: Any) -> None:
+    """Refuse a logging setting that would make `logging.config` import a name Hydra's shipped configs do not use."""
+    if key in LOGGING_IMPORT_KEYS and value not in LOGGING_CLASSES:
+        raise ConfigError(
+            f"{where}={value}: cmvl's logging settings may only use the classes {', '.join(LOGGING_CLASSES)} "
+            "(or choose hydra/job_logging=default|disabled|none)"
+        )
+    if isinstance(value, str) and value.startswith("ext://") and value not in LOGGING_EXTERNALS:
+        raise ConfigError(f"{where}={value}: cmvl's logging settings may only name {', '.join(LOGGING_EXTERNALS)}")
 
 
 def resolve_target(key: str, target: Any, kind: Kind, trusted: Sequence[str]) -> type:
@@ -135,20 +177,24 @@ def resolve_target(key: str, target: Any, kind: Kind, trusted: Sequence[str]) ->
     return obj
 
 
-def _targets(node: Any, path: str) -> Iterator[tuple[str, Any]]:
-    """(location, target) for every `_target_` under `node` (plain or OmegaConf containers; interpolations are left
-    unresolved: a resolved node is checked again right before it is instantiated)."""
+def _entries(node: Any, path: str) -> Iterator[tuple[str, str, Any]]:
+    """(path of the mapping, key, value) for every mapping entry under `node`, itself included (plain or OmegaConf
+    containers; interpolations are left unresolved: a resolved node is checked again right before it is
+    instantiated)."""
     if isinstance(node, DictConfig | ListConfig):
         node = OmegaConf.to_container(node, resolve=False)
     if isinstance(node, dict):
         for key, value in node.items():
-            if key == "_target_":
-                yield path, value
-            else:
-                yield from _targets(value, f"{path}.{key}" if path else str(key))
+            yield path, str(key), value
+            if key != "_target_":
+                yield from _entries(value, _join(path, str(key)))
     elif isinstance(node, list):
         for i, value in enumerate(node):
-            yield from _targets(value, f"{path}[{i}]")
+            yield from _entries(value, f"{path}[{i}]")
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
 
 
 def _kind_at(location: str) -> Kind | None:
