@@ -48,6 +48,32 @@ VALUE_CASES = [
     (["trainer.accelerator=cpu", "trainer.devices=9999"], ["trainer.devices=9999", "CPU cores"]),
     (["trainer.accelerator=cpu", "trainer.devices=[0,1]"], ["trainer.devices=[0, 1]", "CPU"]),
     (["trainer.devices=0"], ["trainer.devices=0"]),
+    (["trainer.accelerator=cpu", "trainer.devices=-1"], ["trainer.devices=-1", "CPU cores"]),
+    (["trainer=cpu", "trainer.devices='-1'"], ["trainer.devices=-1", "give a count"]),
+    # accelerators this machine does not have (the GPU ones: GPU_CASES)
+    (["trainer.accelerator=tpu"], ["trainer.accelerator=tpu", "no TPU"]),
+    (["trainer.accelerator=hpu"], ["trainer.accelerator=hpu", "cpu"]),
+    # keys added under trainer. are Trainer arguments, checked like the shipped ones
+    (["+trainer.fast_dev_run=-1"], ["trainer.fast_dev_run=-1", ">= 0"]),
+    (["+trainer.fast_dev_run=often"], ["trainer.fast_dev_run=often"]),
+    (["+trainer.max_time=garbage"], ["trainer.max_time=garbage", "DD:HH:MM:SS"]),
+    (["+trainer.max_time={weeks:1}"], ["trainer.max_time=", "days/hours"]),
+    (["+trainer.profiler=fancy"], ["trainer.profiler=fancy", "simple"]),
+    (["+trainer.detect_anomaly=maybe"], ["trainer.detect_anomaly=maybe"]),
+    (["+trainer.reload_dataloaders_every_n_epochs=-1"], ["trainer.reload_dataloaders_every_n_epochs=-1"]),
+    (["+trainer.enable_checkpointing=false"], ["trainer.enable_checkpointing=false"]),
+    (["+trainer.barebones=true"], ["trainer.barebones=true"]),
+    (["+trainer.max_epoch=3"], ["trainer.max_epoch", "not an argument", "max_epochs"]),
+    (["+trainer.bogus=1"], ["trainer.bogus", "not an argument"]),
+    (["+trainer.default_root_dir=elsewhere"], ["trainer.default_root_dir", "hydra.run.dir"]),
+    (["+trainer.logger=false"], ["trainer.logger", "logger="]),
+    # data.image.* (they follow vision.* unless set directly)
+    (["data.image.size=-3"], ["data.image.size=-3", "positive integer"]),
+    (["data.image.size=big"], ["data.image.size=big"]),
+    (["data.image.mean=[a,b,c]"], ["data.image.mean=", "3 values"]),
+    (["data.image.mean=[0.5,0.5]"], ["data.image.mean="]),
+    (["data.image.std=[0.2,0,0.2]"], ["data.image.std=", "> 0"]),
+    (["data.image.std=[0.2,-1,0.2]"], ["data.image.std="]),
     # Hydra's override parser
     (["question=What's"], ["question=What's", 'question="What\'s"']),
     (["model.dim=[1,2"], ["model.dim=[1,2", "quote"]),
@@ -109,13 +135,38 @@ UNWRITABLE = [
 
 
 @pytest.mark.parametrize(("folder", "reason"), UNWRITABLE)
-@pytest.mark.parametrize("setting", ["hydra.run.dir", "paths.output_dir"])
+@pytest.mark.parametrize("setting", ["hydra.run.dir", "paths.output_dir", "checkpoint.dirpath"])
 def test_an_unwritable_run_directory_is_one_line(tmp_path, cache_dir, a_file, folder, reason, setting):
     path = folder(a_file)
     before = _contents(tmp_path)
     result = cli_in_process("train", f"{setting}={path}", cwd=tmp_path)
     assert_one_line_error(result, f"{setting}={path}", reason)
     assert _contents(tmp_path) == before
+
+
+def test_the_checkpoint_folder_follows_the_run_directory(tmp_path, cache_dir, a_file):
+    """checkpoint.dirpath (by default under paths.output_dir, Hydra's runtime dir) is probed where the run will be."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "checkpoints").write_text("a file where the default checkpoint folder goes")
+    before = _contents(tmp_path)
+    result = cli_in_process("train", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert_one_line_error(result, f"checkpoint.dirpath={run_dir / 'checkpoints'}", "is a file")
+    result = cli_in_process(
+        "train", f"hydra.run.dir={run_dir}", "checkpoint.dirpath=${paths.output_dir}/checkpoints/x", cwd=tmp_path
+    )
+    assert_one_line_error(result, f"checkpoint.dirpath={run_dir / 'checkpoints' / 'x'}", "is a file")
+    assert _contents(tmp_path) == before
+
+
+def test_trainer_arguments_without_a_rule_pass(tmp_path, cache_dir):
+    from cmvl.config.preflight import preflight
+
+    run = f"hydra.run.dir={tmp_path / 'run'}"
+    preflight(["+trainer.max_time=00:01:00:00", "+trainer.fast_dev_run=2", "+trainer.overfit_batches=0.5", run])
+    preflight(["+trainer.max_time={hours:1,minutes:30}", "+trainer.profiler=simple", "+trainer.barebones=false", run])
+    preflight(["+trainer.enable_model_summary=false", "trainer.requeue=true", run])
+    assert not (tmp_path / "run").exists()
 
 
 def test_an_unwritable_sweep_directory_is_one_line(tmp_path, cache_dir, a_file):

@@ -37,6 +37,18 @@ def _mps_available() -> bool:
     return torch.backends.mps.is_available()
 
 
+def _registered_available(accelerator: str) -> bool:
+    """Whether Lightning's accelerator of this name (tpu, or one a plugin registers) finds its hardware."""
+    from pytorch_lightning.accelerators import AcceleratorRegistry
+
+    if accelerator not in AcceleratorRegistry:
+        return False
+    try:
+        return bool(AcceleratorRegistry[accelerator]["accelerator"].is_available())
+    except Exception:  # its library is missing or broken: no such hardware to use
+        return False
+
+
 def check_hardware(cfg: DictConfig, *, check_devices: bool = True) -> None:
     """Raise `ConfigError` when `trainer.accelerator`, `trainer.devices` (with `check_devices`) or
     `trainer.precision` ask for what this machine does not have."""
@@ -49,6 +61,11 @@ def check_hardware(cfg: DictConfig, *, check_devices: bool = True) -> None:
         )
     if accelerator == "mps" and not _mps_available():
         raise ConfigError("trainer.accelerator=mps: Apple's MPS backend is not available here; use trainer=cpu")
+    if accelerator not in ("auto", "cpu", "mps", *GPU_ACCELERATORS) and not _registered_available(accelerator):
+        raise ConfigError(
+            f"trainer.accelerator={accelerator}: no {accelerator.upper()} is available on this machine (or its "
+            "software is not installed); use trainer.accelerator=auto, cpu or gpu"
+        )
     on_cpu = accelerator == "cpu" or (accelerator == "auto" and gpus == 0 and not _mps_available())
     precision = str(cfg.trainer.precision)
     if on_cpu and precision in FP16_PRECISIONS:
@@ -74,12 +91,17 @@ def _check_devices(devices: Any, *, gpus: int, cores: int) -> None:
             "such as [0,1]"
         )
     if gpus == 0:  # CPU: each device is one process
+        if parsed == 0:  # Lightning's CPU accelerator refuses -1 (all devices): a count of processes is explicit
+            raise ConfigError(
+                f"trainer.devices={devices}: -1 (all devices) means all GPUs; training runs on CPU, where each device "
+                f"is a training process: give a count (this machine has {cores} usable CPU cores)"
+            )
         if isinstance(parsed, list):
             raise ConfigError(f"trainer.devices={devices}: a list of GPU ids, but training runs on CPU; give a count")
         if parsed > cores:
             raise ConfigError(
                 f"trainer.devices={devices}: this machine has {cores} usable CPU cores and each device is a training "
-                f"process; use at most trainer.devices={cores} (or -1 for all)"
+                f"process; use at most trainer.devices={cores}"
             )
         return
     if isinstance(parsed, list):

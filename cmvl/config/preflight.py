@@ -131,7 +131,8 @@ def _validate(
     OmegaConf.set_struct(cfg, False)
     hydra_cfg = cfg.pop("hydra", None)
     validate_config(cfg, check_task=check_task, check_devices=training)
-    for setting, path in {**output_dirs, **cache_directory()}.items():
+    checkpoint_dir = _checkpoint_directory(cfg, output_dirs) if training else {}
+    for setting, path in {**output_dirs, **checkpoint_dir, **cache_directory()}.items():
         check_writable_dir(path, setting)
     if training:
         check_hub_names(cfg)
@@ -139,6 +140,22 @@ def _validate(
         _check_optimized_metric(cfg)
     params = OmegaConf.select(hydra_cfg, "sweeper.params", default=None) if hydra_cfg is not None else None
     return {str(k): str(v) for k, v in params.items()} if params else {}
+
+
+def _checkpoint_directory(cfg: DictConfig, output_dirs: dict[str, str]) -> dict[str, str]:
+    """checkpoint.dirpath= → its folder, with `paths.output_dir` (Hydra's runtime output dir, not known before the
+    run) taken as the run directory probed above; empty where it cannot be known."""
+    run_dirs = ("paths.output_dir=", "hydra.run.dir=", "hydra.sweep.dir=")
+    run_dir = next((output_dirs[key] for key in run_dirs if key in output_dirs), None)
+    probe = cfg.copy()
+    paths = probe.get("paths")
+    if run_dir is not None and isinstance(paths, DictConfig) and OmegaConf.is_interpolation(paths, "output_dir"):
+        paths.output_dir = run_dir
+    try:
+        dirpath = OmegaConf.select(probe, "checkpoint.dirpath", default=None)
+    except OmegaConfBaseException:
+        return {}
+    return {"checkpoint.dirpath=": str(dirpath)} if dirpath is not None else {}
 
 
 def _check_optimized_metric(cfg: DictConfig) -> None:

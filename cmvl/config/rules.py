@@ -8,7 +8,9 @@ Keys under `task.` also apply to each member of a multitask (`task.tasks.<name>.
 
 from __future__ import annotations
 
+import difflib
 import math
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -136,6 +138,64 @@ VAL_CHECK_INTERVAL = Rule(
 NUMPY_SEED_MAX = 2**32 - 1  # seed_everything replaces a seed outside numpy's [0, 2**32 - 1] by a random one
 
 
+# Lightning's max_time: "DD:HH:MM:SS" or a dict of timedelta's days/hours/minutes/seconds.
+_MAX_TIME_UNITS = ("days", "hours", "minutes", "seconds")
+MAX_TIME = Rule(
+    lambda v: (
+        v is None
+        or (isinstance(v, str) and re.fullmatch(r"\d+:\d{1,2}:\d{1,2}:\d{1,2}", v) is not None)
+        or (
+            isinstance(v, Mapping)
+            and bool(v)
+            and all(unit in _MAX_TIME_UNITS and NON_NEGATIVE.accepts(n) for unit, n in v.items())
+        )
+    ),
+    'a "DD:HH:MM:SS" string (e.g. "00:12:00:00"), a mapping of days/hours/minutes/seconds to numbers >= 0, or null',
+)
+# Trainer arguments that cmvl builds itself (train.py passes them): a value under trainer. would clash with cmvl's.
+CMVL_SETS = {
+    "logger": "choose the logger group instead (logger=csv, logger=tensorboard, ...)",
+    "callbacks": "add callbacks under callbacks.<name> instead (+callbacks.swa._target_=...)",
+    "plugins": "cmvl sets its own checkpoint I/O and cluster plugins",
+    "default_root_dir": "cmvl uses the run directory; set hydra.run.dir (or paths.output_dir) instead",
+}
+CMVL_TRAINER_KEYS = ("requeue",)  # cmvl's own settings under trainer. (popped before the Trainer is built)
+
+
+def _trainer_parameters() -> tuple[str, ...]:
+    import inspect
+
+    import pytorch_lightning as pl
+
+    return tuple(name for name in inspect.signature(pl.Trainer.__init__).parameters if name != "self")
+
+
+def check_trainer_keys(cfg: DictConfig) -> None:
+    """Every key under `trainer.` is a `Trainer` argument cmvl leaves to the user, or one of cmvl's own."""
+    trainer = OmegaConf.select(cfg, "trainer", default=None)
+    if not isinstance(trainer, DictConfig):
+        return
+    parameters = _trainer_parameters()
+    for key in trainer:
+        key = str(key)
+        if key in CMVL_SETS:
+            raise ConfigError(f"trainer.{key}: cmvl sets this Trainer argument itself; {CMVL_SETS[key]}")
+        if key not in parameters and key not in CMVL_TRAINER_KEYS:
+            close = difflib.get_close_matches(key, [*parameters, *CMVL_TRAINER_KEYS], n=1)
+            hint = f" (did you mean trainer.{close[0]}?)" if close else ""
+            raise ConfigError(
+                f"trainer.{key}: not an argument of pytorch_lightning.Trainer{hint}; remove it (the Trainer's "
+                "arguments: https://lightning.ai/docs/pytorch/stable/common/trainer.html)"
+            )
+
+
+def _accelerators() -> Rule:
+    from pytorch_lightning.accelerators import AcceleratorRegistry
+
+    names = ("auto", "gpu", *sorted(AcceleratorRegistry.available_accelerators()))
+    return Rule(lambda v: isinstance(v, str) and v in names, f"one of {', '.join(names)}")
+
+
 def _strategies() -> Rule:
     from pytorch_lightning.strategies import StrategyRegistry
 
@@ -158,6 +218,10 @@ VALUE_RULES: dict[str, Rule | Callable[[], Rule]] = {
     "data.pin_memory": BOOL,
     "data.max_bad_fraction": number(0, 1, open_max=True),
     "data.image_cache_mb": NON_NEGATIVE,
+    # data.image.* interpolate vision.* by default; users may set them directly
+    "data.image.size": POSITIVE_INT,
+    "data.image.mean": sequence_of(number(), 3),
+    "data.image.std": sequence_of(POSITIVE, 3),
     "data.image.random_crop_scale": number(0, 1, open_min=True, null="a plain resize"),
     # dataset (each key where the chosen dataset has it)
     "dataset.num_images": mapping_of(POSITIVE_INT),
@@ -269,7 +333,7 @@ VALUE_RULES: dict[str, Rule | Callable[[], Rule]] = {
         32,
         16,
     ),
-    "trainer.accelerator": one_of("auto", "cpu", "gpu", "cuda", "mps", "tpu"),
+    "trainer.accelerator": _accelerators,
     "trainer.strategy": _strategies,
     "trainer.num_nodes": POSITIVE_INT,
     "trainer.max_epochs": integer(1, special={-1: "no limit"}, null="Lightning's default"),
@@ -290,6 +354,24 @@ VALUE_RULES: dict[str, Rule | Callable[[], Rule]] = {
     "trainer.deterministic": one_of(True, False, "warn", None),
     "trainer.benchmark": one_of(True, False, None),
     "trainer.enable_progress_bar": BOOL,
+    "trainer.fast_dev_run": either(BOOL, COUNT),
+    "trainer.max_time": MAX_TIME,
+    "trainer.overfit_batches": Rule(
+        lambda v: (_is_int(v) and v >= 0) or (isinstance(v, float) and 0 <= v <= 1),
+        "a number of batches (an integer >= 0) or a share of them (a float in [0.0, 1.0])",
+    ),
+    "trainer.detect_anomaly": BOOL,
+    "trainer.enable_model_summary": one_of(True, False, None),
+    "trainer.enable_autolog_hparams": BOOL,
+    # cmvl always adds its checkpoint callbacks (Lightning refuses them with enable_checkpointing=false or barebones)
+    "trainer.enable_checkpointing": one_of(True, None),
+    "trainer.barebones": one_of(False),
+    "trainer.reload_dataloaders_every_n_epochs": COUNT,
+    "trainer.sync_batchnorm": BOOL,
+    "trainer.use_distributed_sampler": BOOL,
+    "trainer.inference_mode": BOOL,
+    "trainer.profiler": one_of("simple", "advanced", "pytorch", "xla", None),
+    "trainer.model_registry": Rule(lambda v: v is None or isinstance(v, str), "a model registry name or null"),
     "trainer.requeue": BOOL,
     # checkpoints and per-run outputs
     "checkpoint.save_last": BOOL,
@@ -311,6 +393,7 @@ WIDTH_HEADS: tuple[tuple[str, str, tuple[str, Any] | None], ...] = (
 
 def check_values(cfg: DictConfig) -> None:
     """Raise `ConfigError` naming the first key whose value breaks its rule, or a width its heads do not divide."""
+    check_trainer_keys(cfg)
     for pattern, rule in VALUE_RULES.items():
         rule = rule if isinstance(rule, Rule) else rule()
         for key in _expand(cfg, pattern):
