@@ -63,3 +63,17 @@ def _local_file(path: str, name: str) -> Path | None:
     except ValueError:  # not a valid repo id: transformers reports the name
         return None
     return Path(cached) if isinstance(cached, str) else None
+
+
+def load_auto_model(name: str, *, pretrained: bool, key: str):
+    """A Hugging Face `AutoModel` from `name` (local folder, `pkg://` or hub name), with its pretrained weights or
+    freshly initialised from its config; refused first if the folder would need its own code."""
+    from transformers import AutoConfig, AutoModel
+
+    from cmvl.models.pretrained import resolve_pretrained
+
+    path = resolve_pretrained(name)
+    refuse_remote_code(path, key)
+    if pretrained:
+        return AutoModel.from_pretrained(path, trust_remote_code=False)
+    return AutoModel.from_config(AutoConfig.from_pretrained(path, trust_remote_code=False), trust_remote_code=False)

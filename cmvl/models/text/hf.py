@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModel, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from cmvl.errors import ConfigError
 from cmvl.models.freeze import apply_freeze
-from cmvl.models.pretrained import resolve_pretrained
-from cmvl.models.remote_code import refuse_remote_code
+from cmvl.models.remote_code import load_auto_model
 from cmvl.models.tokens import Tokens
 
 
@@ -28,13 +27,7 @@ class HFTextEncoder(nn.Module):
         max_length: int = 32,
     ) -> None:
         super().__init__()
-        path = resolve_pretrained(name)
-        refuse_remote_code(path, "text.encoder.name")
-        if pretrained:
-            model = AutoModel.from_pretrained(path, trust_remote_code=False)
-        else:
-            config = AutoConfig.from_pretrained(path, trust_remote_code=False)
-            model = AutoModel.from_config(config, trust_remote_code=False)
+        model = load_auto_model(name, pretrained=pretrained, key="text.encoder.name")
         if model.config.is_encoder_decoder:
             model = model.get_encoder()
         if len(tokenizer) > model.get_input_embeddings().num_embeddings:

@@ -15,7 +15,7 @@ from torch import nn
 from cmvl.errors import ConfigError
 from cmvl.models.freeze import apply_freeze
 from cmvl.models.pretrained import resolve_pretrained
-from cmvl.models.remote_code import refuse_remote_code
+from cmvl.models.remote_code import load_auto_model
 from cmvl.models.tokens import Tokens
 from cmvl.models.vision.grid import grid_to_tokens
 
@@ -86,15 +86,7 @@ class HFVisionEncoder(nn.Module):
 
     def __init__(self, *, name: str, pretrained: bool = True, freeze: str | int = "none") -> None:
         super().__init__()
-        from transformers import AutoConfig, AutoModel
-
-        path = resolve_pretrained(name)
-        refuse_remote_code(path, "vision.encoder.name")
-        if pretrained:
-            model = AutoModel.from_pretrained(path, trust_remote_code=False)
-        else:
-            config = AutoConfig.from_pretrained(path, trust_remote_code=False)
-            model = AutoModel.from_config(config, trust_remote_code=False)
+        model = load_auto_model(name, pretrained=pretrained, key="vision.encoder.name")
         if hasattr(model, "vision_model"):  # CLIPModel / SiglipModel: keep the image tower only
             model = model.vision_model
         self.model = model
