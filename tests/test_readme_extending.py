@@ -14,7 +14,7 @@ def test_the_readme_fusion_example_trains(tmp_path, tiny_world):
     (python_file, python_code), (yaml_file, yaml_text) = [
         (m.group(2), m.group(1)) for m in re.finditer(r"```(?:python|yaml)\n(# (\S+)\n.*?)```", section, re.S)
     ][:2]
-    assert python_file == "cmvl/models/fusion/gated_sum.py" and yaml_file == "conf/fusion/gated_sum.yaml"
+    assert python_file == "cmvl/models/fusion/gated_sum.py" and yaml_file == "cmvl/conf/fusion/gated_sum.yaml"
     written = [REPO / python_file, REPO / yaml_file]
     try:
         written[0].write_text(python_code)

@@ -336,11 +336,11 @@ def test_a_bad_vqa_eval_value_is_one_line(tmp_path):
 
 
 def test_checkpoints_from_before_vqa_eval_keep_the_2017_rules():
-    old = OmegaConf.load(REPO / "conf" / "task" / "vqa.yaml")
+    old = OmegaConf.load(REPO / "cmvl" / "conf" / "task" / "vqa.yaml")
     del old["vqa_eval"]
     multitask = OmegaConf.create({"_target_": "cmvl.tasks.multitask.MultiTask", "tasks": {"vqa": copy.deepcopy(old)}})
-    caption = OmegaConf.load(REPO / "conf" / "task" / "caption.yaml")
-    new = OmegaConf.load(REPO / "conf" / "task" / "vqa.yaml")
+    caption = OmegaConf.load(REPO / "cmvl" / "conf" / "task" / "caption.yaml")
+    new = OmegaConf.load(REPO / "cmvl" / "conf" / "task" / "vqa.yaml")
     for node in (old, multitask, caption, new):
         fill_vqa_eval_of_older_checkpoint(node)
     assert old.vqa_eval == "2017" and multitask.tasks.vqa.vqa_eval == "2017"

@@ -8,7 +8,7 @@ from cmvl.config.paths import config_groups
 
 HELP = """usage: cmvl train [-m] [key=value ...]
 
-Trains a model; every key=value is a Hydra override of conf/train.yaml. -m (--multirun) sweeps over
+Trains a model; every key=value is a Hydra override of cmvl/conf/train.yaml. -m (--multirun) sweeps over
 comma-separated values, e.g. `cmvl train -m fusion=concat,attention seed=0,1`.
 
 config groups (group=choice):
@@ -19,7 +19,7 @@ examples:
   cmvl train fusion=concat trainer.max_epochs=3 model.dim=64
   cmvl train trainer=debug                     a few batches, to check a setup
   cmvl train -m fusion=concat,attention        a grid sweep; prints the sweep report at the end
-  cmvl train hparams_search=vqa_optuna         an Optuna search (conf/hparams_search/); `cmvl sweep report DIR`
+  cmvl train hparams_search=vqa_optuna         an Optuna search (cmvl/conf/hparams_search/); `cmvl sweep report DIR`
 
 A sweep's directory is multirun/<its overrides>, each job's is named by the job's overrides: re-running the same
 command skips finished jobs and resumes unfinished ones (set hydra.sweep.dir=DIR to choose the directory).
@@ -28,7 +28,7 @@ command skips finished jobs and resumes unfinished ones (set hydra.sweep.dir=DIR
 
 
 def is_sweep(args: list[str]) -> bool:
-    """`-m`/`--multirun`, or a search space (conf/hparams_search/*, which switch Hydra to multirun)."""
+    """`-m`/`--multirun`, or a search space (cmvl/conf/hparams_search/*, which switch Hydra to multirun)."""
     return any(a in ("-m", "--multirun") or a.lstrip("+").startswith("hparams_search=") for a in args)
 
 

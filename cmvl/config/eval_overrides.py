@@ -39,7 +39,7 @@ READ_KEYS = (
     "zero_shot.*",
     "eval.*",
 )
-# Each task's evaluation options (conf/task/*.yaml): decoding, ranking and scoring settings, not parameter shapes.
+# Each task's evaluation options (cmvl/conf/task/*.yaml): decoding, ranking and scoring settings, not parameter shapes.
 # (VQA's top_k sizes the answer vocabulary, so it is not one; retrieval's and tagging's top_k only list or score.)
 TASK_EVAL_OPTIONS = {
     "cmvl.tasks.vqa.VQATask": ("beam_size", "answer_max_length", "vqa_eval"),

@@ -1,4 +1,4 @@
-"""Where the config tree lives: `conf/` beside the package (editable install / source checkout)."""
+"""Where the config tree lives: `cmvl/conf/`, inside the package (so a built wheel carries it)."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ from pathlib import Path
 
 import cmvl
 
-CONF_DIR = Path(cmvl.__file__).resolve().parent.parent / "conf"
+CONF_DIR = Path(cmvl.__file__).resolve().parent / "conf"
 
 
 def config_groups() -> dict[str, list[str]]:
-    """Config group name → its choices, read from the folders of `conf/`."""
+    """Config group name → its choices, read from the folders of `cmvl/conf/`."""
     return {
         group.name: sorted(p.stem for p in group.glob("*.yaml"))
         for group in sorted(CONF_DIR.iterdir())

@@ -79,7 +79,7 @@ LOCATIONS: dict[str, Kind] = {
 # Hydra's instantiate keywords, accepted only where cmvl's shipped config tree uses them, with the value it uses:
 # anywhere else they change what a `_target_` is called with (`_args_`) or what it returns (`_partial_`).
 INSTANTIATE_KEYWORDS = ("_args_", "_partial_", "_recursive_", "_convert_")
-SHIPPED_KEYWORDS: dict[str, Any] = {"optim.optimizer._partial_": True}  # conf/optim/*.yaml
+SHIPPED_KEYWORDS: dict[str, Any] = {"optim.optimizer._partial_": True}  # cmvl/conf/optim/*.yaml
 
 # Hydra hands these settings to `logging.config.dictConfig`, which imports what their `class` / `()` keys and
 # `ext://` values name. Accepted: what Hydra's shipped logging configs use (hydra/conf/hydra/*_logging/*.yaml).

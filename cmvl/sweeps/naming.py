@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 from cmvl.config.overrides import user_overrides
 
 SWEEP_ROOT = "multirun"
-JOB_NAME_EXCLUDED = ("resume", "hparams_search")  # overrides that never name a job (conf/train.yaml has them too)
+JOB_NAME_EXCLUDED = ("resume", "hparams_search")  # overrides that never name a job (cmvl/conf/train.yaml has them too)
 MAX_NAME = 100  # longer names keep their first characters and end in a hash of the whole name
 _UNSAFE = re.compile(r"[^A-Za-z0-9=,._+@:\-\[\]]+")
 
@@ -45,7 +45,7 @@ def sweep_dir_for(overrides: list[str]) -> str:
 
 
 def register_resolvers() -> None:
-    """`${cmvl_dirname:...}`: used by conf/train.yaml's `hydra.sweep.subdir`; `${cmvl_run_suffix:}`: by its
+    """`${cmvl_dirname:...}`: used by cmvl/conf/train.yaml's `hydra.sweep.subdir`; `${cmvl_run_suffix:}`: by its
     `hydra.run.dir` (cached like `${now:}`, so one config resolves it to one value)."""
     if not OmegaConf.has_resolver("cmvl_dirname"):
         OmegaConf.register_new_resolver("cmvl_dirname", lambda text: safe_dirname(str(text)))

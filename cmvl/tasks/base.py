@@ -46,7 +46,7 @@ class Task(ABC):
     monitor_key: str  # metric (from `compute`) that picks the best checkpoint
     monitor_mode: str = "max"
     allows_random_crop: bool = True  # False where targets are positions in the image (boxes)
-    group_rows_by_image: bool = True  # the batching when `data.group_by_image` is null (see conf/train.yaml)
+    group_rows_by_image: bool = True  # the batching when `data.group_by_image` is null (see cmvl/conf/train.yaml)
     # The model parts the task's forward runs; the others are frozen (no optimizer state, and DDP does not wait
     # for gradients that never come).
     uses: frozenset[str] = frozenset({"vision", "text", "fusion"})

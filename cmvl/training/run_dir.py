@@ -42,7 +42,7 @@ LOCK_FILE = Path(".cmvl") / "lock"
 RESOLVED_CONFIG = "config.yaml"  # the run's resolved config, written when training starts
 HPARAMS_FILE = ExperimentWriter.NAME_HPARAMS_FILE  # the CSV logger's copy of the config, written with it
 # What a run leaves beside its checkpoints, the files it writes first included (a run that died before its first
-# checkpoint, or a user's own file of that name, is not written over): conf/logger/*.yaml write under the
+# checkpoint, or a user's own file of that name, is not written over): cmvl/conf/logger/*.yaml write under the
 # tensorboard/ and wandb/ folders.
 RUN_LOGS = (RESOLVED_CONFIG, HPARAMS_FILE, SUMMARY_FILE, METRICS_CSV, CURVES_PNG, SAMPLES_DIR, "tensorboard", "wandb")
 CHECKPOINT_NAME = re.compile(r"^(best|last|step\d+)\.ckpt$")  # the files train.py's checkpoint callbacks write
@@ -92,7 +92,7 @@ def claim_run_dir(cfg: DictConfig) -> RunDirLock | None:
 
 
 class ClaimRunDirCallback(Callback):
-    """Claims a single run's directory before Hydra writes into it (conf/train.yaml's hydra.callbacks)."""
+    """Claims a single run's directory before Hydra writes into it (cmvl/conf/train.yaml's hydra.callbacks)."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         if not _is_first_process():
