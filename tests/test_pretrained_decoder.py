@@ -237,7 +237,7 @@ def test_pretrained_parts_train_with_their_dropout_on(tiny_world):
     )
     datamodule = build_datamodule(cfg)
     datamodule.prepare()
-    model = build_model(cfg, datamodule)
+    model = build_model(cfg, datamodule.task, datamodule.tokenizer)
     assert all(module.training for module in model.modules())
     decoder = model.heads["caption"]
     assert isinstance(decoder, PretrainedLMDecoder) and decoder.lm.config.hidden_dropout_prob > 0

@@ -9,6 +9,7 @@ import pytorch_lightning as pl
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import DictConfig, OmegaConf
+from transformers import PreTrainedTokenizerFast
 
 from cmvl.config.targets import check_targets, trusted_prefixes
 from cmvl.data.datamodule import VLDataModule
@@ -84,11 +85,12 @@ def build_datamodule(cfg: DictConfig, *, data_state: dict[str, Any] | None = Non
     )
 
 
-def build_model(cfg: DictConfig, datamodule: VLDataModule) -> VisionLanguageModel:
-    task = datamodule.task
+def build_model(cfg: DictConfig, task: Task, tokenizer: PreTrainedTokenizerFast) -> VisionLanguageModel:
+    """The run's model from its config, its task (bound to `tokenizer`, with its learnt state) and its tokenizer:
+    no dataset is read, so a run is rebuilt from a checkpoint alone."""
     model = VisionLanguageModel(
         vision=instantiate(cfg.vision.encoder),
-        text=instantiate(cfg.text.encoder, tokenizer=datamodule.tokenizer),
+        text=instantiate(cfg.text.encoder, tokenizer=tokenizer),
         fusion=instantiate(cfg.fusion),
         heads=task.build_heads(cfg.model.dim),
         dim=cfg.model.dim,
@@ -117,7 +119,7 @@ def build_lit_module(cfg: DictConfig, datamodule: VLDataModule) -> VLLitModule:
         "scheduler": OmegaConf.to_container(cfg.optim.scheduler, resolve=True),
     }
     return VLLitModule(
-        model=build_model(cfg, datamodule),
+        model=build_model(cfg, datamodule.task, datamodule.tokenizer),
         task=datamodule.task,
         optim=optim,
         run_state=run_state,
