@@ -14,8 +14,8 @@ import hydra
 from omegaconf import DictConfig
 
 from cmvl.config.paths import CONF_DIR
+from cmvl.config.resolvers import register_resolvers
 from cmvl.errors import UserError, one_line
-from cmvl.sweeps.naming import register_resolvers
 
 register_resolvers()
 

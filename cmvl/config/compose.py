@@ -6,7 +6,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from cmvl.config.paths import CONF_DIR
-from cmvl.sweeps.naming import register_resolvers
+from cmvl.config.resolvers import register_resolvers
 
 
 def compose_config(

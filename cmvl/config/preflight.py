@@ -159,7 +159,7 @@ def _checkpoint_directory(cfg: DictConfig, output_dirs: dict[str, str]) -> dict[
 
 
 def _check_optimized_metric(cfg: DictConfig) -> None:
-    from cmvl.training.build import build_task
+    from cmvl.config.instantiate import build_task
 
     keys = build_task(cfg).validation_keys()
     if cfg.optimized_metric not in keys:

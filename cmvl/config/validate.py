@@ -2,21 +2,37 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from cmvl.config.hardware import check_hardware
-from cmvl.config.paths import CONF_DIR
+from cmvl.config.nonfinite import check_settings as check_nonfinite_settings
+from cmvl.config.paths import choice_file, config_groups
 from cmvl.config.rules import check_values
-from cmvl.config.targets import check_targets
+from cmvl.config.targets import SOURCE, check_targets, resolve_target, trusted_prefixes
 from cmvl.errors import ConfigError
-from cmvl.training.nonfinite import check_settings as check_nonfinite_settings
 
 
-def _datasets_providing(kind: str) -> list[str]:
+def _source_class(node: Any, trusted: tuple[str, ...]) -> type | None:
+    """The Source class a dataset config names (its `_target_`, held to the allow-list), None if it names none."""
+    target = node.get("_target_") if isinstance(node, DictConfig | dict) else None
+    if target is None:
+        return None
+    try:
+        return resolve_target("dataset", target, SOURCE, trusted)
+    except ConfigError:
+        return None
+
+
+def _datasets_providing(kind: str, trusted: tuple[str, ...]) -> list[str]:
+    """The `dataset=` choices (cmvl's and the user's config folder's) whose Source class provides `kind` tables."""
     names = []
-    for path in sorted((CONF_DIR / "dataset").glob("*.yaml")):
-        if kind in (OmegaConf.load(path).get("provides") or []):
-            names.append(path.stem)
+    for name in config_groups().get("dataset", []):
+        path = choice_file("dataset", name)
+        source = _source_class(OmegaConf.load(path), trusted) if path is not None else None
+        if source is not None and kind in source.kinds:
+            names.append(name)
     return names
 
 
@@ -32,16 +48,20 @@ def validate_config(cfg: DictConfig, *, check_task: bool = True, check_devices: 
     guard = cfg.get("nonfinite_loss") or {}
     check_nonfinite_settings(guard.get("action", "stop"), guard.get("max_skips", 10))
     _check_resume(cfg)
-    splits = [str(s) for s in cfg.dataset.get("splits") or ("train", "val", "test")]
-    if cfg.dataset.split not in splits:
+    # What the dataset offers (its splits, its annotation tables) is stated once, by its Source class.
+    trusted = trusted_prefixes(cfg)
+    source = _source_class(cfg.dataset, trusted)
+    if source is None:
+        return
+    splits = source.splits_for(OmegaConf.to_container(cfg.dataset, resolve=True))
+    if splits is not None and cfg.dataset.split not in splits:
         raise ConfigError(f"dataset.split={cfg.dataset.split}: must be one of {', '.join(splits)}")
-    provides = list(cfg.dataset.get("provides") or [])
     for node in _task_nodes(cfg) if check_task else []:
         needs = _task_needs(node)
-        if needs and needs not in provides:
+        if needs and needs not in source.kinds:
             raise ConfigError(
-                f"task={_task_name(node)} needs '{needs}' annotations, which dataset={cfg.dataset.name} "
-                f"does not provide; datasets that do: {', '.join(_datasets_providing(needs)) or 'none'}"
+                f"task={_task_name(node)} needs '{needs}' annotations, which dataset={source.name} does not "
+                f"provide; datasets that do: {', '.join(_datasets_providing(needs, trusted)) or 'none'}"
             )
 
 

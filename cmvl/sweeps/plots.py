@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from cmvl.config.resolvers import safe_dirname
 from cmvl.figures import pyplot, save_png
-from cmvl.sweeps.naming import safe_dirname
 from cmvl.sweeps.report import SweepReport
 
 FIGSIZE = (6.0, 4.0)  # inches; 600×400 px at the default dpi

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cmvl.data.columns import list_column, schema_json
+from cmvl.columns import list_column, schema_json
 from cmvl.errors import ConfigError, DataError
 from cmvl.metrics.tagging import TaggingMetrics
 from cmvl.models.fusion.base import mlp

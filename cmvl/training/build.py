@@ -6,52 +6,21 @@ from __future__ import annotations
 from typing import Any
 
 import pytorch_lightning as pl
-from hydra.errors import InstantiationException
-from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import DictConfig, OmegaConf
 from transformers import PreTrainedTokenizerFast
 
-from cmvl.config.targets import check_targets, trusted_prefixes
+# `instantiate` and `build_task` live in the config package (pre-flight builds the task too); imported from here by
+# train.py, checkpoints.py and tests.
+from cmvl.config.instantiate import build_task, instantiate
 from cmvl.data.datamodule import VLDataModule
 from cmvl.data.sources.base import Source
 from cmvl.data.workers import resolve_num_workers
-from cmvl.errors import UserError
 from cmvl.models.vl_model import VisionLanguageModel
 from cmvl.tasks.base import Task
 from cmvl.training.lit_module import VLLitModule
 from cmvl.training.nonfinite import NonFiniteGuard
 
 DATASET_META_KEYS = ("name", "provides", "splits")  # documentation keys of a dataset config, not source arguments
-
-
-def instantiate(node: Any, *, origin: DictConfig | None = None, **kwargs: Any) -> Any:
-    """Hydra's `instantiate` of a config node (or of a plain container made from the node `origin`), after checking
-    again, on the resolved node, that its place in the config may build what it names (`check_targets`, also run
-    before anything starts). A user error raised by the target (a missing folder, an unknown model name) surfaces
-    as itself, the one-line message, not wrapped in Hydra's exception with a traceback."""
-    place = node if origin is None else origin
-    resolved = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
-    check_targets(resolved, at=place._get_full_key(None), trusted=trusted_prefixes(place._get_root()))
-    try:
-        return hydra_instantiate(node, **kwargs)
-    except InstantiationException as err:
-        cause = err.__cause__
-        while cause is not None and not isinstance(cause, UserError):
-            cause = cause.__cause__
-        if cause is None:
-            raise
-        raise cause from None
-
-
-TASK_META_KEYS = ("epochs",)  # settings of a task config that are not task arguments (the default budget)
-
-
-def build_task(cfg: DictConfig) -> Task:
-    node = OmegaConf.to_container(cfg.task, resolve=True)
-    for task_node in [node, *node.get("tasks", {}).values()]:  # a multitask's members are task configs too
-        for key in TASK_META_KEYS:
-            task_node.pop(key, None)
-    return instantiate(node, origin=cfg.task, _convert_="all")
 
 
 def build_source(cfg: DictConfig) -> Source:

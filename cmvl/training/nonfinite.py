@@ -10,13 +10,15 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING, Any
 
-from cmvl.errors import ConfigError, UserError
+from cmvl.config.nonfinite import ACTIONS, check_settings
+from cmvl.errors import UserError
 
-if TYPE_CHECKING:  # config validation imports this module; torch is imported where a loss is checked
+if TYPE_CHECKING:  # torch is imported where a loss is checked
     import pytorch_lightning as pl
     import torch
 
-ACTIONS = ("stop", "skip")
+__all__ = ["ACTIONS", "EXIT_NONFINITE", "NonFiniteGuard", "NonFiniteLoss", "check_settings"]
+
 EXIT_NONFINITE = 4
 
 
@@ -24,14 +26,6 @@ class NonFiniteLoss(UserError):
     """The run stopped at a step whose loss was not finite; the checkpoints written before it stay."""
 
     exit_code = EXIT_NONFINITE
-
-
-def check_settings(action: str = "stop", max_skips: int = 10) -> None:
-    """`nonfinite_loss.*` as config validation and the guard both check it."""
-    if action not in ACTIONS:
-        raise ConfigError(f"nonfinite_loss.action={action}: must be one of {', '.join(ACTIONS)}")
-    if isinstance(max_skips, bool) or not isinstance(max_skips, int) or max_skips < 0:
-        raise ConfigError(f"nonfinite_loss.max_skips={max_skips}: must be an integer >= 0")
 
 
 class NonFiniteGuard:

@@ -1,4 +1,7 @@
-"""Reading Arrow list columns as flat numpy arrays (no per-row Python objects)."""
+"""Reading Arrow list columns as flat numpy arrays (no per-row Python objects).
+
+The annotation tables are what the data side hands the tasks: both read them, so this sits beside both (a task
+importing `cmvl.data` would make data and tasks import each other)."""
 
 from __future__ import annotations
 
