@@ -8,8 +8,6 @@ import ast
 from collections import defaultdict
 from pathlib import Path
 
-import pytest
-
 PACKAGE = Path(__file__).resolve().parents[1] / "cmvl"
 ROOT = "cmvl"  # the package's own __init__.py: `from cmvl import x` where x is no submodule
 
