@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from cmvl.errors import CheckpointError, UserError
+from cmvl.training.lightning_compat import wrap_restore_steps
 from cmvl.training.lit_module import CHECKPOINT_KEY
 
 # (place in the checkpoint, the type(s) it must have, required). Lightning's own sections are checked only for
@@ -160,17 +161,11 @@ def state_dict_errors(checkpoint: Path | str | Callable[[], Path | str | None]) 
         ) from None
 
 
-# The steps of Lightning's checkpoint connector that restore a resumed run from the file: the weights, the
-# LightningModule's / datamodule's / callbacks' on_load_checkpoint and states, the loops, optimizers and schedulers.
-RESTORE_STEPS = ("_restore_modules_and_callbacks", "restore_training_state")
-
-
 def refuse_unrestorable(trainer: Any, checkpoint: Path | str) -> None:
     """Makes any error raised while `trainer` restores its state from `checkpoint` one CheckpointError naming the
     file: a crafted file passes the structure check yet holds, say, loop or scheduler states that Lightning's
     restore code (or a hook's) fails on with an AttributeError, KeyError … Weights that do not fit keep
     `state_dict_errors`' message; errors already meant for the user pass as they are."""
-    connector = trainer._checkpoint_connector  # Lightning offers no public hook around its restore
 
     def guarded(restore: Callable[..., Any]) -> Callable[..., Any]:
         def run(*args: Any, **kwargs: Any) -> Any:
@@ -187,8 +182,7 @@ def refuse_unrestorable(trainer: Any, checkpoint: Path | str) -> None:
 
         return run
 
-    for name in RESTORE_STEPS:
-        setattr(connector, name, guarded(getattr(connector, name)))
+    wrap_restore_steps(trainer, guarded)  # the weights, the modules' and callbacks' states, loops, optimizers
 
 
 def _first_keys(line: str, keep: int = 3) -> str:

@@ -10,14 +10,15 @@ from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 from pytorch_lightning.loggers.logger import rank_zero_experiment
 
 from cmvl.atomic_file import atomic_write
+from cmvl.training.lightning_compat import ExistingMetricsFileWriter, csv_logger_writer
 
 
-class _KeepingWriter(ExperimentWriter):
+class _KeepingWriter(ExistingMetricsFileWriter):
     def __init__(self, log_dir: str, keep_before_step: int | None) -> None:
         self._keep_before_step = keep_before_step
         super().__init__(log_dir=log_dir)
 
-    def _check_log_dir_exists(self) -> None:
+    def on_existing_metrics_file(self) -> None:
         if not os.path.isfile(self.metrics_file_path):
             return
         if self._keep_before_step is None:  # a fresh run in a used folder starts a fresh file, as Lightning does
@@ -46,7 +47,4 @@ class ResumableCSVLogger(CSVLogger):
     @property
     @rank_zero_experiment
     def experiment(self) -> ExperimentWriter:
-        if self._experiment is None:
-            self._fs.makedirs(self.root_dir, exist_ok=True)
-            self._experiment = _KeepingWriter(self.log_dir, keep_before_step=self._resume_step)
-        return self._experiment
+        return csv_logger_writer(self, lambda: _KeepingWriter(self.log_dir, keep_before_step=self._resume_step))

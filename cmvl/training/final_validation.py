@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import pytorch_lightning as pl
 
+from cmvl.training.lightning_compat import run_fit_validation
+
 
 def last_validated_step(pl_module: pl.LightningModule) -> int | None:
     """The global step of the module's latest validation (kept in its checkpoints, so a resumed run knows it)."""
@@ -27,21 +29,7 @@ def validate_unless_current(trainer: pl.Trainer) -> bool:
         return False
     if last_validated_step(trainer.lightning_module) == trainer.global_step:
         return False
-    epoch_loop, epochs = trainer.fit_loop.epoch_loop, trainer.fit_loop.epoch_progress.current
-    connector = trainer._logger_connector
-    first_loop_iter = connector._first_loop_iter
-    # As the epoch loop runs validation (`_TrainingEpochLoop.on_advance_end`). The loop's counters have moved past
-    # the last trained batch by now (its epoch is counted as completed, its step as logged): for the validation
-    # they are set back, so its metrics, history entry and sample picture carry that batch's epoch and step, as
-    # an epoch end's validation does; then restored, before any checkpoint records them.
-    trainer.validating = True
-    epoch_loop._batches_that_stepped -= 1
-    epochs.completed -= 1
-    try:
-        epoch_loop.val_loop.run()
-    finally:
-        epoch_loop._batches_that_stepped += 1
-        epochs.completed += 1
-        trainer.training = True
-        connector._first_loop_iter = first_loop_iter
+    # As the epoch loop runs validation, its metrics, history entry and sample picture carrying the last trained
+    # batch's epoch and step, as an epoch end's validation does.
+    run_fit_validation(trainer)
     return True

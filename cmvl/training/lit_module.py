@@ -12,6 +12,7 @@ from lightning_fabric.utilities.apply_func import move_data_to_device
 
 from cmvl.models.vl_model import VisionLanguageModel
 from cmvl.tasks.base import Task
+from cmvl.training.lightning_compat import logs_this_step
 from cmvl.training.nonfinite import NonFiniteGuard
 from cmvl.training.optim import build_scheduler, param_groups, set_total_steps
 
@@ -68,7 +69,7 @@ class VLLitModule(pl.LightningModule):
         if epoch != self.current_epoch:
             total, steps = 0.0, 0
         self.epoch_loss = (self.current_epoch, total + loss.detach(), steps + 1)
-        if self.trainer._logger_connector.should_update_logs:
+        if logs_this_step(self.trainer):
             self.log("train/loss_step", loss.detach(), on_step=True, on_epoch=False, prog_bar=True, batch_size=1)
         return loss
 

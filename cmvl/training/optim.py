@@ -7,6 +7,8 @@ import math
 import torch
 from torch import nn
 
+from cmvl.training.lightning_compat import set_reported_lr
+
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """No weight decay on biases, norms and embeddings (the usual transformer recipe); frozen params left out."""
@@ -62,4 +64,4 @@ def set_total_steps(scheduler: torch.optim.lr_scheduler.LambdaLR, total_steps: i
     lrs = [base * schedule(step) for base, schedule in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
     for group, lr in zip(scheduler.optimizer.param_groups, lrs):
         group["lr"] = lr
-    scheduler._last_lr = lrs  # what get_last_lr() (LearningRateMonitor) reports
+    set_reported_lr(scheduler, lrs)  # what get_last_lr() (LearningRateMonitor) reports

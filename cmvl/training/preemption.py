@@ -27,6 +27,8 @@ from types import FrameType
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Checkpoint
 
+from cmvl.training.lightning_compat import is_last_batch, log_epoch_metrics, log_step_metrics
+
 EXIT_PREEMPTED = 3  # process exit code of a run that saved and stopped on a preemption signal
 # Ctrl-C (SIGINT) too: a first one saves and stops like SIGTERM; a second one aborts at once (see `_on_signal`).
 SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGUSR1", "SIGINT") if hasattr(signal, name))
@@ -91,8 +93,7 @@ class PreemptionCallback(Checkpoint):
     ) -> None:
         if not self._stop_requested(trainer) or self._stop_at_epoch_end:
             return
-        last_batch = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
-        if last_batch or batch_idx + 1 >= trainer.num_training_batches:
+        if is_last_batch(trainer) or batch_idx + 1 >= trainer.num_training_batches:
             # The epoch's validation and checkpoints come next; a checkpoint taken before them would resume into
             # the next epoch without them (Lightning does not rerun them), so the run stops right after them.
             self._stop_at_epoch_end = True
@@ -124,13 +125,9 @@ class PreemptionCallback(Checkpoint):
         # Mid-epoch, the loop logs this step's metrics after the batch-end hooks, which the stop skips: log them
         # here and flush the loggers, so the run's metrics up to the checkpoint are all on disk.
         if not self._stop_at_epoch_end:
-            trainer._logger_connector.update_train_step_metrics()
-        else:  # the epoch's metrics, which the loop logs after these hooks, as `FitLoop.on_advance_end` does
-            connector, epoch_loop = trainer._logger_connector, trainer.fit_loop.epoch_loop
-            connector.on_epoch_end()
-            epoch_loop._batches_that_stepped -= 1  # epoch metrics carry the epoch's last step, as in the loop
-            connector.update_train_epoch_metrics()
-            epoch_loop._batches_that_stepped += 1
+            log_step_metrics(trainer)
+        else:  # the epoch's metrics (at the epoch's last step), which the loop logs after these hooks
+            log_epoch_metrics(trainer)
         for logger in trainer.loggers:
             logger.save()
         raise PreemptionStop(trainer.global_step, path)

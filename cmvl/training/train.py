@@ -26,6 +26,14 @@ from cmvl.training.checkpoints import refuse_unrestorable
 from cmvl.training.csv_logger import ResumableCSVLogger
 from cmvl.training.curves import plot_curves
 from cmvl.training.final_validation import validate_unless_current
+from cmvl.training.lightning_compat import (
+    checkpoint_path,
+    monitor_candidates,
+    save_last,
+    save_to,
+    save_top_k,
+    skips_saving,
+)
 from cmvl.training.lit_module import CHECKPOINT_KEY
 from cmvl.training.preemption import EXIT_PREEMPTED, STEP_CHECKPOINT, PreemptionCallback, PreemptionStop
 from cmvl.training.resume import RNGStateCallback, find_resume_checkpoint
@@ -118,15 +126,15 @@ class StepCheckpoint(ModelCheckpoint):
         if validated:  # the best checkpoint too, as after an epoch's validation (its owner saves at epoch ends only)
             for callback in trainer.checkpoint_callbacks:
                 if isinstance(callback, ModelCheckpoint) and not isinstance(callback, StepCheckpoint):
-                    callback._save_topk_checkpoint(trainer, callback._monitor_candidates(trainer))
-        if validated or not self._should_skip_saving_checkpoint(trainer):
-            candidates = self._monitor_candidates(trainer)
-            step_file = self._get_metric_interpolated_filepath_name(candidates, trainer)
+                    save_top_k(callback, trainer, monitor_candidates(callback, trainer))
+        if validated or not skips_saving(self, trainer):
+            candidates = monitor_candidates(self, trainer)
+            step_file = checkpoint_path(self, trainer, candidates)
             if step_file in self.best_k_models:  # written at this step before the final validation: rewritten
-                self._save_checkpoint(trainer, step_file)
+                save_to(self, trainer, step_file)
             else:
-                self._save_topk_checkpoint(trainer, candidates)
-            self._save_last_checkpoint(trainer, candidates)
+                save_top_k(self, trainer, candidates)
+            save_last(self, trainer, candidates)
 
 
 def run_training(cfg: DictConfig) -> dict[str, Any]:
