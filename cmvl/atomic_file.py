@@ -37,6 +37,26 @@ def _owner_alive(pid: int, host: str) -> bool:
     return True
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it (Linux /proc), else by setting it and back at once."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def apply_umask(path: str | os.PathLike, *, directory: bool = False) -> None:
+    """Give a file (0666) or folder (0777) made by mkstemp/mkdtemp (0600/0700: private to its writer) the mode a
+    plain `open`/`mkdir` would have given it, so a lab mate reads the checkpoints and worlds a umask lets them."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
 def remove_stale_temps(folder: str | os.PathLike, *, target: str | None = None, recursive: bool = False) -> list[Path]:
     """Remove the temporary files and folders in `folder` (and below it, if `recursive`) whose writer is no longer
     alive; only those of `target` when given. Returns what was removed."""
@@ -70,6 +90,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", *, fsync: bool = Fals
     try:
         with os.fdopen(fd, mode, **open_args) as f:
             yield f
+            os.fchmod(f.fileno(), 0o666 & ~_umask())  # mkstemp's 0600 → what open() would have made
             if fsync:
                 f.flush()
                 os.fsync(f.fileno())

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
+from cmvl.log import get_logger
+
 T = TypeVar("T")
+log = get_logger(__name__)
 
 
 def track(items: Iterable[T], *, total: int, description: str) -> Iterator[T]:
+    """`items`, reporting progress (nothing with verbosity=quiet)."""
+    if not log.isEnabledFor(logging.INFO):
+        yield from items
+        return
     if sys.stderr.isatty():
         from rich.progress import track as rich_track
 
@@ -19,4 +27,4 @@ def track(items: Iterable[T], *, total: int, description: str) -> Iterator[T]:
     for done, item in enumerate(items, start=1):
         yield item
         if done % step == 0 or done == total:
-            print(f"{description} {done}/{total}", file=sys.stderr, flush=True)
+            log.info(f"{description} {done}/{total}")

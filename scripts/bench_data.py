@@ -2,7 +2,7 @@
 start (memory-mapped Arrow table), image decoding per worker for raw COCO-sized JPEGs vs a `cmvl data prepare`
 copy, and the loader workers' private memory over one epoch (it must not grow). Usage:
 
-    .venv/bin/cmvl data shapes --out /tmp/vqa_scale --images 82783      # a VQA v2-sized world (~414k questions)
+    .venv/bin/cmvl data shapes out=/tmp/vqa_scale images=82783        # a VQA v2-sized world (~414k questions)
     .venv/bin/python scripts/bench_data.py --world /tmp/vqa_scale
 """
 

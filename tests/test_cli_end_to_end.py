@@ -125,10 +125,10 @@ def test_help_lists_groups(tmp_path):
 
 def test_data_shapes_command(tmp_path):
     out = tmp_path / "world"
-    result = run_cli("data", "shapes", "--out", str(out), "--images", "8", "--size", "32", "--seed", "1", cwd=tmp_path)
+    result = run_cli("data", "shapes", f"out={out}", "images=8", "size=32", "seed=1", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert (out / "v2_mscoco_train_annotations.json").exists() and (out / "annotations" / "captions_val.json").exists()
-    again = run_cli("data", "shapes", "--out", str(out), cwd=tmp_path)
+    again = run_cli("data", "shapes", f"out={out}", cwd=tmp_path)
     assert again.returncode == 2 and "not empty" in again.stderr
 
 

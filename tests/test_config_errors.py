@@ -190,8 +190,8 @@ def test_an_unwritable_output_folder_of_eval_and_data_is_one_line(tmp_path, cach
     before = _contents(tmp_path)
     for args, setting in [
         (["eval", f"ckpt={tmp_path / 'some.ckpt'}", f"out={out}"], f"out={out}"),
-        (["data", "shapes", "--out", str(out), "--images", "2"], f"--out {out}"),
-        (["data", "prepare", "--out", str(out)], f"--out {out}"),
+        (["data", "shapes", f"out={out}", "images=2"], f"out={out}"),
+        (["data", "prepare", f"out={out}"], f"out={out}"),
     ]:
         assert_one_line_error(cli_in_process(*args, cwd=tmp_path), setting, reason)
     assert _contents(tmp_path) == before

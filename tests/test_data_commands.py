@@ -28,14 +28,14 @@ def test_prepare_writes_a_resized_resumable_copy_that_trains(tmp_path, cache_dir
     split_file.write_text(json.dumps({"train": [4], "val": [5], "test": [5]}))
     dataset = ["dataset=visual_genome", f"dataset.root={VG}", f"dataset.split_file={split_file}"]
     out = tmp_path / "vg64"
-    first = run_cli("data", "prepare", "--out", str(out), "--size", "64", "--workers", "2", *dataset, cwd=tmp_path)
+    first = run_cli("data", "prepare", f"out={out}", "size=64", "workers=2", *dataset, cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-2000:]
     assert "wrote 2 images" in first.stdout and f"dataset.images={out}" in first.stdout
     for name in ("4.jpg", "5.jpg"):
         with Image.open(VG / "VG_100K" / name) as original, Image.open(out / "VG_100K" / name) as small:
             assert min(small.size) == 64
             assert abs(small.width / small.height - original.width / original.height) < 0.02
-    again = run_cli("data", "prepare", "--out", str(out), "--size", "64", *dataset, cwd=tmp_path)
+    again = run_cli("data", "prepare", f"out={out}", "size=64", *dataset, cwd=tmp_path)
     assert again.returncode == 0 and "wrote 0 images" in again.stdout
     run_dir = tmp_path / "run"
     small = ["trainer=debug", "data.num_workers=0", "task.min_answer_count=1", "model.dim=32"]

@@ -86,7 +86,7 @@ def test_vqa_on_an_hf_dataset_through_the_cli(hf_folder, tmp_path, cache_dir):
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     predictions = json.loads((run_dir / "checkpoints" / "predictions_vqa_val.json").read_text())
     assert len(predictions) == TINY_SPEC.images["val"] * TINY_SPEC.questions_per_image
-    prepare = run_cli("data", "prepare", "--out", str(tmp_path / "x"), *dataset, cwd=tmp_path)
+    prepare = run_cli("data", "prepare", f"out={tmp_path / 'x'}", *dataset, cwd=tmp_path)
     assert prepare.returncode == 2 and "keeps its images inside the dataset" in prepare.stderr
 
 

@@ -29,18 +29,18 @@ BAD_CSV = {
 @pytest.mark.parametrize("name", BAD_CSV)
 def test_malformed_metrics_csv_is_one_line(tmp_path, name):
     (tmp_path / "metrics.csv").write_bytes(BAD_CSV[name])
-    assert_one_line_error(cli_in_process("plot", str(tmp_path), cwd=tmp_path), "metrics.csv")
+    assert_one_line_error(cli_in_process("plot", f"run={tmp_path}", cwd=tmp_path), "metrics.csv")
     assert not (tmp_path / "curves.png").exists()
 
 
 def test_missing_or_empty_run_dir_is_one_line(tmp_path):
-    assert_one_line_error(cli_in_process("plot", str(tmp_path / "nowhere"), cwd=tmp_path), "metrics.csv")
-    assert_one_line_error(cli_in_process("plot", str(tmp_path), cwd=tmp_path), "metrics.csv")
+    assert_one_line_error(cli_in_process("plot", f"run={tmp_path / 'nowhere'}", cwd=tmp_path), "metrics.csv")
+    assert_one_line_error(cli_in_process("plot", f"run={tmp_path}", cwd=tmp_path), "metrics.csv")
 
 
 def test_good_metrics_csv_plots(tmp_path):
     (tmp_path / "metrics.csv").write_text(GOOD_CSV)
-    assert cli_in_process("plot", str(tmp_path), cwd=tmp_path).returncode == 0
+    assert cli_in_process("plot", f"run={tmp_path}", cwd=tmp_path).returncode == 0
     assert (tmp_path / "curves.png").is_file()
 
 
@@ -72,7 +72,7 @@ def test_broken_job_file_is_one_line(tmp_path, name):
     file, content = BROKEN_JOB_FILES[name]
     path = sweep / "fusion=concat" / ".hydra" / file
     path.write_bytes(content) if isinstance(content, bytes) else path.write_text(content)
-    assert_one_line_error(cli_in_process("sweep", "report", str(sweep), cwd=tmp_path), file)
+    assert_one_line_error(cli_in_process("sweep", "report", f"dir={sweep}", cwd=tmp_path), file)
 
 
 @pytest.mark.parametrize(
@@ -83,15 +83,15 @@ def test_broken_summary_marks_the_job_failed(tmp_path, summary):
     sweep = tmp_path / "sweep"
     _job(sweep, "fusion=film", summary=DONE, overrides="- fusion=film\n")
     _job(sweep, "fusion=concat", summary=summary)
-    result = cli_in_process("sweep", "report", str(sweep), cwd=tmp_path)
+    result = cli_in_process("sweep", "report", f"dir={sweep}", cwd=tmp_path)
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
     if not (isinstance(summary, dict) and summary.get("optimized_value") == 0.5):
         assert {job.directory.name: job.status for job in collect(sweep).jobs}["fusion=concat"] == "failed"
 
 
 def test_missing_and_empty_sweep_dir_is_one_line(tmp_path):
-    assert_one_line_error(cli_in_process("sweep", "report", str(tmp_path / "nowhere"), cwd=tmp_path), "nowhere")
-    assert_one_line_error(cli_in_process("sweep", "report", str(tmp_path), cwd=tmp_path), "no sweep jobs")
+    assert_one_line_error(cli_in_process("sweep", "report", f"dir={tmp_path / 'nowhere'}", cwd=tmp_path), "nowhere")
+    assert_one_line_error(cli_in_process("sweep", "report", f"dir={tmp_path}", cwd=tmp_path), "no sweep jobs")
 
 
 def test_job_without_a_metric_is_reported_failed(tmp_path, monkeypatch, capsys):

@@ -23,7 +23,7 @@ from cmvl.atomic_file import atomic_write, temp_prefix
 from cmvl.config.compose import compose_config
 from cmvl.errors import UserError
 from cmvl.training.run_dir import LOCK_FILE, RunDirLock, claim_run_dir
-from tests.conftest import REPO, TINY_TRAINING, TINY_WORLD, assert_one_line_error, cli_in_process, run_cli
+from tests.conftest import REPO, TINY_TRAINING, TINY_WORLD, assert_one_line_error, cli_in_process
 
 TRAIN = ["train", *TINY_WORLD, *TINY_TRAINING]  # 2 epochs × 3 steps: step00000003.ckpt and step00000006.ckpt
 WAIT = ["extra_target_prefixes=[tests.]", "+callbacks.wait._target_=tests.test_run_dir.WaitForFile"]
@@ -84,12 +84,10 @@ def _start_train(run_dir: Path, release: Path, cwd: Path, *extra: str) -> subpro
     )  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory, cache_dir) -> Path:
-    run_dir = tmp_path_factory.mktemp("finished") / "run"
-    result = run_cli(*TRAIN, f"hydra.run.dir={run_dir}", cwd=run_dir.parent)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return run_dir
+@pytest.fixture()
+def finished_run(finished_tiny_run) -> Path:
+    """A finished run of TRAIN: the session's shared one (conftest.py), which tests copy before changing."""
+    return finished_tiny_run
 
 
 def test_a_second_train_into_a_finished_run_is_refused_and_changes_nothing(finished_run, tmp_path):
@@ -200,7 +198,7 @@ def test_a_killed_shapes_generation_leaves_nothing_that_is_taken_as_a_world(tmp_
     out = tmp_path / "world"
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     killed = subprocess.Popen(
-        [sys.executable, "-m", "cmvl", "data", "shapes", "--out", str(out), "--images", "20000"], env=env,
+        [sys.executable, "-m", "cmvl", "data", "shapes", f"out={out}", "images=20000"], env=env,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     deadline = time.monotonic() + 120
@@ -212,7 +210,7 @@ def test_a_killed_shapes_generation_leaves_nothing_that_is_taken_as_a_world(tmp_
     assert not out.exists()
     live = tmp_path / f"{temp_prefix('world')}al1ve000.tmp"
     live.mkdir()  # a generation this process is running
-    result = cli_in_process("data", "shapes", "--out", str(out), "--images", "8", "--size", "16", cwd=tmp_path)
+    result = cli_in_process("data", "shapes", f"out={out}", "images=8", "size=16", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert (out / "shapes.json").is_file() and not left.exists() and live.exists()
 

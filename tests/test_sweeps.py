@@ -53,7 +53,7 @@ def test_optuna_search_runs_its_trials_and_reports_them(tmp_path, cache_dir):
     _assert_png(sweep_dir / "plots" / "fusion.png", (600, 400))
     assert "hparams_search" not in reproduce_line(report.best)
 
-    again = run_cli("sweep", "report", str(sweep_dir), cwd=tmp_path)
+    again = run_cli("sweep", "report", f"dir={sweep_dir}", cwd=tmp_path)
     assert again.returncode == 0 and "reproduce: cmvl train" in again.stdout
 
 

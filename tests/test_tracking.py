@@ -39,7 +39,7 @@ def test_all_loggers_pictures_and_curves(tmp_path, cache_dir):
     assert list((wandb_run / "files" / "media" / "images").rglob("*.png"))
 
     out = tmp_path / "again.png"
-    plotted = run_cli("plot", str(run_dir), "--out", str(out), cwd=tmp_path)
+    plotted = run_cli("plot", f"run={run_dir}", f"out={out}", cwd=tmp_path)
     assert plotted.returncode == 0 and _image_size(out) == (800, 900)
-    missing = run_cli("plot", str(tmp_path / "nowhere"), cwd=tmp_path)
+    missing = run_cli("plot", f"run={tmp_path / 'nowhere'}", cwd=tmp_path)
     assert missing.returncode == 2 and "metrics.csv" in missing.stderr and "Traceback" not in missing.stderr

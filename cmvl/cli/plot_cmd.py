@@ -1,19 +1,25 @@
-"""`cmvl plot RUN_DIR [--out PNG]`: training curves of a run."""
+"""`cmvl plot run=DIR [out=PNG]`: training curves of a run."""
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
+from cmvl.cli.args import Option, Spec, parse, path, wants_help
+
+PLOT = Spec(
+    "plot",
+    "Draws a run's training loss, validation metrics and learning rate from its metrics.csv.",
+    (
+        Option("run", "a run directory (outputs/<date>/<time> or a sweep job's)", path, metavar="DIR"),
+        Option("out", "PNG to write (default: <run>/curves.png)", path, None, "PNG"),
+    ),
+    positional="run",
+)
 
 
 def plot_command(args: list[str]) -> None:
-    parser = argparse.ArgumentParser(
-        prog="cmvl plot",
-        description="Draw a run's training loss, validation metrics and learning rate from its metrics.csv.",
-    )
-    parser.add_argument("run_dir", type=Path, help="a run directory (outputs/<date>/<time> or a sweep job's)")
-    parser.add_argument("--out", type=Path, default=None, help="PNG to write (default: RUN_DIR/curves.png)")
-    options = parser.parse_args(args)
+    if wants_help(args):
+        print(PLOT.help())
+        return
+    parsed = parse(PLOT, args)
     from cmvl.training.curves import plot_curves
 
-    print(f"curves: {plot_curves(options.run_dir, options.out)}")
+    print(f"curves: {plot_curves(parsed['run'], parsed['out'])}")

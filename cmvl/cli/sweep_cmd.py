@@ -1,27 +1,27 @@
-"""`cmvl sweep report DIR`: the report of a multirun directory (also written automatically when a sweep ends)."""
+"""`cmvl sweep report dir=DIR`: the report of a multirun directory (also written automatically when a sweep ends)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
+from cmvl.cli.args import Option, Spec, parse, path, wants_help
 from cmvl.errors import UserError
 
-HELP = """usage: cmvl sweep report DIR
-
-Reads every job directory of the sweep DIR (multirun/...) and prints one table sorted by the optimised metric
+REPORT = Spec(
+    "sweep report",
+    """Reads every job directory of the sweep DIR (multirun/...) and prints one table sorted by the optimised metric
 (optimized_metric, else the checkpoint metric): the swept parameters, the metric at the best epoch, epochs, wall
 time and status (done | unfinished: re-running the sweep command resumes it | failed), then the override line
 that reproduces the best job. Writes DIR/report.txt, DIR/report.csv and DIR/plots/*.png (the metric against each
-swept parameter; history.png, the optimisation history, for an Optuna search)."""
+swept parameter; history.png, the optimisation history, for an Optuna search).""",
+    (Option("dir", "the sweep directory (multirun/<its overrides>)", path, metavar="DIR"),),
+    positional="dir",
+)
 
 
-def sweep_command(args: list[str]) -> None:
-    if not args or any(a in ("-h", "--help") for a in args):
-        print(HELP)
+def report_command(args: list[str]) -> None:
+    if wants_help(args):
+        print(REPORT.help())
         return
-    if args[0] != "report" or len(args) != 2:
-        raise UserError("usage: cmvl sweep report DIR")
-    sweep_dir = Path(args[1])
+    sweep_dir = parse(REPORT, args)["dir"]
     if not sweep_dir.is_dir():
         raise UserError(f"{sweep_dir}: no such sweep directory")
     from cmvl.sweeps.report import write_report

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 
+from cmvl.cli.args import HYDRA_QUOTING_RULE
 from cmvl.config.paths import config_groups
+from cmvl.log import configure, get_logger, verbosity_of
+
+log = get_logger(__name__)
 
 HELP = """usage: cmvl train [-m] [key=value ...]
 
@@ -19,12 +24,17 @@ examples:
   cmvl train fusion=concat trainer.max_epochs=3 model.dim=64
   cmvl train trainer=debug                     a few batches, to check a setup
   cmvl train -m fusion=concat,attention        a grid sweep; prints the sweep report at the end
-  cmvl train hparams_search=vqa_optuna         an Optuna search (cmvl/conf/hparams_search/); `cmvl sweep report DIR`
+  cmvl train hparams_search=vqa_optuna         an Optuna search (cmvl/conf/hparams_search/); `cmvl sweep report dir=DIR`
+
+verbosity=quiet|info|debug sets how much cmvl says on stderr (quiet: warnings and errors only; debug: also the
+third-party lines cmvl filters out).
 
 A sweep's directory is multirun/<its overrides>, each job's is named by the job's overrides: re-running the same
 command skips finished jobs and resumes unfinished ones (set hydra.sweep.dir=DIR to choose the directory).
 
-`cmvl train --cfg job` prints the composed config; `cmvl train --hydra-help` shows Hydra's own flags."""
+`cmvl train --cfg job` prints the composed config; `cmvl train --hydra-help` shows Hydra's own flags.
+
+{quoting}"""
 
 
 def is_sweep(args: list[str]) -> bool:
@@ -47,7 +57,7 @@ def sweep_naming_overrides(overrides: list[str]) -> list[str]:
     extra = [f"hydra.job.config.override_dirname.exclude_keys=[{excluded}]"]
     if not any(o.startswith("hydra.sweep.dir=") for o in overrides):
         sweep_dir = sweep_dir_for(overrides)
-        print(f"cmvl: sweep directory {sweep_dir} (re-run this command to continue it)", file=sys.stderr)
+        log.info(f"sweep directory {sweep_dir} (re-run this command to continue it)")
         extra.append(f"hydra.sweep.dir='{sweep_dir}'")
     return extra
 
@@ -55,12 +65,13 @@ def sweep_naming_overrides(overrides: list[str]) -> list[str]:
 def train_command(args: list[str]) -> None:
     if any(a in ("-h", "--help") for a in args):
         groups = "\n".join(f"  {g:<10} {', '.join(c)}" for g, c in config_groups().items())
-        print(HELP.format(groups=groups))
+        print(HELP.format(groups=groups, quoting=HYDRA_QUOTING_RULE))
         return
     overrides = [a for a in args if not a.startswith("-")]
     from cmvl.config.preflight import preflight
 
     preflight(overrides)
+    configure(verbosity_of(overrides))
     if is_sweep(args):
         args = [*args, *sweep_naming_overrides(overrides)]
     else:
@@ -74,5 +85,6 @@ def train_command(args: list[str]) -> None:
     # DDP ranks > 0 re-run sys.argv: make that this job file with plain overrides (see train_job's docstring).
     # Under `python -m cmvl`, Lightning would re-run the module instead; clearing its spec makes it use argv[0].
     sys.argv = [train_job.__file__, *args]
+    log.debug(f"training job: {shlex.join(sys.argv)}")  # what DDP ranks > 0 re-run, too
     __main__.__spec__ = None
     train_job.main()

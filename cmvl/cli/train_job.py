@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 from cmvl.config.paths import CONF_DIR
 from cmvl.config.resolvers import register_resolvers
 from cmvl.errors import UserError, one_line
+from cmvl.log import DEFAULT_VERBOSITY, configure, log, verbosity_of
 
 register_resolvers()
 
@@ -27,11 +28,12 @@ def main(cfg: DictConfig) -> float | None:
     from cmvl.training.checkpoints import state_dict_errors
     from cmvl.training.train import run_training
 
+    configure(cfg.get("verbosity", DEFAULT_VERBOSITY))
     try:
         with state_dict_errors(lambda: resumed_checkpoint(cfg)):
             summary = run_training(cfg)
     except UserError as err:
-        print(f"cmvl: error: {one_line(err)}", file=sys.stderr)
+        log.error(one_line(err))
         sys.exit(err.exit_code)
     return sweeper_value(summary, Path(cfg.paths.output_dir))
 
@@ -44,5 +46,6 @@ def resumed_checkpoint(cfg: DictConfig) -> Path | None:
     return find_resume_checkpoint(resume_mode(cfg.resume), Path(cfg.checkpoint.dirpath))[0]
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # a DDP rank > 0 (see above): its messages before the config is composed, too
+    configure(verbosity_of(sys.argv[1:]))
     main()

@@ -207,6 +207,7 @@ def _strategies() -> Rule:
 # (fusion.dropout is ${model.dropout}: a bad model.dropout is reported as model.dropout).
 VALUE_RULES: dict[str, Rule | Callable[[], Rule]] = {
     "seed": integer(0, NUMPY_SEED_MAX),
+    "verbosity": one_of("quiet", "info", "debug"),
     "model.dim": POSITIVE_INT,
     "model.dropout": DROPOUT,
     # data

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -24,7 +23,10 @@ from cmvl.data.sources.base import Source
 from cmvl.data.text import TokenizedTexts, tokenizer_from_state, tokenizer_to_state
 from cmvl.data.workers import start_loader_worker
 from cmvl.errors import ConfigError, DataError
+from cmvl.log import EVERY_RANK, get_logger
 from cmvl.tasks.base import SplitTargets, Task
+
+log = get_logger(__name__)
 
 
 class ImageTextDataset(Dataset):
@@ -86,7 +88,7 @@ class ImageTextDataset(Dataset):
                     f"{len(self.bad_images)} unreadable training images, more than data.max_bad_fraction="
                     f"{self.max_bad_fraction} of the split's {len(self.image_files)} images allow (last: {err})"
                 ) from None
-            print(f"cmvl: skipped {err} ({len(self.bad_images)} of at most {allowed})", file=sys.stderr)
+            log.warning(f"skipped {err} ({len(self.bad_images)} of at most {allowed})", extra=EVERY_RANK)
             return None
 
     def _sample(self, i: int, image: torch.Tensor) -> dict[str, Any]:
@@ -269,7 +271,7 @@ class VLDataModule(pl.LightningDataModule):
             dataset, groups, seed=self.seed, batch_size=self.batch_size, max_rows_per_image=self.max_rows_per_image
         )
         if sampler.cap_acts and sampler.rank == 0:
-            print(f"cmvl: {_cap_notice(member, sampler)}", file=sys.stderr)
+            log.info(_cap_notice(member, sampler))
         if len(sampler) == 0:  # full global batches only: not one training step
             processes = sampler.num_replicas
             raise DataError(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +9,9 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from cmvl.errors import UserError, one_line
+from cmvl.log import get_logger
+
+log = get_logger(__name__)
 
 
 class SweepReportCallback(Callback):
@@ -22,6 +24,6 @@ class SweepReportCallback(Callback):
         try:
             _, text = write_report(sweep_dir)
         except UserError as err:  # a job's file someone broke: the sweep itself ran; say why there is no report
-            print(f"cmvl: error: no sweep report: {one_line(err)}", file=sys.stderr)
+            log.error(f"no sweep report: {one_line(err)}")
             return
         print(f"\n{text}\nreport: {sweep_dir}/report.txt, report.csv, plots/")

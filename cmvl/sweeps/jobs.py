@@ -11,6 +11,10 @@ from typing import Any
 
 from omegaconf import read_write
 
+from cmvl.log import get_logger
+
+log = get_logger(__name__)
+
 
 def in_sweep() -> bool:
     """True inside a Hydra multirun job (a grid, Optuna or submitit sweep); False for a single run."""
@@ -63,9 +67,8 @@ def sweeper_value(summary: dict[str, Any], run_dir: Path) -> float | None:
     if value is not None or not in_sweep():
         return value
     metric = summary.get("optimized_metric") or summary.get("monitor")
-    print(
-        f"cmvl: error: job {run_dir.name} failed: it logged no {metric} (no validation ran; give it at least one "
-        "epoch, or trainer.val_check_interval within the run); the sweep goes on without it",
-        file=sys.stderr,
+    log.error(
+        f"job {run_dir.name} failed: it logged no {metric} (no validation ran; give it at least one "
+        "epoch, or trainer.val_check_interval within the run); the sweep goes on without it"
     )
     return -math.inf if summary.get("mode", "max") == "max" else math.inf

@@ -76,7 +76,16 @@ class VLLitModule(pl.LightningModule):
     def on_train_epoch_end(self) -> None:
         epoch, total, steps = self.epoch_loss
         if epoch == self.current_epoch and steps:
-            self.log("train/loss_epoch", total / steps, on_step=False, on_epoch=True, prog_bar=True, batch_size=1)
+            # sync_dist: the mean of every process's epoch loss, not rank 0's alone (one all-reduce an epoch)
+            self.log(
+                "train/loss_epoch",
+                total / steps,
+                on_step=False,
+                on_epoch=True,
+                prog_bar=True,
+                batch_size=1,
+                sync_dist=True,
+            )
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
         outputs = self.task.eval_forward(self.model, batch)

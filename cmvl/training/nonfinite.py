@@ -7,11 +7,11 @@ gradient scaler also sees the skipped step's non-finite gradients and lowers its
 
 from __future__ import annotations
 
-import sys
 from typing import TYPE_CHECKING, Any
 
 from cmvl.config.nonfinite import ACTIONS, check_settings
 from cmvl.errors import UserError
+from cmvl.log import get_logger
 
 if TYPE_CHECKING:  # torch is imported where a loss is checked
     import pytorch_lightning as pl
@@ -20,6 +20,7 @@ if TYPE_CHECKING:  # torch is imported where a loss is checked
 __all__ = ["ACTIONS", "EXIT_NONFINITE", "NonFiniteGuard", "NonFiniteLoss", "check_settings"]
 
 EXIT_NONFINITE = 4
+log = get_logger(__name__)
 
 
 class NonFiniteLoss(UserError):
@@ -51,10 +52,7 @@ class NonFiniteGuard:
         if self.action == "skip" and self.skipped < self.max_skips:
             self.skipped += 1
             if module.global_rank == 0:
-                print(
-                    f"cmvl: skipped training {where}: loss {values} ({self.skipped} of at most {self.max_skips})",
-                    file=sys.stderr,
-                )
+                log.warning(f"skipped training {where}: loss {values} ({self.skipped} of at most {self.max_skips})")
             return True
         tail = (
             f"; {self.max_skips} steps skipped already (nonfinite_loss.max_skips)"

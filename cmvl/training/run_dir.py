@@ -35,9 +35,11 @@ from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 
 from cmvl.atomic_file import remove_stale_temps
 from cmvl.errors import ConfigError, UserError, one_line
+from cmvl.log import get_logger
 from cmvl.run_files import CURVES_PNG, METRICS_CSV, SAMPLES_DIR, SUMMARY_FILE
 from cmvl.sweeps.jobs import resume_mode
 
+log = get_logger(__name__)
 LOCK_FILE = Path(".cmvl") / "lock"
 RESOLVED_CONFIG = "config.yaml"  # the run's resolved config, written when training starts
 HPARAMS_FILE = ExperimentWriter.NAME_HPARAMS_FILE  # the CSV logger's copy of the config, written with it
@@ -111,7 +113,7 @@ class ClaimRunDirCallback(Callback):
             _refuse_current_folder(Path(output_dir).resolve())  # where Hydra writes .hydra/ and its log
             _early_claims[run_dir] = _claim(run_dir, config)
         except UserError as err:  # Hydra would print a stack of its own around an error raised here
-            print(f"cmvl: error: {one_line(err)}", file=sys.stderr)
+            log.error(one_line(err))
             sys.exit(err.exit_code)
 
 
@@ -132,7 +134,7 @@ def _claim(run_dir: Path, cfg: DictConfig) -> RunDirLock:
     if earlier and overwrite:
         for path in earlier:
             _remove(path)
-        print(f"cmvl: overwrite=true: removed the earlier run's checkpoints and logs in {run_dir}", file=sys.stderr)
+        log.warning(f"overwrite=true: removed the earlier run's checkpoints and logs in {run_dir}")
     elif earlier and resume_mode(cfg.get("resume")) == "never":
         lock.release()
         names = ", ".join(_shown(path, run_dir) for path in earlier[:4]) + (", ..." if len(earlier) > 4 else "")

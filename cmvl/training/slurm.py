@@ -12,12 +12,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 from cmvl.atomic_file import write_json_atomic
+from cmvl.log import get_logger
 
 NOTES_DIR = Path(".cmvl") / "slurm"
+log = get_logger(__name__)
 
 
 def slurm_job_id() -> str | None:
@@ -60,7 +61,7 @@ def continuation_overrides(overrides: list[str]) -> list[str]:
         return []
     if state.get("overrides") != list(overrides):  # another command in the same job: a run of its own
         return []
-    print(f"cmvl: SLURM job {job} was requeued: continuing {state['run_dir']}", file=sys.stderr)
+    log.info(f"SLURM job {job} was requeued: continuing {state['run_dir']}")
     return [f"hydra.run.dir='{state['run_dir']}'", "resume=auto"]
 
 

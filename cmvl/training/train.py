@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 import time
 from importlib.util import find_spec
@@ -10,13 +11,13 @@ from typing import Any
 
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar, TQDMProgressBar
+from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
 from pytorch_lightning.plugins.environments import SLURMEnvironment
-from pytorch_lightning.utilities import rank_zero_only
 
 from cmvl.atomic_file import write_json_atomic
 from cmvl.errors import UserError
+from cmvl.log import get_logger
 from cmvl.run_files import METRICS_CSV, SAMPLES_DIR, SUMMARY_FILE
 from cmvl.sweeps.jobs import finished_summary, in_sweep, relaunch_ranks_as_single_run, resume_mode
 from cmvl.training import slurm
@@ -36,10 +37,13 @@ from cmvl.training.lightning_compat import (
 )
 from cmvl.training.lit_module import CHECKPOINT_KEY
 from cmvl.training.preemption import EXIT_PREEMPTED, STEP_CHECKPOINT, PreemptionCallback, PreemptionStop
+from cmvl.training.progress_bars import progress_bar
 from cmvl.training.resume import RNGStateCallback, find_resume_checkpoint
 from cmvl.training.resume_settings import check_loop_settings
 from cmvl.training.run_dir import claim_run_dir
 from cmvl.training.samples import SamplePredictions
+
+log = get_logger(__name__)
 
 
 def build_loggers(cfg: DictConfig) -> list[pl.loggers.Logger]:
@@ -94,8 +98,7 @@ def build_callbacks(cfg: DictConfig, monitor: str, mode: str, has_logger: bool) 
     if has_logger:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     if cfg.trainer.get("enable_progress_bar", True):
-        # Rich on a terminal; otherwise a plain bar that refreshes rarely (cheap, readable in CI logs).
-        callbacks.append(RichProgressBar() if sys.stderr.isatty() else TQDMProgressBar(refresh_rate=50))
+        callbacks.append(progress_bar(terminal=sys.stderr.isatty()))  # its total stops at trainer.max_steps
     return callbacks
 
 
@@ -142,8 +145,9 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
     out_dir = Path(cfg.paths.output_dir)
     finished = finished_summary(out_dir, SUMMARY_FILE)
     if finished is not None:
-        print(f"cmvl: {out_dir} finished in an earlier run of this sweep; not run again", file=sys.stderr)
+        log.info(f"{out_dir} finished in an earlier run of this sweep; not run again")
         return finished
+    log.info(f"run directory {out_dir}")
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     resume = resume_mode(cfg.resume)
     ckpt_path, checkpoint = _resume_checkpoint(cfg, resume, asked=cfg.resume is not None)
@@ -203,11 +207,11 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
 
 def _requeue(out_dir: Path) -> None:
     if in_sweep():
-        print("cmvl: trainer.requeue requeues single runs; re-run the sweep command to continue it", file=sys.stderr)
+        log.warning("trainer.requeue requeues single runs; re-run the sweep command to continue it")
         return
     from hydra.core.hydra_config import HydraConfig
 
-    print(f"cmvl: {slurm.requeue(out_dir, list(HydraConfig.get().overrides.task))}", file=sys.stderr)
+    log.info(slurm.requeue(out_dir, list(HydraConfig.get().overrides.task)))
 
 
 def _optimized(summary: dict[str, Any], metric: str, mode: str) -> dict[str, Any]:
@@ -224,14 +228,12 @@ def _resume_checkpoint(cfg: DictConfig, resume: str, *, asked: bool) -> tuple[Pa
     ckpt_path, checkpoint, skipped = find_resume_checkpoint(resume, checkpoint_dir)
     if checkpoint is not None:  # before anything is built from it: every process refuses alike, none proceeds
         check_loop_settings(OmegaConf.to_container(cfg, resolve=True), checkpoint[CHECKPOINT_KEY]["config"], ckpt_path)
-    if rank_zero_only.rank == 0:
-        for line in skipped:
-            print(f"cmvl: {line}", file=sys.stderr)
-        if checkpoint is not None:
-            step = int(checkpoint.get("global_step", -1))
-            print(f"cmvl: resuming from {ckpt_path} (global step {step})", file=sys.stderr)
-        elif resume == "auto" and asked:
-            print(f"cmvl: no checkpoint to resume in {checkpoint_dir}; starting fresh", file=sys.stderr)
+    for line in skipped:  # (cmvl's log speaks on global rank 0 only)
+        log.warning(line)
+    if checkpoint is not None:
+        log.info(f"resuming from {ckpt_path} (global step {int(checkpoint.get('global_step', -1))})")
+    elif resume == "auto" and asked:
+        log.info(f"no checkpoint to resume in {checkpoint_dir}; starting fresh")
     return ckpt_path, checkpoint
 
 
@@ -283,3 +285,8 @@ def _print_summary(summary: dict[str, Any]) -> None:
             print(f"  {key} = {value:.6f}")
     if summary["best_checkpoint"]:
         print(f"best checkpoint: {summary['best_checkpoint']}")
+    if summary["last_checkpoint"]:
+        print(f"last checkpoint: {summary['last_checkpoint']}")
+    evaluated = summary["best_checkpoint"] or summary["last_checkpoint"]  # last: when no validation ran
+    if evaluated:
+        print(f"evaluate with: cmvl eval ckpt={shlex.quote(str(evaluated))}")

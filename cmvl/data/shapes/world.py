@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cmvl.atomic_file import TEMP_SUFFIX, remove_stale_temps, temp_prefix
+from cmvl.atomic_file import TEMP_SUFFIX, apply_umask, remove_stale_temps, temp_prefix
 from cmvl.data.shapes.captions import make_captions
 from cmvl.data.shapes.questions import RELATIONS, annotate, is_related, sample_questions
 from cmvl.data.shapes.render import render_scene, shape_area, shape_polygon
@@ -69,6 +69,7 @@ def ensure_shapes_world(root: str | Path, spec: ShapesSpec) -> Path:
     root.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(root.parent, target=root.name)  # what a killed generation of this world left
     tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(root.name), suffix=TEMP_SUFFIX, dir=root.parent))
+    apply_umask(tmp, directory=True)  # the world is shared (the cache): mkdtemp's 0700 would keep it private
     try:
         write_shapes_world(tmp, spec)
         try:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from abc import ABC, abstractmethod
 from pathlib import Path, PurePosixPath
 
@@ -13,8 +12,10 @@ from PIL import Image
 
 from cmvl.data.images import load_image
 from cmvl.errors import ConfigError, DataError
+from cmvl.log import get_logger
 from cmvl.metrics.vqa_normalize import normalize_answer
 
+log = get_logger(__name__)
 # The `qa` annotation table, shared by every source that has question answering.
 QA_SCHEMA = pa.schema(
     [
@@ -169,9 +170,8 @@ def drop_missing_images(
             f"e.g. {missing[0]} (dataset.missing_images=skip drops their rows)"
         )
     keep = np.isin(images, distinct[present])
-    print(
-        f"cmvl: {what}: skipping {int((~keep).sum())} of {len(keep)} rows: {len(missing)} of {len(distinct)} images "
-        f"are missing under {image_root} (e.g. {missing[0]})",
-        file=sys.stderr,
+    log.warning(
+        f"{what}: skipping {int((~keep).sum())} of {len(keep)} rows: {len(missing)} of {len(distinct)} images "
+        f"are missing under {image_root} (e.g. {missing[0]})"
     )
     return table.filter(pa.array(keep))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +13,7 @@ from cmvl.data.sources.base import QA_SCHEMA, FolderSource
 from cmvl.data.sources.visual_genome import read_image_records, read_visual_genome_qa
 from cmvl.data.table_cache import cached_table
 from cmvl.errors import ConfigError, DataError
+from cmvl.log import get_logger
 
 
 def vqa_v2_files(root: str | Path, subtype: str) -> tuple[Path, Path]:
@@ -22,6 +22,7 @@ def vqa_v2_files(root: str | Path, subtype: str) -> tuple[Path, Path]:
     return (root / f"v2_OpenEnded_mscoco_{subtype}_questions.json", root / f"v2_mscoco_{subtype}_annotations.json")
 
 
+log = get_logger(__name__)
 # test-dev2015 is a subset of test2015: its questions point at images in the test2015 folder.
 IMAGE_SUBTYPE = {"test-dev2015": "test2015"}
 
@@ -92,10 +93,9 @@ def _report_unannotated(scoreable: pa.BooleanArray, questions_file, annotations_
             f"{annotations_file}: none of the {len(scoreable)} questions of {questions_file} has an annotation "
             f"(e.g. question_id {example}); are they files of the same subtype?"
         )
-    print(
-        f"cmvl: {annotations_file}: leaving out {len(scoreable) - kept} of {len(scoreable)} questions that have no "
-        f"annotation (e.g. question_id {example})",
-        file=sys.stderr,
+    log.warning(
+        f"{annotations_file}: leaving out {len(scoreable) - kept} of {len(scoreable)} questions that have no "
+        f"annotation (e.g. question_id {example})"
     )
 
 
@@ -184,9 +184,8 @@ class VQAv2Source(FolderSource):
         table = cached_table("vqa_v2_vg_qa", [image_data, qa_file, *evaluation], params, build)
         refused = int(table.schema.metadata[b"refused_images"])
         if refused:
-            print(
-                f"cmvl: vqa_v2 train: left out the Visual Genome questions of {refused} images that are also in "
-                f"{', '.join(p.name for p in evaluation)}",
-                file=sys.stderr,
+            log.info(
+                f"vqa_v2 train: left out the Visual Genome questions of {refused} images that are also in "
+                f"{', '.join(p.name for p in evaluation)}"
             )
         return self.with_images_present(table, "train (vg)", absolute_ok=True)  # absolute by construction above
