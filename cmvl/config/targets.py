@@ -41,6 +41,7 @@ TASK = Kind("a cmvl Task", ("cmvl.tasks.base.Task",))
 SOURCE = Kind("a cmvl data Source", ("cmvl.data.sources.base.Source",))
 ENCODER = Kind("a torch.nn.Module encoder", ("torch.nn.Module",))
 FUSION = Kind("a cmvl Fusion", ("cmvl.models.fusion.base.Fusion",))
+MODEL_FAMILY = Kind("a cmvl model family", ("cmvl.models.families.base.ModelFamily",))
 TOKENIZER = Kind("a cmvl tokenizer builder", ("cmvl.data.text.TrainedWordPiece", "cmvl.data.text.PretrainedTokenizer"))
 OPTIMIZER = Kind("a torch.optim.Optimizer", ("torch.optim.Optimizer",), ("torch.optim",))
 LOGGER = Kind("a Lightning Logger", ("pytorch_lightning.loggers.Logger",), ("pytorch_lightning.loggers",))
@@ -67,6 +68,7 @@ LOCATIONS: dict[str, Kind] = {
     "text.encoder": ENCODER,
     "text.tokenizer": TOKENIZER,
     "fusion": FUSION,
+    "model": MODEL_FAMILY,  # the family's class; it builds its parts from their own locations above
     "optim.optimizer": OPTIMIZER,
     "logger.*": LOGGER,
     "callbacks.*": CALLBACK,

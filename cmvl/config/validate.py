@@ -6,6 +6,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from cmvl.config.families import check_model_family
 from cmvl.config.hardware import check_hardware
 from cmvl.config.nonfinite import check_settings as check_nonfinite_settings
 from cmvl.config.paths import choice_file, config_groups
@@ -48,6 +49,8 @@ def validate_config(cfg: DictConfig, *, check_task: bool = True, check_devices: 
     guard = cfg.get("nonfinite_loss") or {}
     check_nonfinite_settings(guard.get("action", "stop"), guard.get("max_skips", 10))
     _check_resume(cfg)
+    if check_task:
+        check_model_family(cfg)  # model= runs task=
     # What the dataset offers (its splits, its annotation tables) is stated once, by its Source class.
     trusted = trusted_prefixes(cfg)
     source = _source_class(cfg.dataset, trusted)

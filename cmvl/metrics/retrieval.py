@@ -52,6 +52,7 @@ class RetrievalRecall(Metric):
             for name in TOKEN_STATES:
                 self.add_state(name, [], dist_reduce_fx="cat")
         self.pair_scorer: PairScorer | None = None  # set around `compute` by the task
+        self.image_grid: tuple[int, int] | None = None  # the image tokens' grid (one encoder, one image size)
         self.lists: dict[str, torch.Tensor] | None = None  # the last compute's top lists (depth per query)
 
     def update(
@@ -80,6 +81,7 @@ class RetrievalRecall(Metric):
             if image_tokens is None or text_tokens is None:
                 raise ValueError("a re-ranking retrieval metric needs the image and text tokens")
             self.image_tokens.append(image_tokens.feats.detach())
+            self.image_grid = image_tokens.grid
             self.image_token_mask.append(image_tokens.mask)
             self.text_tokens.append(text_tokens.feats.detach())
             self.text_token_mask.append(text_tokens.mask)
@@ -101,7 +103,7 @@ class RetrievalRecall(Metric):
         }
         if self.rerank_k:
             split["image_tokens"] = Tokens(
-                _cat(self.image_tokens)[image_order], _cat(self.image_token_mask)[image_order]
+                _cat(self.image_tokens)[image_order], _cat(self.image_token_mask)[image_order], self.image_grid
             )
             split["text_tokens"] = Tokens(_cat(self.text_tokens)[text_order], _cat(self.text_token_mask)[text_order])
         return split
@@ -226,7 +228,7 @@ def rerank(
     images, texts = split["image_tokens"], split["text_tokens"]
 
     def pairs(image_rows: torch.Tensor, text_rows: torch.Tensor) -> torch.Tensor:
-        image = Tokens(images.feats[image_rows.reshape(-1)], images.mask[image_rows.reshape(-1)])
+        image = images.select(image_rows.reshape(-1))
         text = Tokens(texts.feats[text_rows.reshape(-1)], texts.mask[text_rows.reshape(-1)])
         return score(image, text).float().view(image_rows.shape)
 

@@ -3,8 +3,6 @@ and head pruning find them), and the weights it records are the ones the output 
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -12,22 +10,17 @@ from torch.nn.utils import skip_init
 
 from cmvl.errors import ConfigError
 
-# nn.MultiheadAttention's parameter names → ours (its out_proj.* are already ours). `q/k/v_proj_weight` is how it
-# stores the projections when keys or values have their own width.
-_PACKED = {"in_proj_weight": "weight", "in_proj_bias": "bias"}
-_SEPARATE = {"q_proj_weight": "q_proj.weight", "k_proj_weight": "k_proj.weight", "v_proj_weight": "v_proj.weight"}
-
 
 class MultiHeadAttention(nn.Module):
     """forward(query B×Nq×D, key B×Nk×D, value B×Nk×D) → (B×Nq×D, per-head weights B×heads×Nq×Nk or None).
 
     The same function as `nn.MultiheadAttention(dim, heads, dropout, batch_first=True)` with
     `average_attn_weights=False`, and the same masks: `key_padding_mask` B×Nk and `attn_mask` Nq×Nk or
-    (B·heads)×Nq×Nk, boolean (True = may not attend) or float (added to the scores). Its checkpoints load
-    (`in_proj_weight` is split into q/k/v). Without weights it runs `scaled_dot_product_attention`; with
-    `need_weights` or `record_weights` it computes softmax(QKᵀ/√d) itself, so the weights are on the output's
-    autograd path. `record_weights = True` keeps the last forward's weights in `weights` for explainability code
-    that cannot change the caller.
+    (B·heads)×Nq×Nk, boolean (True = may not attend) or float (added to the scores). Its checkpoints load (the
+    checkpoint migrations, cmvl.training.checkpoint_schema, split `in_proj_weight` into q/k/v). Without weights it
+    runs `scaled_dot_product_attention`; with `need_weights` or `record_weights` it computes softmax(QKᵀ/√d)
+    itself, so the weights are on the output's autograd path. `record_weights = True` keeps the last forward's
+    weights in `weights` for explainability code that cannot change the caller.
     """
 
     def __init__(self, dim: int, heads: int, dropout: float = 0.0, *, heads_key: str = "heads") -> None:
@@ -92,18 +85,6 @@ class MultiHeadAttention(nn.Module):
             extra = extra.unflatten(0, (-1, self.heads)) if extra.dim() == 3 else extra
             mask = extra if mask is None else mask + extra
         return mask
-
-    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
-        # Checkpoints written with nn.MultiheadAttention: split the packed in-projection into q/k/v.
-        for old, part in _PACKED.items():
-            if prefix + old in state_dict:
-                packed = state_dict.pop(prefix + old)
-                for name, chunk in zip(("q_proj", "k_proj", "v_proj"), packed.chunk(3), strict=True):
-                    state_dict[f"{prefix}{name}.{part}"] = chunk
-        for old, new in _SEPARATE.items():
-            if prefix + old in state_dict:
-                state_dict[prefix + new] = state_dict.pop(prefix + old)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 def _masked_softmax(scores: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import re
 from typing import Any
 
 import torch
@@ -12,18 +11,6 @@ from torch import nn
 from cmvl.models.attention import MultiHeadAttention
 from cmvl.models.fusion.base import mlp
 from cmvl.models.tokens import Tokens
-
-# nn.TransformerDecoder's parameter names (relative to CaptionDecoder) → ours, for checkpoints written with it.
-_TORCH_DECODER_NAMES = {
-    "self_attn": "self_attn",
-    "multihead_attn": "cross_attn",
-    "norm1": "norm_self",
-    "norm2": "norm_cross",
-    "norm3": "norm_ff",
-    "linear1": "ff.0",
-    "linear2": "ff.3",
-}
-_TORCH_DECODER_KEY = re.compile(r"layers\.layers\.(\d+)\.([a-z_]+\d?)\.(.+)")
 
 
 class TextDecoder(nn.Module):
@@ -73,7 +60,7 @@ class TextDecoder(nn.Module):
         batch, k = memory.feats.shape[0], beam_size
         max_length = min(max_length, self.longest_output(memory))
         device = memory.feats.device
-        memory = Tokens(memory.feats.repeat_interleave(k, 0), memory.mask.repeat_interleave(k, 0))
+        memory = Tokens(memory.feats.repeat_interleave(k, 0), memory.mask.repeat_interleave(k, 0), memory.grid)
         state = self.start(memory)
         sequences = torch.full((batch * k, 1), bos_id, dtype=torch.long, device=device)
         scores = torch.zeros(batch, k, device=device)
@@ -166,16 +153,3 @@ class CaptionDecoder(TextDecoder):
         for layer in self.layers:
             x = layer(x, memory, causal, padding)
         return self.out(self.norm(x))
-
-    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
-        # Checkpoints written with nn.TransformerDecoder: its layer and final-norm names become ours (the attention
-        # modules convert their own packed projections).
-        for key in [k for k in state_dict if k.startswith(prefix + "layers.")]:
-            name = key[len(prefix) :]
-            match = _TORCH_DECODER_KEY.fullmatch(name)
-            if match and match[2] in _TORCH_DECODER_NAMES:
-                index, module, rest = match[1], _TORCH_DECODER_NAMES[match[2]], match[3]
-                state_dict[f"{prefix}layers.{index}.{module}.{rest}"] = state_dict.pop(key)
-            elif name.startswith("layers.norm."):
-                state_dict[prefix + name.removeprefix("layers.")] = state_dict.pop(key)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

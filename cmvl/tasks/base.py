@@ -12,7 +12,8 @@ from torch import nn
 from torchmetrics import Metric
 from transformers import PreTrainedTokenizerFast
 
-from cmvl.models.vl_model import VisionLanguageModel
+from cmvl.models.families.base import ModelFamily
+from cmvl.models.families.vl_fusion import VisionLanguageModel
 
 
 class SplitTargets(ABC):
@@ -37,6 +38,18 @@ class SampleNote:
 PREDICTED, TRUE = "red", "lime"  # box colours in sample pictures
 
 
+def family_problem(task: Task | type[Task], family: type[ModelFamily]) -> str | None:
+    """Why the model family `family` (`model=`) cannot run `task` (a task, or a task class: then only whether the
+    task runs on that family, since the parts a task needs may depend on its settings); None when it can."""
+    if not issubclass(family, task.families):
+        runs_on = " or ".join(f"model={f.name}" for f in task.families) or "no model family"
+        return f"model={family.name} does not fit task={task.name}; it runs on {runs_on}"
+    missing = sorted(task.parts - family.parts) if isinstance(task, Task) else []
+    if missing:
+        return f"model={family.name} builds no {', '.join(missing)} part, which task={task.name} needs"
+    return None
+
+
 class Task(ABC):
     """One training objective. The LitModule asks the task; it has no task-specific branches."""
 
@@ -47,9 +60,10 @@ class Task(ABC):
     monitor_mode: str = "max"
     allows_random_crop: bool = True  # False where targets are positions in the image (boxes)
     group_rows_by_image: bool = True  # the batching when `data.group_by_image` is null (see cmvl/conf/train.yaml)
-    # The model parts the task's forward runs; the others are frozen (no optimizer state, and DDP does not wait
-    # for gradients that never come).
-    uses: frozenset[str] = frozenset({"vision", "text", "fusion"})
+    # The model families the task runs on (`model=`; cmvl/conf/model/), and the parts of the family its forward
+    # runs: only these are built (no parameters that never get a gradient, for DDP to wait for or to freeze).
+    families: tuple[type[ModelFamily], ...] = (VisionLanguageModel,)
+    parts: frozenset[str] = frozenset({"vision", "text", "fusion"})
 
     def members(self) -> list[Task]:
         """The single tasks this task trains (itself; a multitask lists its tasks). The data module builds data
@@ -94,13 +108,14 @@ class Task(ABC):
     def build_head(self, dim: int) -> nn.Module: ...
 
     def build_heads(self, dim: int) -> dict[str, nn.Module]:
-        """The model's heads, by the name the task's forward looks them up with (`model.heads[name]`)."""
+        """The model's heads, by the name the task's forward looks them up with (`model.heads[name]`); the family
+        builds them after the parts the task needs."""
         return {self.name: self.build_head(dim)}
 
     @abstractmethod
-    def forward(self, model: VisionLanguageModel, batch: dict[str, Any]) -> dict[str, torch.Tensor]: ...
+    def forward(self, model: ModelFamily, batch: dict[str, Any]) -> dict[str, torch.Tensor]: ...
 
-    def eval_forward(self, model: VisionLanguageModel, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    def eval_forward(self, model: ModelFamily, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Outputs for validation and evaluation (default: `forward`; captioning decodes instead)."""
         return self.forward(model, batch)
 
@@ -120,7 +135,7 @@ class Task(ABC):
         is checked against them before its first job runs."""
         return [self.metric_key("val", name) for name in self.make_metric().names]
 
-    def compute_metric(self, metric: Metric, model: VisionLanguageModel) -> dict[str, torch.Tensor]:
+    def compute_metric(self, metric: Metric, model: ModelFamily) -> dict[str, torch.Tensor]:
         """The metric's values over everything it was updated with (default: `metric.compute()`; retrieval with
         re-ranking scores candidate pairs with the model)."""
         del model

@@ -14,9 +14,9 @@ from transformers import PreTrainedTokenizerFast
 from cmvl.errors import ConfigError
 from cmvl.metrics.caption import CaptionScores
 from cmvl.models.caption_decoder import CaptionDecoder
+from cmvl.models.families.vl_fusion import VisionLanguageModel
 from cmvl.models.pretrained_decoder import PretrainedLM
 from cmvl.models.tokens import Tokens
-from cmvl.models.vl_model import VisionLanguageModel
 from cmvl.tasks.base import SampleNote, SplitTargets, Task
 from cmvl.tasks.text_generation import TextFraming
 
@@ -53,7 +53,7 @@ class CaptionTask(Task):
     name = "caption"
     table_kind = "captions"
     monitor_key = "cider"
-    uses = frozenset({"vision"})
+    parts = frozenset({"vision"})  # the decoder reads the image tokens; it embeds its own text
 
     def __init__(
         self,
@@ -125,7 +125,7 @@ class CaptionTask(Task):
     def _memory(self, model: VisionLanguageModel, batch: dict[str, Any]) -> Tokens:
         vision = model.encode_images(batch["images"])
         index = batch["image_index"]
-        return Tokens(vision.feats[index], vision.mask[index])
+        return vision.select(index)
 
     def forward(self, model: VisionLanguageModel, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         memory = self._memory(model, batch)

@@ -14,10 +14,11 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import generalized_box_iou_loss
 
+from cmvl.errors import ConfigError
 from cmvl.metrics.grounding import GroundingAccuracy, accuracy_key, cxcywh_to_xyxy, paired_box_iou
+from cmvl.models.families.vl_fusion import VisionLanguageModel
 from cmvl.models.fusion.base import mlp
 from cmvl.models.tokens import Tokens
-from cmvl.models.vl_model import VisionLanguageModel
 from cmvl.tasks.base import PREDICTED, TRUE, SampleNote, SplitTargets, Task
 
 
@@ -51,16 +52,23 @@ class BoxHead(nn.Module):
         self.refine = mlp(2 * dim, hidden, 4, dropout)
 
     def forward(self, pooled: torch.Tensor, vision: Tokens) -> torch.Tensor:
-        side = math.isqrt(vision.feats.shape[1])
-        grid = Tokens(vision.feats[:, -side * side :], vision.mask[:, -side * side :])  # after any [CLS]-like token
+        if vision.grid is None:
+            raise ConfigError(
+                "task=grounding points into the image's grid of tokens, and this vision encoder's tokens have no "
+                "spatial grid; use a CNN or ViT encoder (vision=tiny_cnn, resnet18, vit_b16 …)"
+            )
+        grid = vision.grid_tokens()  # the H×W grid, after any [CLS]-like token
+        height, width = vision.grid
         scores = (self.key(grid.feats) @ self.query(pooled).unsqueeze(-1)).squeeze(-1) / math.sqrt(pooled.shape[-1])
         weights = scores.float().masked_fill(~grid.mask, -torch.inf).softmax(-1)
-        cells = (torch.arange(side, device=pooled.device, dtype=torch.float32) + 0.5) / side
-        centres = torch.stack(torch.meshgrid(cells, cells, indexing="xy"), dim=-1).reshape(-1, 2)  # row-major x, y
+        xs = (torch.arange(width, device=pooled.device, dtype=torch.float32) + 0.5) / width
+        ys = (torch.arange(height, device=pooled.device, dtype=torch.float32) + 0.5) / height
+        centres = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1).reshape(-1, 2)  # row-major x, y
         centre = weights @ centres
         attended = (weights.unsqueeze(-1) * grid.feats.float()).sum(1)
         out = self.refine(torch.cat([pooled.float(), attended], dim=-1).to(pooled.dtype)).float()
-        xy = (centre + torch.tanh(out[:, :2]) / side).clamp(0, 1)
+        offset = torch.tanh(out[:, :2])  # at most one cell away from the pointed centre
+        xy = (centre + torch.stack([offset[:, 0] / width, offset[:, 1] / height], dim=-1)).clamp(0, 1)
         return torch.cat([xy, torch.sigmoid(out[:, 2:])], dim=-1)
 
 

@@ -10,7 +10,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerFast
 
 from cmvl.errors import ConfigError
-from cmvl.models.vl_model import VisionLanguageModel
+from cmvl.models.families.vl_fusion import VisionLanguageModel
 from cmvl.tasks.base import SampleNote, SplitTargets, Task
 
 SAMPLING_RULES = ("proportional", "round_robin", "weighted")
@@ -80,7 +80,9 @@ class MultiTask(Task):
             raise ConfigError(f"task.monitor={self.monitor_key}: must be <task>/<metric> with a task of task.tasks")
         self.monitor_mode = self.tasks[monitored].monitor_mode
         self.allows_random_crop = all(t.allows_random_crop for t in self.tasks.values())
-        self.uses = frozenset().union(*(t.uses for t in self.tasks.values()))
+        self.parts = frozenset().union(*(t.parts for t in self.tasks.values()))
+        # The families every member runs on (the members share one model).
+        self.families = tuple(f for f in first.families if all(f in t.families for t in self.tasks.values()))
 
     def members(self) -> list[Task]:
         return list(self.tasks.values())

@@ -15,8 +15,8 @@ from torch import nn
 
 from cmvl.errors import ConfigError
 from cmvl.metrics.retrieval import RetrievalRecall
+from cmvl.models.families.vl_fusion import VisionLanguageModel
 from cmvl.models.tokens import Tokens
-from cmvl.models.vl_model import VisionLanguageModel
 from cmvl.tasks.base import SampleNote, SplitTargets, Task
 
 
@@ -113,7 +113,7 @@ class RetrievalTask(Task):
             raise ConfigError(f"task.rerank_k={rerank_k}, task.itm_weight={itm_weight}: need k >= 0 and a weight > 0")
         self.rerank_k = rerank_k if itm else 0
         self.text_max_length = text_max_length  # texts' tokens are kept padded to this length for re-ranking
-        self.uses = frozenset({"vision", "text", "fusion"} if itm else {"vision", "text"})
+        self.parts = frozenset({"vision", "text", "fusion"} if itm else {"vision", "text"})  # itm: fusion scores
 
     def texts(self, table: pa.Table) -> list[str]:
         return table.column("caption").to_pylist()
@@ -180,8 +180,8 @@ class RetrievalTask(Task):
         logits = match_logits(
             model,
             model.heads[self.name],
-            Tokens(images.feats[image_rows], images.mask[image_rows]),
-            Tokens(texts.feats[text_rows], texts.mask[text_rows]),
+            images.select(image_rows),
+            texts.select(text_rows),
         )
         return {"itm_logits": logits.float(), "itm_labels": labels}
 
@@ -262,5 +262,5 @@ def _batched_match_logits(
         text = Tokens(texts.feats[part], texts.mask[part])
         real = text.mask.any(dim=0)  # the split-wide padding trimmed to these texts' longest
         text = Tokens(text.feats[:, real], text.mask[:, real])
-        parts.append(match_logits(model, head, Tokens(images.feats[part], images.mask[part]), text))
+        parts.append(match_logits(model, head, images.select(part), text))
     return torch.cat(parts)

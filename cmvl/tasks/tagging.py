@@ -15,8 +15,8 @@ from torch import nn
 from cmvl.columns import list_column, schema_json
 from cmvl.errors import ConfigError, DataError
 from cmvl.metrics.tagging import TaggingMetrics
+from cmvl.models.families.vl_fusion import VisionLanguageModel
 from cmvl.models.fusion.base import mlp
-from cmvl.models.vl_model import VisionLanguageModel
 from cmvl.tasks.base import SampleNote, SplitTargets, Task
 
 LOSSES = ("bce", "asymmetric")
@@ -58,7 +58,7 @@ class TaggingTask(Task):
     name = "tagging"
     table_kind = "objects"
     monitor_key = "mAP"
-    uses = frozenset({"vision"})
+    parts = frozenset({"vision"})
 
     def __init__(
         self,

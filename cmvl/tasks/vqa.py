@@ -23,9 +23,9 @@ from cmvl.metrics.vqa_normalize import (
     vqa_eval_rules,
 )
 from cmvl.models.caption_decoder import CaptionDecoder
+from cmvl.models.families.vl_fusion import VisionLanguageModel
 from cmvl.models.fusion.base import mlp
 from cmvl.models.tokens import Tokens
-from cmvl.models.vl_model import VisionLanguageModel
 from cmvl.tasks.base import SampleNote, SplitTargets, Task
 from cmvl.tasks.text_generation import TextFraming
 

@@ -9,14 +9,17 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 from transformers import PreTrainedTokenizerFast
 
+from cmvl.config.families import model_family
+
 # `instantiate` and `build_task` live in the config package (pre-flight builds the task too); imported from here by
 # train.py, checkpoints.py and tests.
 from cmvl.config.instantiate import build_task, instantiate
 from cmvl.data.datamodule import VLDataModule
 from cmvl.data.sources.base import Source
 from cmvl.data.workers import resolve_num_workers
-from cmvl.models.vl_model import VisionLanguageModel
-from cmvl.tasks.base import Task
+from cmvl.errors import ConfigError
+from cmvl.models.families.base import ModelFamily, Recipe
+from cmvl.tasks.base import Task, family_problem
 from cmvl.training.lit_module import VLLitModule
 from cmvl.training.nonfinite import NonFiniteGuard
 
@@ -54,27 +57,17 @@ def build_datamodule(cfg: DictConfig, *, data_state: dict[str, Any] | None = Non
     )
 
 
-def build_model(cfg: DictConfig, task: Task, tokenizer: PreTrainedTokenizerFast) -> VisionLanguageModel:
+def build_model(cfg: DictConfig, task: Task, tokenizer: PreTrainedTokenizerFast) -> ModelFamily:
     """The run's model from its config, its task (bound to `tokenizer`, with its learnt state) and its tokenizer:
-    no dataset is read, so a run is rebuilt from a checkpoint alone."""
-    model = VisionLanguageModel(
-        vision=instantiate(cfg.vision.encoder),
-        text=instantiate(cfg.text.encoder, tokenizer=tokenizer),
-        fusion=instantiate(cfg.fusion),
-        heads=task.build_heads(cfg.model.dim),
-        dim=cfg.model.dim,
-        image_mean=list(cfg.data.image.mean),
-        image_std=list(cfg.data.image.std),
-    )
-    parts = {
-        "vision": [model.vision, model.vision_proj],
-        "text": [model.text, model.text_proj],
-        "fusion": [model.fusion],
-    }
-    for part, modules in parts.items():
-        if part not in task.uses:
-            for module in modules:
-                module.requires_grad_(False)
+    no dataset is read, so a run is rebuilt from a checkpoint alone. The family `model=` names builds the parts
+    the task needs (and only those), then the task's heads."""
+    family = model_family(cfg)
+    for member in task.members():
+        problem = family_problem(member, family)
+        if problem:
+            raise ConfigError(problem)
+    recipe = Recipe(config=cfg, parts=task.parts, build=instantiate, heads=task.build_heads, tokenizer=tokenizer)
+    model = family.from_recipe(recipe)
     # Hugging Face `from_pretrained` returns its model in eval mode and Lightning keeps the modes it finds: without
     # this, pretrained encoders and decoders would train with their dropout off.
     return model.train()

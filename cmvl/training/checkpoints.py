@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from cmvl.errors import CheckpointError, UserError
+from cmvl.training.checkpoint_schema import upgrade_checkpoint
 from cmvl.training.lightning_compat import wrap_restore_steps
 from cmvl.training.lit_module import CHECKPOINT_KEY
 
@@ -58,6 +59,7 @@ def load_checkpoint(path: str | Path, *, mmap: bool = False) -> dict[str, Any]:
         raise CheckpointError(f"not a readable checkpoint: {path} ({reason[:200]})") from None
     if not isinstance(checkpoint, dict) or CHECKPOINT_KEY not in checkpoint or "state_dict" not in checkpoint:
         raise CheckpointError(f"not a cmvl checkpoint (no '{CHECKPOINT_KEY}' section): {path}")
+    upgrade_checkpoint(checkpoint, path=path)  # an older cmvl's layout becomes this one's; a newer one is refused
     problem = structure_problem(checkpoint)
     if problem:
         raise CheckpointError(f"not a valid cmvl checkpoint: {path}: {problem}; use a checkpoint cmvl train wrote")

@@ -10,20 +10,19 @@ import pytorch_lightning as pl
 import torch
 from lightning_fabric.utilities.apply_func import move_data_to_device
 
-from cmvl.models.vl_model import VisionLanguageModel
+from cmvl.models.families.base import ModelFamily
 from cmvl.tasks.base import Task
+from cmvl.training.checkpoint_schema import CHECKPOINT_KEY, SCHEMA_KEY, SCHEMA_VERSION, upgrade_checkpoint
 from cmvl.training.lightning_compat import logs_this_step
 from cmvl.training.nonfinite import NonFiniteGuard
 from cmvl.training.optim import build_scheduler, param_groups, set_total_steps
-
-CHECKPOINT_KEY = "cmvl"  # where the resolved config and the data state live inside a checkpoint
 
 
 class VLLitModule(pl.LightningModule):
     def __init__(
         self,
         *,
-        model: VisionLanguageModel,
+        model: ModelFamily,
         task: Task,
         optim: dict[str, Any],
         run_state: dict[str, Any],
@@ -76,16 +75,7 @@ class VLLitModule(pl.LightningModule):
     def on_train_epoch_end(self) -> None:
         epoch, total, steps = self.epoch_loss
         if epoch == self.current_epoch and steps:
-            # sync_dist: the mean of every process's epoch loss, not rank 0's alone (one all-reduce an epoch)
-            self.log(
-                "train/loss_epoch",
-                total / steps,
-                on_step=False,
-                on_epoch=True,
-                prog_bar=True,
-                batch_size=1,
-                sync_dist=True,
-            )
+            self.log("train/loss_epoch", total / steps, on_step=False, on_epoch=True, prog_bar=True, batch_size=1)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
         outputs = self.task.eval_forward(self.model, batch)
@@ -167,6 +157,7 @@ class VLLitModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CHECKPOINT_KEY] = {
+            SCHEMA_KEY: SCHEMA_VERSION,  # the layout of this file; an older one is upgraded on load
             **self.run_state,
             "val_history": list(self.val_history),
             "nonfinite": self.nonfinite.state_dict(),
@@ -175,6 +166,8 @@ class VLLitModule(pl.LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Lightning calls this before it loads the weights (resume): a file of an older layout is upgraded first.
+        upgrade_checkpoint(checkpoint)
         state = checkpoint.get(CHECKPOINT_KEY, {})
         self.val_history = list(state.get("val_history", []))
         self.nonfinite.load_state_dict(state.get("nonfinite", {}))

@@ -80,11 +80,11 @@ class CrossAttentionFusion(Fusion):
             text_feats, weights, retrieved = block(text, vision, self.record_attention)
             if self.vision_blocks is not None:
                 vision_feats, v_weights, _ = self.vision_blocks[i](vision, text, self.record_attention)
-                vision = Tokens(vision_feats, vision.mask)
+                vision = vision.with_feats(vision_feats)
                 self._keep_attention(f"layer{i}.vision_to_text", v_weights)
-            text = Tokens(text_feats, text.mask)
+            text = text.with_feats(text_feats)
             self._keep_attention(f"layer{i}.text_to_vision", weights)
-        text = Tokens(self.norm(text.feats), text.mask)
+        text = text.with_feats(self.norm(text.feats))
         tokens = Tokens.concat(text, vision)
         if self.pool == "cls":
             return FusionOutput(tokens, text.feats[:, 0])

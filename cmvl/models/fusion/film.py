@@ -48,9 +48,9 @@ class FiLMFusion(Fusion):
         condition = text.pooled_mean()
         for i, block in enumerate(self.blocks):
             feats, weights = block(vision, condition, self.record_attention)
-            vision = Tokens(feats, vision.mask)
+            vision = vision.with_feats(feats)
             self._keep_attention(f"layer{i}.vision_self", weights)
-        vision = Tokens(self.norm(vision.feats), vision.mask)
+        vision = vision.with_feats(self.norm(vision.feats))
         masked_max = vision.feats.masked_fill(~vision.mask.unsqueeze(-1), float("-inf")).amax(dim=1)
         pooled = self.pool(torch.cat([vision.pooled_mean(), masked_max], dim=-1))
         tokens = Tokens.concat(text, vision)

@@ -15,15 +15,19 @@ from cmvl.models.tokens import FusionOutput, Tokens
 NODE_TYPES = ("text", "image")
 
 
-def grid_adjacency(num_nodes: int, device: torch.device) -> torch.Tensor:
-    """N×N: 8-neighbourhood (and self) on a square grid of regions; all-to-all when N is not a square (e.g. boxes
-    or a token grid with a CLS token in front)."""
-    side = math.isqrt(num_nodes)
-    if side * side != num_nodes:
-        return torch.ones(num_nodes, num_nodes, dtype=torch.bool, device=device)
-    rows = torch.arange(num_nodes, device=device) // side
-    cols = torch.arange(num_nodes, device=device) % side
-    return ((rows[:, None] - rows[None, :]).abs() <= 1) & ((cols[:, None] - cols[None, :]).abs() <= 1)
+def grid_adjacency(num_nodes: int, grid: tuple[int, int] | None, device: torch.device) -> torch.Tensor:
+    """N×N: regions of the image's H×W `grid` (its last H·W tokens) see their 8-neighbourhood and themselves; the
+    tokens in front of the grid (a [CLS] token) and every token of an image without a grid (boxes) see all."""
+    adjacency = torch.ones(num_nodes, num_nodes, dtype=torch.bool, device=device)
+    if grid is None:
+        return adjacency
+    height, width = grid
+    cells = torch.arange(height * width, device=device)
+    rows, cols = cells // width, cells % width
+    start = num_nodes - height * width
+    near = ((rows[:, None] - rows[None, :]).abs() <= 1) & ((cols[:, None] - cols[None, :]).abs() <= 1)
+    adjacency[start:, start:] = near
+    return adjacency
 
 
 def sequence_adjacency(num_nodes: int, window: int | None, device: torch.device) -> torch.Tensor:
@@ -79,7 +83,7 @@ class _HeteroGraphLayer(nn.Module):
             mixed = attn @ torch.cat(values, dim=2)  # B×h×Nd×head_dim
             feats = nodes[dst].feats + self.drop(self.out[dst](mixed.transpose(1, 2).flatten(2)))
             feats = feats + self.drop(self.ff[dst](self.norm_ff[dst](feats)))
-            updated[dst], weights[dst] = Tokens(feats, nodes[dst].mask), attn
+            updated[dst], weights[dst] = nodes[dst].with_feats(feats), attn
         return updated, weights
 
 
@@ -110,10 +114,12 @@ class GraphFusion(Fusion):
         self.norm = nn.ModuleDict({t: nn.LayerNorm(dim) for t in NODE_TYPES})
         self.pool = nn.Sequential(nn.Linear(2 * dim, dim), nn.LayerNorm(dim))
 
-    def adjacency(self, num_text: int, num_image: int, device: torch.device) -> dict[str, torch.Tensor]:
-        """Destination × source boolean masks for the four relations."""
+    def adjacency(
+        self, num_text: int, num_image: int, grid: tuple[int, int] | None, device: torch.device
+    ) -> dict[str, torch.Tensor]:
+        """Destination × source boolean masks for the four relations (`grid`: the image tokens' grid)."""
         image = (
-            grid_adjacency(num_image, device)
+            grid_adjacency(num_image, grid, device)
             if self.image_edges == "grid"
             else torch.ones(num_image, num_image, dtype=torch.bool, device=device)
         )
@@ -126,12 +132,12 @@ class GraphFusion(Fusion):
 
     def forward(self, vision: Tokens, text: Tokens) -> FusionOutput:
         self._attention = {}
-        adjacency = self.adjacency(text.feats.shape[1], vision.feats.shape[1], text.feats.device)
+        adjacency = self.adjacency(text.feats.shape[1], vision.feats.shape[1], vision.grid, text.feats.device)
         nodes = {"text": text, "image": vision}
         for i, layer in enumerate(self.layers):
             nodes, weights = layer(nodes, adjacency)
             for dst, w in weights.items():
                 self._keep_attention(f"layer{i}.to_{dst}", w if self.record_attention else None)
-        nodes = {t: Tokens(self.norm[t](nodes[t].feats), nodes[t].mask) for t in NODE_TYPES}
+        nodes = {t: nodes[t].with_feats(self.norm[t](nodes[t].feats)) for t in NODE_TYPES}
         pooled = self.pool(torch.cat([nodes["text"].pooled_mean(), nodes["image"].pooled_mean()], dim=-1))
         return FusionOutput(Tokens.concat(nodes["text"], nodes["image"]), pooled)

@@ -43,4 +43,5 @@ class MergedFusion(Fusion):
             self._keep_attention(f"layer{i}.joint", weights)
         tokens = Tokens(self.norm(feats), mask)
         pooled = tokens.feats[:, 0] if self.pool == "cls" else tokens.pooled_mean()
-        return FusionOutput(Tokens(tokens.feats[:, 1:], mask[:, 1:]), pooled)
+        # [text; image] tokens: the image's grid tokens are still the last ones.
+        return FusionOutput(Tokens(tokens.feats[:, 1:], mask[:, 1:], vision.grid), pooled)

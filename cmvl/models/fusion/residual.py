@@ -51,8 +51,8 @@ class GatedResidualFusion(Fusion):
         self._attention = {}
         for i, block in enumerate(self.blocks):
             feats, weights = block(text, vision, self.record_attention)
-            text = Tokens(feats, text.mask)
+            text = text.with_feats(feats)
             self._keep_attention(f"layer{i}.text_to_vision", weights)
-        text = Tokens(self.norm(text.feats), text.mask)
+        text = text.with_feats(self.norm(text.feats))
         tokens = Tokens.concat(text, vision)
         return FusionOutput(tokens, text.pooled_mean())

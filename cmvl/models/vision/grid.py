@@ -27,9 +27,10 @@ def sincos_2d(height: int, width: int, dim: int, *, device: torch.device, dtype:
 
 
 def grid_to_tokens(feat_BCHW: torch.Tensor, *, add_positions: bool = True) -> Tokens:
+    """B×C×H×W feature map → H·W tokens in row-major order with their grid (H, W), plus the 2-D position code."""
     b, c, h, w = feat_BCHW.shape
     feats_BND = feat_BCHW.flatten(2).transpose(1, 2)
     if add_positions:
         feats_BND = feats_BND + sincos_2d(h, w, c, device=feat_BCHW.device, dtype=feat_BCHW.dtype)
     mask = torch.ones(b, h * w, dtype=torch.bool, device=feat_BCHW.device)
-    return Tokens(feats_BND, mask)
+    return Tokens(feats_BND, mask, (h, w))

@@ -41,12 +41,24 @@ def load_weights_file(model: nn.Module, path: str, what: str) -> None:
         raise ConfigError(f"{what}.pretrained: {file} lacks weights for {missing[:3]}")
 
 
-def feature_tokens(features: torch.Tensor) -> Tokens:
-    """B×C×H×W feature map → grid tokens with positions; B×N×D token sequence → as is."""
+def feature_tokens(features: torch.Tensor, grid: tuple[int, int] | None = None) -> Tokens:
+    """B×C×H×W feature map → grid tokens with positions; B×N×D token sequence → as is, with `grid` (the patch grid
+    its last H·W tokens form) where the sequence holds one: None when it does not (e.g. a model that pools its
+    patches into fewer tokens than the patch grid)."""
     if features.ndim == 4:
         return grid_to_tokens(features)
     mask = torch.ones(features.shape[:2], dtype=torch.bool, device=features.device)
-    return Tokens(features, mask)
+    if grid is not None and grid[0] * grid[1] > features.shape[1]:
+        grid = None
+    return Tokens(features, mask, grid)
+
+
+def patch_grid(image_hw: tuple[int, int], patch_size: int | tuple[int, int] | None) -> tuple[int, int] | None:
+    """The patch grid (H, W) of an image of size `image_hw` cut into `patch_size` patches (None: unknown)."""
+    if patch_size is None:
+        return None
+    ph, pw = (patch_size, patch_size) if isinstance(patch_size, int) else tuple(patch_size)
+    return image_hw[0] // ph, image_hw[1] // pw
 
 
 class TimmEncoder(nn.Module):
@@ -76,7 +88,17 @@ class TimmEncoder(nn.Module):
         apply_freeze(self.model, freeze, "vision.encoder")
 
     def forward(self, images_BCHW: torch.Tensor) -> Tokens:
-        return feature_tokens(self.model.forward_features(images_BCHW))
+        return feature_tokens(self.model.forward_features(images_BCHW), self._grid(images_BCHW))
+
+    def _grid(self, images_BCHW: torch.Tensor) -> tuple[int, int] | None:
+        """A ViT-style model's patch grid for this input (its tokens: prefix tokens, then the patches)."""
+        patch_embed = getattr(self.model, "patch_embed", None)
+        if patch_embed is None:
+            return None
+        size = tuple(images_BCHW.shape[-2:])
+        if hasattr(patch_embed, "dynamic_feat_size"):
+            return tuple(patch_embed.dynamic_feat_size(size))
+        return tuple(patch_embed.grid_size) if getattr(patch_embed, "grid_size", None) else None
 
 
 class HFVisionEncoder(nn.Module):
@@ -95,7 +117,9 @@ class HFVisionEncoder(nn.Module):
         apply_freeze(self.model, freeze, "vision.encoder")
 
     def forward(self, images_BCHW: torch.Tensor) -> Tokens:
-        return feature_tokens(self.model(pixel_values=images_BCHW).last_hidden_state)
+        config = getattr(self.model.config, "vision_config", self.model.config)
+        grid = patch_grid(tuple(images_BCHW.shape[-2:]), getattr(config, "patch_size", None))
+        return feature_tokens(self.model(pixel_values=images_BCHW).last_hidden_state, grid)
 
 
 class TorchvisionViTEncoder(nn.Module):
@@ -130,4 +154,4 @@ class TorchvisionViTEncoder(nn.Module):
     def forward(self, images_BCHW: torch.Tensor) -> Tokens:
         x = self.net._process_input(images_BCHW)
         x = torch.cat([self.net.class_token.expand(x.shape[0], -1, -1), x], dim=1)
-        return feature_tokens(self.net.encoder(x))
+        return feature_tokens(self.net.encoder(x), patch_grid(tuple(images_BCHW.shape[-2:]), self.net.patch_size))
