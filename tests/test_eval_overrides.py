@@ -4,16 +4,14 @@ model's shape, its task or only training are refused in one line (the CLI case: 
 from __future__ import annotations
 
 import pytest
-from hydra import compose, initialize_config_dir
 
+from cmvl.config.compose import compose_config
 from cmvl.config.eval_overrides import check_eval_overrides
-from cmvl.config.paths import CONF_DIR
 from cmvl.errors import ConfigError
 
 
 def _config(task: str):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="train", overrides=[f"task={task}"])
+    return compose_config([f"task={task}"])
 
 
 @pytest.mark.parametrize(

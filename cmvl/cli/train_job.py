@@ -13,12 +13,13 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from cmvl.config.paths import CONF_DIR
+from cmvl.config.paths import CONF_DIR, register_config_searchpath
 from cmvl.config.resolvers import register_resolvers
 from cmvl.errors import UserError, one_line
 from cmvl.log import DEFAULT_VERBOSITY, configure, log, verbosity_of
 
 register_resolvers()
+register_config_searchpath()  # $CMVL_CONFIG_DIR's choices (hydra.searchpath in cmvl/conf/train.yaml)
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")

@@ -38,12 +38,6 @@ def instantiate(node: Any, *, origin: DictConfig | None = None, **kwargs: Any) -
         raise cause from None
 
 
-TASK_META_KEYS = ("epochs",)  # settings of a task config that are not task arguments (the default budget)
-
-
 def build_task(cfg: DictConfig) -> Task:
-    node = OmegaConf.to_container(cfg.task, resolve=True)
-    for task_node in [node, *node.get("tasks", {}).values()]:  # a multitask's members are task configs too
-        for key in TASK_META_KEYS:
-            task_node.pop(key, None)
-    return instantiate(node, origin=cfg.task, _convert_="all")
+    """The task: every key of `task` is an argument of its class (its default budget is the class's `epochs`)."""
+    return instantiate(cfg.task, _convert_="all")

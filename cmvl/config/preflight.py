@@ -7,7 +7,7 @@ value.
 
 from __future__ import annotations
 
-from functools import partial
+from functools import lru_cache, partial
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import IntervalSweep, Override
@@ -15,10 +15,11 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import GrammarParseError, OmegaConfBaseException
 
+from cmvl.config.callbacks import callback_nodes, check_callbacks
 from cmvl.config.compose import compose_config
 from cmvl.config.locations import cache_directory, check_hub_names, run_directories
 from cmvl.config.overrides import hydra_overrides, user_overrides
-from cmvl.config.paths import config_groups
+from cmvl.config.paths import CONF_DIR, config_groups
 from cmvl.config.targets import check_targets
 from cmvl.config.unreadable import unreadable_override
 from cmvl.config.validate import validate_config
@@ -27,20 +28,64 @@ from cmvl.errors import ConfigError
 
 
 def _check_group_choices(key: str, values: list[str], groups: dict[str, list[str]]) -> None:
+    """A group's choices exist (cmvl's or $CMVL_CONFIG_DIR's); a top-level key that is neither a group nor a key
+    of cmvl's config is refused (Hydra would add `+experiment=x` as a key nobody reads, and train the defaults)."""
     group = key.lstrip("+~")
     if group not in groups:
+        top = group.split(".", 1)[0]
+        if top not in groups and top not in _top_level_keys():
+            value = values[0] if values else ""
+            raise ConfigError(
+                f"{key}={value}: '{top}' is neither a config group nor a key of cmvl's config (groups: "
+                f"{', '.join(groups)}; see `cmvl train --help`)"
+            )
         return
+    if key.startswith("+") and group in _default_groups():
+        raise ConfigError(f"{key}={values[0]}: {group} is one of cmvl's config groups; choose without +: {group}=...")
     for value in values:
         for choice in value.strip("[]").split(","):
+            choice = choice.strip()
             if choice and choice not in groups[group] and choice != "null":
                 raise ConfigError(
                     f"{group}={choice}: unknown choice for '{group}' (choices: {', '.join(groups[group])})"
                 )
 
 
+@lru_cache(maxsize=1)
+def _primary_config() -> DictConfig:
+    return OmegaConf.load(CONF_DIR / "train.yaml")
+
+
+def _top_level_keys() -> set[str]:
+    """The keys of cmvl/conf/train.yaml (the groups' packages are the groups themselves)."""
+    return {str(k) for k in _primary_config() if k != "defaults"}
+
+
+def _default_groups() -> set[str]:
+    """The groups train.yaml's defaults list chooses from (chosen with `group=x`; `+group=x` is for other groups)."""
+    groups = set()
+    for entry in _primary_config().get("defaults") or []:
+        if isinstance(entry, DictConfig):
+            groups.update(str(k).removeprefix("override ") for k in entry)
+    return groups
+
+
 def _compose(overrides: list[str], config_name: str) -> DictConfig:
     try:
         return compose_config(overrides, config_name=config_name, return_hydra_config=True)
+    except ValueError as err:  # Hydra's own check of a group's choice: `logger=null` (`logger=none` is a choice)
+        groups = config_groups()
+        for line in overrides:
+            key, _, value = line.partition("=")
+            group = key.lstrip("+~")
+            if group in groups and value == "null":
+                if "none" in groups[group]:
+                    raise ConfigError(f"{line}: to choose no {group}, use {group}=none") from None
+                raise ConfigError(
+                    f"{line}: null is not a choice; leave {group}= out for none, or choose one of "
+                    f"{', '.join(groups[group])}"
+                ) from None
+        raise ConfigError(f"invalid override: {str(err).strip().splitlines()[0]}") from None
     except (HydraException, OmegaConfBaseException) as err:
         message = str(err).strip().splitlines()[0]
         if "not in struct mode" in str(err) or "Could not override" in message:
@@ -136,6 +181,7 @@ def _validate(
         check_writable_dir(path, setting)
     if training:
         check_hub_names(cfg)
+        check_callbacks(cfg, _monitored_keys(cfg))
     if cfg.get("optimized_metric") is not None:
         _check_optimized_metric(cfg)
     params = OmegaConf.select(hydra_cfg, "sweeper.params", default=None) if hydra_cfg is not None else None
@@ -156,6 +202,15 @@ def _checkpoint_directory(cfg: DictConfig, output_dirs: dict[str, str]) -> dict[
     except OmegaConfBaseException:
         return {}
     return {"checkpoint.dirpath=": str(dirpath)} if dirpath is not None else {}
+
+
+def _monitored_keys(cfg: DictConfig) -> list[str] | None:
+    """The task's validation metrics, where a callback names one to monitor (None: no callback does)."""
+    if not any(node.get("monitor") is not None for node in callback_nodes(cfg).values()):
+        return None
+    from cmvl.config.instantiate import build_task
+
+    return build_task(cfg).validation_keys()
 
 
 def _check_optimized_metric(cfg: DictConfig) -> None:

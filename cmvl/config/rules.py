@@ -270,7 +270,6 @@ VALUE_RULES: dict[str, Rule | Callable[[], Rule]] = {
     "fusion.text_window": integer(1, null="all pairs"),
     "fusion.image_edges": one_of("grid", "full"),
     # tasks (also each multitask member's)
-    "task.epochs": POSITIVE_INT,
     "task.layers": POSITIVE_INT,
     "task.heads": POSITIVE_INT,
     "task.max_length": POSITIVE_INT,
@@ -337,7 +336,7 @@ VALUE_RULES: dict[str, Rule | Callable[[], Rule]] = {
     "trainer.accelerator": _accelerators,
     "trainer.strategy": _strategies,
     "trainer.num_nodes": POSITIVE_INT,
-    "trainer.max_epochs": integer(1, special={-1: "no limit"}, null="Lightning's default"),
+    "trainer.max_epochs": integer(1, special={-1: "no limit"}, null="the task's default budget"),
     "trainer.min_epochs": integer(0, null="none"),
     "trainer.max_steps": integer(1, special={-1: "no limit"}),
     "trainer.min_steps": integer(0, null="none"),

@@ -55,6 +55,7 @@ class Task(ABC):
 
     name: str
     table_kind: str  # which annotation table the task reads (`qa`, `captions`, ...)
+    epochs: int  # the task's default training budget: trainer.max_epochs when that is null (cmvl/conf/trainer)
     metric_prefix: str | None = None  # metrics are logged as `<stage>/<prefix>/<metric>`; None = the task's name
     monitor_key: str  # metric (from `compute`) that picks the best checkpoint
     monitor_mode: str = "max"

@@ -52,6 +52,7 @@ class CaptionTask(Task):
 
     name = "caption"
     table_kind = "captions"
+    epochs = 3  # default budget (trainer.max_epochs=null), measured in the README
     monitor_key = "cider"
     parts = frozenset({"vision"})  # the decoder reads the image tokens; it embeds its own text
 

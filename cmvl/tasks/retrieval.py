@@ -92,6 +92,7 @@ class RetrievalTask(Task):
 
     name = "retrieval"
     table_kind = "captions"
+    epochs = 5  # default budget (trainer.max_epochs=null), measured in the README
     monitor_key = "r_mean"
     group_rows_by_image = False  # one caption per image per batch: the other images are the negatives
 

@@ -87,6 +87,7 @@ class VQATask(Task):
 
     name = "vqa"
     table_kind = "qa"
+    epochs = 13  # default budget (trainer.max_epochs=null), measured in the README
     monitor_key = "acc"
 
     def __init__(

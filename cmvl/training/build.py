@@ -23,14 +23,11 @@ from cmvl.tasks.base import Task, family_problem
 from cmvl.training.lit_module import VLLitModule
 from cmvl.training.nonfinite import NonFiniteGuard
 
-DATASET_META_KEYS = ("name", "provides", "splits")  # documentation keys of a dataset config, not source arguments
-
 
 def build_source(cfg: DictConfig) -> Source:
-    node = OmegaConf.to_container(cfg.dataset, resolve=True)
-    for key in DATASET_META_KEYS:
-        node.pop(key, None)
-    return instantiate(node, origin=cfg.dataset, _convert_="all")
+    """The dataset's Source: every key of `dataset` is an argument of its class (what it provides and its splits
+    are the class's, stated once)."""
+    return instantiate(cfg.dataset, _convert_="all")
 
 
 def build_datamodule(cfg: DictConfig, *, data_state: dict[str, Any] | None = None) -> VLDataModule:

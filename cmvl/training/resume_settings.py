@@ -43,7 +43,7 @@ LOOP_SETTINGS: dict[str, str] = {
 # max_steps / max_time (train longer), logging, checkpointing, data.num_workers, pin_memory, eval_batch_size,
 # precision (the same parameters, computed at another precision: moving to another machine).
 FREE_KEYS = (
-    "task.epochs",  # the default budget
+    "task.epochs",  # the default budget, in the task config of checkpoints written before it moved to Task.epochs
     "task.beam_size",  # evaluation-only decoding and scoring
     "task.length_penalty",
     "task.meteor",

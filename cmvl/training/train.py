@@ -16,6 +16,8 @@ from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
 from pytorch_lightning.plugins.environments import SLURMEnvironment
 
 from cmvl.atomic_file import write_json_atomic
+from cmvl.config.budget import fill_budget
+from cmvl.config.callbacks import callback_nodes, has_lr_monitor, monitor_arguments
 from cmvl.errors import UserError
 from cmvl.log import get_logger
 from cmvl.run_files import METRICS_CSV, SAMPLES_DIR, SUMMARY_FILE
@@ -77,7 +79,8 @@ def build_callbacks(cfg: DictConfig, monitor: str, mode: str, has_logger: bool) 
     ck = cfg.checkpoint
     callbacks: list[pl.Callback] = [
         # User callbacks first: a signal one of them raises in a step is seen by PreemptionCallback in that step.
-        *(instantiate(node) for node in (cfg.get("callbacks") or {}).values() if node is not None),
+        # `monitor: null` / `mode: null` (callbacks=early_stopping): the task's checkpoint metric and its mode.
+        *(instantiate(node, **monitor_arguments(node, monitor, mode)) for node in callback_nodes(cfg).values()),
         # Fixed file names (no metric in the name: metric keys contain '/'), overwritten in place.
         ModelCheckpoint(
             dirpath=ck.dirpath,
@@ -95,7 +98,7 @@ def build_callbacks(cfg: DictConfig, monitor: str, mode: str, has_logger: bool) 
         PreemptionCallback(ck.dirpath),
         SamplePredictions(Path(cfg.paths.output_dir) / SAMPLES_DIR, **cfg.samples),
     ]
-    if has_logger:
+    if has_logger and not has_lr_monitor(cfg):  # callbacks=lr_monitor: the user's settings instead
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     if cfg.trainer.get("enable_progress_bar", True):
         callbacks.append(progress_bar(terminal=sys.stderr.isatty()))  # its total stops at trainer.max_steps
@@ -141,6 +144,7 @@ class StepCheckpoint(ModelCheckpoint):
 
 
 def run_training(cfg: DictConfig) -> dict[str, Any]:
+    fill_budget(cfg)  # trainer.max_epochs=null: the task's default budget, saved as a number with the run
     _run_dir_lock = claim_run_dir(cfg)  # held while this run lasts; refuses a clash before anything is written
     out_dir = Path(cfg.paths.output_dir)
     finished = finished_summary(out_dir, SUMMARY_FILE)

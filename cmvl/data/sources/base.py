@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -80,7 +82,8 @@ def answer_type(answer: str) -> str:
 
 
 class Source(ABC):
-    """Reads one dataset. `kinds` lists the annotation tables it provides (`qa`, `captions`, ...)."""
+    """Reads one dataset. `kinds` lists the annotation tables it provides (`qa`, `captions`, ...): the one statement
+    of it, which pre-flight reads to match tasks with datasets (the dataset's YAML does not repeat it)."""
 
     name: str = "source"
     images_on_disk: bool = True  # image values are files under `image_root` (false: images inside the dataset)
@@ -89,6 +92,13 @@ class Source(ABC):
 
     def __init__(self, *, split: str = "val") -> None:
         self.split = split  # the split `cmvl eval` scores
+
+    @classmethod
+    def splits_for(cls, args: Mapping[str, Any]) -> tuple[str, ...] | None:
+        """The split names of this source built from `args` (its resolved config), known before any file is read:
+        pre-flight checks `dataset.split` against them, and the constructor sets `splits` from them. None: known
+        only once built (e.g. read from a split file)."""
+        return cls.splits
 
     @property
     @abstractmethod

@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -17,6 +19,7 @@ from cmvl.errors import ConfigError, DataError
 
 READER_VERSION = 2  # bump when the tables built here change, so cached tables are rebuilt
 SPLIT_SCHEMES = ("official", "karpathy")
+DEFAULT_SUBTYPES = {"train": "train2017", "val": "val2017"}
 
 CAPTIONS_SCHEMA = pa.schema(
     [
@@ -165,11 +168,17 @@ class COCOSource(FolderSource):
         super().__init__(root=root, images=images, split=split, missing_images=missing_images)
         if split_scheme not in SPLIT_SCHEMES:
             raise ConfigError(f"dataset.split_scheme={split_scheme}: must be one of {', '.join(SPLIT_SCHEMES)}")
-        self.subtypes = dict(subtypes or {"train": "train2017", "val": "val2017"})
+        self.subtypes = dict(subtypes or DEFAULT_SUBTYPES)
         self.split_scheme = split_scheme
         self.karpathy_file = Path(karpathy_file) if karpathy_file else self.root / "dataset_coco.json"
         self.karpathy_restval = karpathy_restval
-        self.splits = ("train", "val", "test") if split_scheme == "karpathy" else tuple(self.subtypes)
+        self.splits = self.splits_for({"split_scheme": split_scheme, "subtypes": self.subtypes})
+
+    @classmethod
+    def splits_for(cls, args: Mapping[str, Any]) -> tuple[str, ...]:
+        if args.get("split_scheme") == "karpathy":
+            return ("train", "val", "test")
+        return tuple(args.get("subtypes") or DEFAULT_SUBTYPES)
 
     def _karpathy_names(self, split: str) -> list[str]:
         return ["train", "restval"] if split == "train" and self.karpathy_restval else [split]

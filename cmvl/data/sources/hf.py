@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from cmvl.data.table_cache import cached_table
 from cmvl.errors import ConfigError, DataError
 
 READER_VERSION = 1  # bump when the tables built here change, so cached tables are rebuilt
+DEFAULT_SPLIT_NAMES = {"train": "train", "val": "validation"}  # cmvl split -> the dataset's split name
 DEFAULT_COLUMNS = {
     "image": "image",  # an `Image` feature (bytes or a path) or a path string
     "question": "question",
@@ -67,8 +69,8 @@ class HFSource(Source):
     ) -> None:
         super().__init__(split=split)
         self.path = path
-        self.split_names = dict(split_names or {"train": "train", "val": "validation"})
-        self.splits = tuple(self.split_names)
+        self.split_names = dict(split_names or DEFAULT_SPLIT_NAMES)
+        self.splits = self.splits_for({"split_names": self.split_names})
         unknown = set(columns or {}) - set(DEFAULT_COLUMNS)
         if unknown:
             raise ConfigError(f"dataset.columns: unknown field(s) {sorted(unknown)} (fields: {list(DEFAULT_COLUMNS)})")
@@ -78,6 +80,10 @@ class HFSource(Source):
         if missing:
             raise DataError(f"dataset.path={path}: no split {missing} (it has: {', '.join(self.data)})")
         self._images: dict[str, Any] = {}  # cmvl split -> that split's image column, raw (undecoded)
+
+    @classmethod
+    def splits_for(cls, args: Mapping[str, Any]) -> tuple[str, ...]:
+        return tuple(args.get("split_names") or DEFAULT_SPLIT_NAMES)
 
     @property
     def image_root(self) -> Path:

@@ -7,9 +7,9 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -302,7 +302,13 @@ class VisualGenomeSource(FolderSource):
             total = sum(self.fractions.values())
             if not self.fractions or any(v < 0 for v in self.fractions.values()) or abs(total - 1) > 1e-6:
                 raise ConfigError(f"dataset.split_fractions={self.fractions}: non-negative shares that sum to 1")
-            self.splits = tuple(self.fractions)
+            self.splits = tuple(self.splits_for({"split_fractions": self.fractions}))
+
+    @classmethod
+    def splits_for(cls, args: Mapping[str, Any]) -> tuple[str, ...] | None:
+        if args.get("split_file"):
+            return None  # the split file's keys
+        return tuple(args.get("split_fractions") or {})
 
     def _split_images(self, split: str, image_ids: np.ndarray) -> np.ndarray:
         if self.fractions is None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -25,6 +27,7 @@ def vqa_v2_files(root: str | Path, subtype: str) -> tuple[Path, Path]:
 log = get_logger(__name__)
 # test-dev2015 is a subset of test2015: its questions point at images in the test2015 folder.
 IMAGE_SUBTYPE = {"test-dev2015": "test2015"}
+DEFAULT_SUBTYPES = {"train": "train2014", "val": "val2014"}
 
 
 QUESTION = pa.struct(
@@ -128,8 +131,8 @@ class VQAv2Source(FolderSource):
         missing_images: str = "skip",
     ) -> None:
         super().__init__(root=root, images=images, split=split, missing_images=missing_images)
-        self.subtypes = dict(subtypes or {"train": "train2014", "val": "val2014"})
-        self.splits = tuple(self.subtypes)
+        self.subtypes = dict(subtypes or DEFAULT_SUBTYPES)
+        self.splits = self.splits_for({"subtypes": self.subtypes})
         self.train_splits = list(train_splits or [self.subtypes.get("train", "train2014")])
         self.vg_root = Path(vg_root) if vg_root else None
         self.image_pattern = image_pattern
@@ -137,6 +140,10 @@ class VQAv2Source(FolderSource):
             raise ConfigError("dataset.vg_root is required when dataset.train_splits has vg")
         if self.vg_root is not None and not self.vg_root.is_dir():
             raise DataError(f"dataset.vg_root: folder not found: {self.vg_root}")
+
+    @classmethod
+    def splits_for(cls, args: Mapping[str, Any]) -> tuple[str, ...]:
+        return tuple(args.get("subtypes") or DEFAULT_SUBTYPES)
 
     def _read(self, kind: str, split: str) -> pa.Table:
         if split != "train":
