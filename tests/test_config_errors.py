@@ -30,7 +30,8 @@ VALUE_CASES = [
     (["+trainer.val_check_interval=1.5"], ["trainer.val_check_interval=1.5"]),
     (["trainer.num_sanity_val_steps=-2"], ["trainer.num_sanity_val_steps=-2"]),
     (["trainer.strategy=ddpp"], ["trainer.strategy=ddpp", "ddp_spawn"]),
-    (["task.epochs=0"], ["task.epochs=0"]),
+    (["trainer.max_epochs=0"], ["trainer.max_epochs=0", "null for the task's default budget"]),
+    (["task.epochs=5"], ["task.epochs", "no such config key"]),  # the budget is the Task class's (Task.epochs)
     (["data.num_workers=-1"], ["data.num_workers=-1"]),
     (["optim.optimizer.betas=[0.9]"], ["optim.optimizer.betas"]),
     # dropout

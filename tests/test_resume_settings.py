@@ -75,7 +75,6 @@ def test_budget_logging_and_loader_settings_may_change(finished_run, tmp_path):
         "trainer.log_every_n_steps=1",
         "data.eval_batch_size=7",
         "data.pin_memory=true",
-        "task.epochs=9",
         "checkpoint.keep_last=3",
         "samples.count=0",
         cwd=tmp_path,
