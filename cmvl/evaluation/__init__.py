@@ -10,6 +10,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from cmvl.atomic_file import write_json_atomic
 from cmvl.config.eval_overrides import check_eval_overrides
+from cmvl.config.legacy import drop_moved_keys
 from cmvl.config.targets import split_trust_overrides, without_trust
 from cmvl.config.validate import validate_config
 from cmvl.errors import ConfigError
@@ -28,7 +29,7 @@ KEYS_ADDED_SINCE_OLDER_CHECKPOINTS = {
 def checkpoint_config(checkpoint: dict[str, Any], overrides: list[str]):
     # The checkpoint's own extra_target_prefixes are dropped: only this command line may trust packages.
     trust, overrides = split_trust_overrides(overrides)
-    saved = without_trust(checkpoint[CHECKPOINT_KEY]["config"])
+    saved = drop_moved_keys(without_trust(checkpoint[CHECKPOINT_KEY]["config"]))  # keys since moved to classes
     cfg = OmegaConf.merge(KEYS_ADDED_SINCE_OLDER_CHECKPOINTS, saved, OmegaConf.from_dotlist(trust))
     fill_vqa_eval_of_older_checkpoint(cfg.task)  # a key added since, only where the task is VQA
     OmegaConf.set_struct(cfg, True)  # an override of a key the run did not have is a typo, not a new key
