@@ -133,13 +133,14 @@ def test_data_shapes_command(tmp_path):
 
 
 def test_a_checkpoint_from_before_a_config_key_existed_still_evaluates(trained_run):
-    from cmvl.evaluation import checkpoint_config
+    from cmvl.run import restore_task, run_config
     from cmvl.training.build import build_datamodule
 
     checkpoint = torch.load(trained_run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)
     del checkpoint["cmvl"]["config"]["data"]["max_bad_fraction"]  # as written before the key was added
     del checkpoint["cmvl"]["config"]["task"]["epochs"]
-    cfg = checkpoint_config(checkpoint, [])
+    cfg = run_config(checkpoint, [])
     assert cfg.data.max_bad_fraction == 0.001
-    datamodule = build_datamodule(cfg, data_state=checkpoint["cmvl"]["data_state"])
+    task, tokenizer = restore_task(cfg, checkpoint, "best.ckpt")
+    datamodule = build_datamodule(cfg, task=task, tokenizer=tokenizer)
     assert datamodule.max_bad_fraction == 0.001 and datamodule.task.answers

@@ -13,8 +13,8 @@ import torch
 
 from cmvl.config.targets import check_targets
 from cmvl.errors import ConfigError
-from cmvl.evaluation import checkpoint_config
 from cmvl.models.remote_code import refuse_remote_code, refuse_remote_config
+from cmvl.run import run_config
 from tests.conftest import (
     TINY_TRAINING,
     TINY_WORLD,
@@ -194,8 +194,8 @@ def test_eval_takes_trust_from_its_own_command_line_never_from_the_checkpoint(tr
     checkpoint = load_checkpoint_file(trained[0] / "run" / "checkpoints" / "last.ckpt")
     assert checkpoint["cmvl"]["config"]["extra_target_prefixes"] == [USER_MODULE]  # the run trusted its callback
     with pytest.raises(ConfigError, match=f"callbacks.mine._target_={USER_MODULE}.TouchAtFitStart"):
-        checkpoint_config(checkpoint, [])
-    cfg = checkpoint_config(checkpoint, [f"extra_target_prefixes=[{USER_MODULE}]"])
+        run_config(checkpoint, [])
+    cfg = run_config(checkpoint, [f"extra_target_prefixes=[{USER_MODULE}]"])
     assert list(cfg.extra_target_prefixes) == [USER_MODULE]
 
 

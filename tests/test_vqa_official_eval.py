@@ -365,11 +365,11 @@ def test_the_shapes_world_scores_alike_under_both_versions():
 
 def test_cmvl_eval_scores_an_older_checkpoint_by_the_2017_rules_unless_told_otherwise():
     from cmvl.config.compose import compose_config
-    from cmvl.evaluation import checkpoint_config
+    from cmvl.run import run_config
 
     saved = OmegaConf.to_container(compose_config([]))
     assert saved["task"]["vqa_eval"] == "current"
     del saved["task"]["vqa_eval"]  # as written before the key existed
     checkpoint = {"cmvl": {"config": saved}}
-    assert checkpoint_config(checkpoint, []).task.vqa_eval == "2017"
-    assert checkpoint_config(checkpoint, ["task.vqa_eval=current"]).task.vqa_eval == "current"
+    assert run_config(checkpoint, []).task.vqa_eval == "2017"
+    assert run_config(checkpoint, ["task.vqa_eval=current"]).task.vqa_eval == "current"

@@ -20,7 +20,7 @@ from cmvl.data.images import build_transform
 from cmvl.data.multitask_loader import MultiTaskLoader
 from cmvl.data.sampling import ImageGroupedSampler, ShardSampler
 from cmvl.data.sources.base import Source
-from cmvl.data.text import TokenizedTexts, tokenizer_from_state, tokenizer_to_state
+from cmvl.data.text import TokenizedTexts, tokenizer_to_state
 from cmvl.data.workers import start_loader_worker
 from cmvl.errors import ConfigError, DataError
 from cmvl.log import EVERY_RANK, get_logger
@@ -170,7 +170,8 @@ class VLDataModule(pl.LightningDataModule):
     """Builds everything data-side from a `Source`, a `Task` and a tokenizer builder.
 
     `prepare()` (run in every process before the model is built) fits the task on the training split and
-    builds the tokenizer, unless both come from a checkpoint's `data_state`.
+    builds the tokenizer, unless the run was restored from a checkpoint (`cmvl.run.restore_task`: `task` holds its
+    state and `tokenizer` is given).
     """
 
     def __init__(
@@ -190,7 +191,7 @@ class VLDataModule(pl.LightningDataModule):
         pin_memory: bool = False,
         max_bad_fraction: float = 0.001,
         image_cache_mb: float = 0,
-        data_state: dict[str, Any] | None = None,
+        tokenizer: PreTrainedTokenizerFast | None = None,
     ) -> None:
         super().__init__()
         self.source, self.task = source, task
@@ -201,12 +202,8 @@ class VLDataModule(pl.LightningDataModule):
         self.max_rows_per_image = max_rows_per_image  # None: no cap (runs from before the setting existed)
         self.num_workers, self.pin_memory = num_workers, pin_memory
         self.max_bad_fraction, self.image_cache_mb = max_bad_fraction, image_cache_mb
-        self.tokenizer: PreTrainedTokenizerFast | None = None
+        self.tokenizer = tokenizer  # a restored run's (its task is already bound to it), else built by prepare()
         self._tables: dict[tuple[str, str], pa.Table] = {}  # (kind, split) → table
-        if data_state is not None:
-            self.task.load_state_dict(data_state["task"])
-            self.tokenizer = tokenizer_from_state(data_state["tokenizer"])
-            self.task.bind_tokenizer(self.tokenizer)
         if self.image_cfg.get("random_crop_scale") and not task.allows_random_crop:
             raise ConfigError(
                 f"data.image.random_crop_scale: task '{task.name}' predicts positions in the image; a random crop "

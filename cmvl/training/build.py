@@ -30,13 +30,22 @@ def build_source(cfg: DictConfig) -> Source:
     return instantiate(cfg.dataset, _convert_="all")
 
 
-def build_datamodule(cfg: DictConfig, *, data_state: dict[str, Any] | None = None) -> VLDataModule:
-    task = build_task(cfg)
+def build_datamodule(
+    cfg: DictConfig,
+    *,
+    task: Task | None = None,
+    tokenizer: PreTrainedTokenizerFast | None = None,
+    tokenizer_builder: Any = None,
+) -> VLDataModule:
+    """The data module of `cfg`. `task` and `tokenizer`: a restored run's (`cmvl.run.restore_task`), used as they
+    are (`prepare()` fits nothing); otherwise the task is built from the config and `prepare()` fits it on the
+    training split and builds the tokenizer with `tokenizer_builder` (default: the one `text.tokenizer` names)."""
     data = cfg.data
     return VLDataModule(
         source=build_source(cfg),
-        task=task,
-        tokenizer_builder=instantiate(cfg.text.tokenizer),
+        task=task if task is not None else build_task(cfg),
+        tokenizer_builder=tokenizer_builder if tokenizer_builder is not None else instantiate(cfg.text.tokenizer),
+        tokenizer=tokenizer,
         text_max_length=cfg.text.max_length,
         image=OmegaConf.to_container(data.image, resolve=True),
         batch_size=data.batch_size,
@@ -50,7 +59,6 @@ def build_datamodule(cfg: DictConfig, *, data_state: dict[str, Any] | None = Non
         pin_memory=data.pin_memory,
         max_bad_fraction=data.max_bad_fraction,
         image_cache_mb=data.image_cache_mb,
-        data_state=data_state,
     )
 
 

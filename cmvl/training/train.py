@@ -20,6 +20,7 @@ from cmvl.config.budget import fill_budget
 from cmvl.config.callbacks import callback_nodes, has_lr_monitor, monitor_arguments
 from cmvl.errors import UserError
 from cmvl.log import get_logger
+from cmvl.run import restore_task
 from cmvl.run_files import METRICS_CSV, SAMPLES_DIR, SUMMARY_FILE
 from cmvl.sweeps.jobs import finished_summary, in_sweep, relaunch_ranks_as_single_run, resume_mode
 from cmvl.training import slurm
@@ -29,6 +30,8 @@ from cmvl.training.checkpoints import refuse_unrestorable
 from cmvl.training.csv_logger import ResumableCSVLogger
 from cmvl.training.curves import plot_curves
 from cmvl.training.final_validation import validate_unless_current
+from cmvl.training.init_from import check_init_with_resume, load_initial_weights, read_initial_weights
+from cmvl.training.init_from import tokenizer_builder as init_tokenizer_builder
 from cmvl.training.lightning_compat import (
     checkpoint_path,
     monitor_candidates,
@@ -155,11 +158,17 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     resume = resume_mode(cfg.resume)
     ckpt_path, checkpoint = _resume_checkpoint(cfg, resume, asked=cfg.resume is not None)
-    # A resumed run keeps the tokenizer and answer vocabulary it started with (the checkpoint's), never rebuilt ones.
-    data_state = checkpoint[CHECKPOINT_KEY]["data_state"] if checkpoint else None
-    datamodule = build_datamodule(cfg, data_state=data_state)
+    check_init_with_resume(cfg, ckpt_path, checkpoint)
+    initial = read_initial_weights(cfg.init_from) if cfg.init_from and not checkpoint else None
+    if checkpoint:  # a resumed run keeps the tokenizer and task state it started with (the checkpoint's)
+        task, tokenizer = restore_task(cfg, checkpoint, ckpt_path)
+        datamodule = build_datamodule(cfg, task=task, tokenizer=tokenizer)
+    else:
+        datamodule = build_datamodule(cfg, tokenizer_builder=init_tokenizer_builder(cfg, initial) if initial else None)
     datamodule.prepare()
     lit = build_lit_module(cfg, datamodule)
+    if initial:
+        load_initial_weights(lit.model, initial)
     loggers = build_loggers(cfg)
     if checkpoint:
         for logger in loggers:
