@@ -13,6 +13,15 @@ import pytest
 
 from cmvl.data.shapes.world import ShapesSpec, ensure_shapes_world
 
+# One compute thread per torch process, in this process and every command it starts: `make test` runs one xdist
+# worker per core, and a second OpenMP thread in a process only spins against the other worker's on a shared core
+# (a tiny training step: 14x slower with 2 threads than with 1 while the 2 cores were busy). Read when torch is
+# imported, which nothing above does; a process that imported it already is set directly.
+for _variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_variable, "1")
+if "torch" in sys.modules:
+    sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO.parent / "shared" / "fixtures"
 TINY_SPEC = ShapesSpec(images={"train": 60, "val": 20, "test": 12}, questions_per_image=5, size=32, seed=3)
@@ -53,6 +62,31 @@ def cache_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_world(cache_dir) -> Path:
     return ensure_shapes_world(cache_dir / "shapes" / TINY_SPEC.cache_name(), TINY_SPEC)
+
+
+def run_files(run_dir: Path) -> dict[str, int]:
+    """A run's own files and their modification times (not Hydra's record of the latest command, `.hydra/`, nor the
+    run lock in `.cmvl/`, which a refused command may write)."""
+    files = (
+        p for p in run_dir.rglob("*") if p.is_file() and p.relative_to(run_dir).parts[0] not in (".hydra", ".cmvl")
+    )
+    return {str(p.relative_to(run_dir)): p.stat().st_mtime_ns for p in files}
+
+
+@pytest.fixture(scope="session")
+def finished_tiny_run(tmp_path_factory, tiny_world):
+    """One finished tiny VQA run (TINY_WORLD, TINY_TRAINING: 2 epochs of 3 steps; step00000003.ckpt and
+    step00000006.ckpt) for the tests that only read a finished run or are refused by one (run dirs, resume settings,
+    one per session instead of one per file): its run directory, with what the command printed beside it
+    (`train.out`). A test that would change it copies it first; at the end of the session the fixture checks that
+    none of its files changed."""
+    run_dir = tmp_path_factory.mktemp("finished") / "run"
+    result = run_cli("train", *TINY_WORLD, *TINY_TRAINING, f"hydra.run.dir={run_dir}", cwd=run_dir.parent)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run_dir.parent / "train.out").write_text(result.stdout)
+    before = run_files(run_dir)
+    yield run_dir
+    assert run_files(run_dir) == before, f"a test changed the shared run {run_dir}: copy it first"
 
 
 def cli_in_process(*args: str, cwd: Path) -> subprocess.CompletedProcess:

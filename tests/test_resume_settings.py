@@ -12,25 +12,18 @@ import pytest
 
 from cmvl.errors import ConfigError
 from cmvl.training.resume_settings import check_loop_settings
-from tests.conftest import TINY_TRAINING, TINY_WORLD, assert_one_line_error, cli_in_process, run_cli
+from tests.conftest import TINY_TRAINING, TINY_WORLD, assert_one_line_error, cli_in_process, run_cli, run_files
 
-TRAIN = ["train", *TINY_WORLD, *TINY_TRAINING, "trainer.max_epochs=1"]  # 3 steps of batch 16
-
-
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory, cache_dir) -> Path:
-    run_dir = tmp_path_factory.mktemp("settings") / "run"
-    result = run_cli(*TRAIN, f"hydra.run.dir={run_dir}", cwd=run_dir.parent)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return run_dir
+TRAIN = ["train", *TINY_WORLD, *TINY_TRAINING]  # 2 epochs of 3 steps of batch 16
 
 
-def _files(run_dir: Path) -> dict[str, int]:
-    """The run's own files (not Hydra's record of the latest command, `.hydra/`, nor the run lock)."""
-    files = (
-        p for p in run_dir.rglob("*") if p.is_file() and p.relative_to(run_dir).parts[0] not in (".hydra", ".cmvl")
-    )
-    return {str(p.relative_to(run_dir)): p.stat().st_mtime_ns for p in files}
+@pytest.fixture()
+def finished_run(finished_tiny_run) -> Path:
+    """A finished run of TRAIN: the session's shared one (conftest.py), which tests copy before changing."""
+    return finished_tiny_run
+
+
+_files = run_files
 
 
 @pytest.mark.parametrize(
@@ -71,7 +64,7 @@ def test_budget_logging_and_loader_settings_may_change(finished_run, tmp_path):
         *TRAIN,
         "resume=auto",
         f"hydra.run.dir={run_dir}",
-        "trainer.max_epochs=2",  # train longer
+        "trainer.max_epochs=3",  # train longer
         "trainer.log_every_n_steps=1",
         "data.eval_batch_size=7",
         "data.pin_memory=true",
@@ -81,7 +74,7 @@ def test_budget_logging_and_loader_settings_may_change(finished_run, tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "resuming from" in result.stderr
-    assert json.loads((run_dir / "summary.json").read_text())["global_step"] == 6
+    assert json.loads((run_dir / "summary.json").read_text())["global_step"] == 9
 
 
 def _config(**changes) -> dict:
