@@ -23,9 +23,9 @@ from transformers import PreTrainedTokenizerFast
 
 from cmvl.errors import CheckpointError, ConfigError
 from cmvl.log import get_logger
-from cmvl.run import model_weights
 from cmvl.training.checkpoint_schema import CHECKPOINT_KEY
 from cmvl.training.checkpoints import load_checkpoint
+from cmvl.training.restore import model_weights
 
 
 @dataclass
@@ -152,18 +152,26 @@ def _print_report(report: InitReport, path: Path, *, names: list[str]) -> None:
 def group_names(keys: list[str], names: list[str]) -> list[tuple[str, int]]:
     """`keys` with each module whose weights (among all `names`) are all in `keys` written once, as `module.*`:
     (name or `module.*`, how many weights it stands for). A new head is one line, not one line per tensor."""
-    chosen, universe = set(keys), set(names)
+    under_all, under_keys = _prefix_counts(set(names)), _prefix_counts(set(keys))
     groups: dict[str, int] = {}
     for key in keys:
         parts = key.split(".")
-        label = key
-        for depth in range(1, len(parts)):
-            prefix = ".".join(parts[:depth]) + "."
-            if all(name in chosen for name in universe if name.startswith(prefix)):
-                label = prefix + "*"
-                break
+        whole = (p for p in _prefixes(parts) if under_keys[p] == under_all[p])  # shortest first
+        label = next((f"{p}*" for p in whole), key)
         groups[label] = groups.get(label, 0) + 1
     return list(groups.items())
+
+
+def _prefixes(parts: list[str]) -> list[str]:
+    return [".".join(parts[:depth]) + "." for depth in range(1, len(parts))]
+
+
+def _prefix_counts(names: set[str]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for name in names:
+        for prefix in _prefixes(name.split(".")):
+            counts[prefix] = counts.get(prefix, 0) + 1
+    return counts
 
 
 def _say(line: str) -> None:
