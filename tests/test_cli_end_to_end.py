@@ -14,13 +14,21 @@ from tests.conftest import TINY_TRAINING, TINY_WORLD, cli_in_process, run_cli
 TRAIN_FAST = [*TINY_WORLD, *TINY_TRAINING]
 
 
+@pytest.fixture()
+def trained_run(finished_tiny_run) -> Path:
+    """A finished run of TRAIN_FAST, in a folder of its own (never the cwd): the session's shared one (conftest.py)."""
+    assert "best val/vqa/acc = " in (finished_tiny_run.parent / "train.out").read_text()
+    return finished_tiny_run
+
+
 @pytest.fixture(scope="module")
-def trained_run(tmp_path_factory, cache_dir) -> Path:
-    run_dir = tmp_path_factory.mktemp("run")
-    result = run_cli("train", *TRAIN_FAST, f"hydra.run.dir={run_dir}", cwd=run_dir.parent)  # never the cwd
+def evaluated(finished_tiny_run, tmp_path_factory) -> tuple[Path, object]:
+    """`cmvl eval` of its best checkpoint, once for the tests that read what it wrote: the output folder and the
+    command's result."""
+    out = tmp_path_factory.mktemp("eval")
+    result = run_cli("eval", f"ckpt={finished_tiny_run / 'checkpoints' / 'best.ckpt'}", f"out={out}", cwd=out)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "best val/vqa/acc = " in result.stdout
-    return run_dir
+    return out, result
 
 
 def test_train_writes_the_run_directory(trained_run):
@@ -42,26 +50,23 @@ def test_train_writes_the_run_directory(trained_run):
     assert summary["last_checkpoint"] == str(trained_run / "checkpoints" / "last.ckpt")
 
 
-def test_eval_reproduces_the_logged_validation_accuracy(trained_run, tmp_path):
+def test_eval_reproduces_the_logged_validation_accuracy(trained_run, evaluated):
     summary = json.loads((trained_run / "summary.json").read_text())
-    result = run_cli("eval", f"ckpt={trained_run / 'checkpoints' / 'best.ckpt'}", f"out={tmp_path}", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    metrics = json.loads((tmp_path / "metrics.json").read_text())["metrics"]
+    out, result = evaluated
+    metrics = json.loads((out / "metrics.json").read_text())["metrics"]
     assert math.isclose(metrics["val/vqa/acc"], summary["best_score"], abs_tol=1e-6)
     assert f"val/vqa/acc = {metrics['val/vqa/acc']:.6f}" in result.stdout
-    predictions = json.loads((tmp_path / "predictions_vqa_val.json").read_text())
+    predictions = json.loads((out / "predictions_vqa_val.json").read_text())
     assert predictions and set(predictions[0]) == {"question_id", "answer"}
     assert all(isinstance(p["question_id"], int) and isinstance(p["answer"], str) for p in predictions)
 
 
-def test_predictions_file_rescored_officially_gives_the_same_accuracy(trained_run, tmp_path, tiny_world):
+def test_predictions_file_rescored_officially_gives_the_same_accuracy(evaluated, tiny_world):
     from cmvl.metrics.vqa_normalize import vqa_score
 
-    run_cli("eval", f"ckpt={trained_run / 'checkpoints' / 'best.ckpt'}", f"out={tmp_path}", cwd=tmp_path)
-    metrics = json.loads((tmp_path / "metrics.json").read_text())["metrics"]
-    predictions = {
-        p["question_id"]: p["answer"] for p in json.loads((tmp_path / "predictions_vqa_val.json").read_text())
-    }
+    out, _ = evaluated
+    metrics = json.loads((out / "metrics.json").read_text())["metrics"]
+    predictions = {p["question_id"]: p["answer"] for p in json.loads((out / "predictions_vqa_val.json").read_text())}
     annotations = json.loads((tiny_world / "v2_mscoco_val_annotations.json").read_text())["annotations"]
     scores = [vqa_score(predictions[a["question_id"]], [x["answer"] for x in a["answers"]]) for a in annotations]
     assert len(predictions) == len(annotations)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ import torch
 
 from cmvl.training.preemption import EXIT_PREEMPTED
 from cmvl.training.resume import RNG_KEY, find_resume_checkpoint
-from tests.conftest import REPO, TINY_WORLD, load_checkpoint_file, run_cli, same_training_state
+from tests.conftest import REPO, TINY_WORLD, cli_in_process, load_checkpoint_file, run_cli, same_training_state
 
 # 3 epochs × 4 batches = 12 optimizer steps; dropout makes the RNG state matter.
 RUN = [
@@ -57,15 +58,49 @@ def _logged_losses(run_dir: Path) -> list[tuple[int, str, str]]:
         ]
 
 
+# The reference run checkpoints every step and keeps the last 2: the keep_last test reads (a copy of) its folder,
+# and the exact-resume cases, which checkpoint as by default, then also show that how often a run saves changes
+# nothing in its training.
+KEEP_LAST_2 = ["checkpoint.every_n_steps=1", "checkpoint.keep_last=2"]
+
+
 @pytest.fixture(scope="module")
-def reference(tiny_world, tmp_path_factory):
-    """The uninterrupted run, loading in the training process. Every case is compared with it, the one with 2
+def reference_run(tiny_world, tmp_path_factory) -> Path:
+    """The uninterrupted run, loading in the training process: its folder (the run dir `run` and `ids.txt`)."""
+    root = tmp_path_factory.mktemp("reference")
+    done = _train(root / "run", *KEEP_LAST_2, ids_file=root / "ids.txt")
+    assert done.returncode == 0, done.stderr[-2000:]
+    return root
+
+
+@pytest.fixture(scope="module")
+def reference(reference_run):
+    """The reference run's final state, samples and logged losses. Every case is compared with it, the one with 2
     loader processes too: no loader draws from the training process's random generators, so how many processes
     load the batches changes nothing."""
-    root = tmp_path_factory.mktemp("reference")
-    done = _train(root / "run", ids_file=root / "ids.txt")
-    assert done.returncode == 0, done.stderr[-2000:]
-    return _final_state(root / "run"), (root / "ids.txt").read_text(), _logged_losses(root / "run")
+    run_dir = reference_run / "run"
+    return _final_state(run_dir), (reference_run / "ids.txt").read_text(), _logged_losses(run_dir)
+
+
+def _stop(run_dir: Path, ids: Path, stop_step: int, signal_name: str, workers: int = 0):
+    """A run that the signal `signal_name` stops right after step `stop_step`."""
+    return _train(
+        run_dir,
+        "+callbacks.kill._target_=tests.resume_helpers.SignalAtStep",
+        f"+callbacks.kill.step={stop_step}",
+        f"+callbacks.kill.signal_name={signal_name}",
+        ids_file=ids,
+        workers=workers,
+    )
+
+
+@pytest.fixture(scope="module")
+def ctrl_c_at_6(tiny_world, tmp_path_factory):
+    """A run stopped by Ctrl-C (SIGINT) right after step 6, mid-epoch: its folder (`run`, `ids.txt`) and the command's
+    result. The Ctrl-C case resumes a copy of it; the negative control resumes a copy from its checkpoint stripped of
+    the RNG and loader state (one stopped run for both)."""
+    root = tmp_path_factory.mktemp("ctrl-c")
+    return root, _stop(root / "run", root / "ids.txt", 6, "SIGINT")
 
 
 @pytest.mark.parametrize(
@@ -77,18 +112,16 @@ def reference(tiny_world, tmp_path_factory):
         pytest.param(6, "SIGTERM", 2, id="mid-epoch-2-workers"),
     ],
 )
-def test_preempt_and_resume_is_exact(reference, tmp_path, stop_step, signal_name, workers):
+def test_preempt_and_resume_is_exact(reference, request, tmp_path, stop_step, signal_name, workers):
     if signal_name == "SIGUSR1":
         return _slurm_requeue_continues_the_run(reference, tmp_path, stop_step)
     run_dir, ids = tmp_path / "run", tmp_path / "ids.txt"
-    stopped = _train(
-        run_dir,
-        "+callbacks.kill._target_=tests.resume_helpers.SignalAtStep",
-        f"+callbacks.kill.step={stop_step}",
-        f"+callbacks.kill.signal_name={signal_name}",
-        ids_file=ids,
-        workers=workers,
-    )
+    if signal_name == "SIGINT":  # the stopped run shared with the negative control, copied
+        root, stopped = request.getfixturevalue("ctrl_c_at_6")
+        shutil.copytree(root / "run", run_dir)
+        shutil.copy(root / "ids.txt", ids)
+    else:
+        stopped = _stop(run_dir, ids, stop_step, signal_name, workers)
     assert stopped.returncode == EXIT_PREEMPTED, stopped.stderr[-2000:]
     assert f"saved step {stop_step}" in stopped.stderr and "Traceback" not in stopped.stderr
     assert (run_dir / "checkpoints" / f"step{stop_step:08d}.ckpt").is_file()
@@ -136,13 +169,13 @@ def _slurm_requeue_continues_the_run(reference, tmp_path, stop_step):
     assert _logged_losses(run_dir) == expected_losses
 
 
-def test_without_saved_rng_and_loader_state_resume_differs(reference, tmp_path):
+def test_without_saved_rng_and_loader_state_resume_differs(reference, ctrl_c_at_6, tmp_path):
     """Negative control: the same resume from a checkpoint stripped of the RNG and loader state is not exact."""
     run_dir, ids = tmp_path / "run", tmp_path / "ids.txt"
-    stopped = _train(
-        run_dir, "+callbacks.kill._target_=tests.resume_helpers.SignalAtStep", "+callbacks.kill.step=6", ids_file=ids
-    )
+    root, stopped = ctrl_c_at_6
     assert stopped.returncode == EXIT_PREEMPTED, stopped.stderr[-2000:]
+    shutil.copytree(root / "run", run_dir)
+    shutil.copy(root / "ids.txt", ids)
     checkpoint_path = run_dir / "checkpoints" / "step00000006.ckpt"
     checkpoint = load_checkpoint_file(checkpoint_path)
     del checkpoint[RNG_KEY]
@@ -157,10 +190,9 @@ def test_without_saved_rng_and_loader_state_resume_differs(reference, tmp_path):
     assert not same_training_state(_final_state(run_dir), expected_state)
 
 
-def test_keep_last_and_fallback_past_a_truncated_checkpoint(tiny_world, tmp_path):
+def test_keep_last_and_fallback_past_a_truncated_checkpoint(reference_run, tmp_path):
     run_dir = tmp_path / "run"
-    done = _train(run_dir, "checkpoint.every_n_steps=1", "checkpoint.keep_last=2", ids_file=tmp_path / "ids.txt")
-    assert done.returncode == 0, done.stderr[-2000:]
+    shutil.copytree(reference_run / "run", run_dir)  # a finished run of KEEP_LAST_2; the reference stays intact
     checkpoints = run_dir / "checkpoints"
     assert sorted(p.name for p in checkpoints.glob("*.ckpt")) == [
         "best.ckpt",
@@ -177,12 +209,12 @@ def test_keep_last_and_fallback_past_a_truncated_checkpoint(tiny_world, tmp_path
     assert path == checkpoints / "step00000011.ckpt"
     assert len(skipped) == 2 and all("not a readable checkpoint" in line for line in skipped)
 
-    evaluated = run_cli("eval", f"ckpt={checkpoints / 'last.ckpt'}", cwd=tmp_path)
+    evaluated = cli_in_process("eval", f"ckpt={checkpoints / 'last.ckpt'}", cwd=tmp_path)
     assert evaluated.returncode == 2
     assert "last.ckpt" in evaluated.stderr and "Traceback" not in evaluated.stderr
 
 
 def test_keep_last_below_two_is_refused(tmp_path):
-    done = run_cli("train", "checkpoint.keep_last=1", cwd=tmp_path)
+    done = cli_in_process("train", "checkpoint.keep_last=1", cwd=tmp_path)
     assert done.returncode == 2
     assert "checkpoint.keep_last=1: must be an integer >= 2" in done.stderr
