@@ -30,7 +30,8 @@ from cmvl.errors import ConfigError
 def _check_group_choices(key: str, values: list[str], groups: dict[str, list[str]]) -> None:
     """A group's choices exist (cmvl's or $CMVL_CONFIG_DIR's); a top-level key that is neither a group nor a key
     of cmvl's config is refused (Hydra would add `+experiment=x` as a key nobody reads, and train the defaults)."""
-    group = key.lstrip("+~")
+    # `+task@task.tasks.retrieval=retrieval`: a choice of group `task` placed at another package (a multitask member)
+    group, _, package = key.lstrip("+~").partition("@")
     if group not in groups:
         top = group.split(".", 1)[0]
         if top not in groups and top not in _top_level_keys():
@@ -40,7 +41,7 @@ def _check_group_choices(key: str, values: list[str], groups: dict[str, list[str
                 f"{', '.join(groups)}; see `cmvl train --help`)"
             )
         return
-    if key.startswith("+") and group in _default_groups():
+    if key.startswith("+") and not package and group in _default_groups():
         raise ConfigError(f"{key}={values[0]}: {group} is one of cmvl's config groups; choose without +: {group}=...")
     for value in values:
         for choice in value.strip("[]").split(","):
