@@ -25,8 +25,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from cmvl.errors import CheckpointError, ConfigError, UserError
+from cmvl.errors import ConfigError
 from cmvl.training.checkpoint_schema import CHECKPOINT_KEY, STATE_PREFIX, schema_version
+from cmvl.training.restore import model_weights as model_weights  # also a name of cmvl.run
+from cmvl.training.restore import restore_task as restore_task
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
@@ -136,28 +138,6 @@ def restore_run(path: Path, checkpoint: dict[str, Any], cfg: DictConfig, *, devi
     )
 
 
-def restore_task(cfg: DictConfig, checkpoint: dict[str, Any], path: Path | str) -> tuple[Task, PreTrainedTokenizerFast]:
-    """The task `cfg` names with the learnt state the checkpoint saved (answer vocabulary, categories …), and the
-    checkpoint's tokenizer, bound to the task. The data state is the checkpoint's, never rebuilt from a dataset."""
-    from cmvl.data.text import tokenizer_from_state
-    from cmvl.training.build import build_task
-
-    state = checkpoint[CHECKPOINT_KEY]["data_state"]
-    task = build_task(cfg)
-    try:  # the structure check restored these on cmvl's own tasks; a trusted task of the user's is first met here
-        task.load_state_dict(state["task"])
-        tokenizer = tokenizer_from_state(state["tokenizer"])
-    except UserError:
-        raise
-    except Exception as err:  # noqa: BLE001 - any failure means the file's state is not what cmvl wrote
-        raise CheckpointError(
-            f"checkpoint {path}: its task or tokenizer state does not restore ({type(err).__name__}: "
-            f"{str(err).strip()[:150]}); use a checkpoint cmvl train wrote"
-        ) from None
-    task.bind_tokenizer(tokenizer)
-    return task, tokenizer
-
-
 def restore_model(
     cfg: DictConfig,
     task: Task,
@@ -176,11 +156,6 @@ def restore_model(
     with state_dict_errors(path):
         model.load_state_dict(weights)
     return model
-
-
-def model_weights(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A checkpoint's model weights under the model's own names (the LightningModule's `model.` prefix removed)."""
-    return {k.removeprefix(STATE_PREFIX): v for k, v in state_dict.items() if k.startswith(STATE_PREFIX)}
 
 
 def resolve_device(device: str | torch.device) -> torch.device:

@@ -33,9 +33,14 @@ def _imported(path: Path) -> list[tuple[str, int]]:
     module, is_package = _module_name(path)
     package = module if is_package else module.rpartition(".")[0]
     found = []
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+    tree = ast.parse(path.read_text(), filename=str(path))
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            found += [(alias.name, node.lineno) for alias in node.names]
+            for alias in node.names:
+                if alias.name == "cmvl" and alias.asname is None:  # the package itself: what the file uses of it
+                    found += [(name, line) for name, line in _package_uses(tree) if name != "cmvl.__dunder__"]
+                else:
+                    found.append((alias.name, node.lineno))
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package.split(".")[: len(package.split(".")) - node.level + 1]
@@ -49,6 +54,22 @@ def _imported(path: Path) -> list[tuple[str, int]]:
             else:
                 found.append((target, node.lineno))
     return found
+
+
+def _package_uses(tree: ast.AST) -> list[tuple[str, int]]:
+    """After a bare `import cmvl`, what `cmvl.<name>` the file reads: a submodule (`cmvl.errors`), a name the package's
+    __init__ exports (`cmvl.load_run`: the root part), or its own dunders (`cmvl.__file__`, which every module of the
+    package has without depending on anything: no part)."""
+    uses = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "cmvl":
+            if node.attr.startswith("__"):
+                uses.append(("cmvl.__dunder__", node.lineno))
+            elif (PACKAGE / f"{node.attr}.py").is_file() or (PACKAGE / node.attr).is_dir():
+                uses.append((f"cmvl.{node.attr}", node.lineno))
+            else:
+                uses.append(("cmvl", node.lineno))
+    return uses
 
 
 def part_graph() -> dict[str, dict[str, list[str]]]:
@@ -117,3 +138,9 @@ def test_the_graph_sees_every_kind_of_import(tmp_path, monkeypatch):
     (package / "__init__.py").write_text("from cmvl.d.w import e\n")  # the package's root is a part of its own
     (package / "d" / "w.py").write_text("from cmvl import something_defined_in_init\n")
     assert tangles(part_graph()) == [["cmvl", "d"]]
+    (package / "d" / "w.py").write_text("import cmvl\nHERE = cmvl.__file__\n")  # the package's location only
+    assert tangles(part_graph()) == []
+    (package / "d" / "w.py").write_text("import cmvl\nrun = cmvl.load_run\n")  # a name its __init__ exports
+    assert tangles(part_graph()) == [["cmvl", "d"]]
+    (package / "d" / "w.py").write_text("import cmvl\ne = cmvl.e\n")  # a submodule through the package
+    assert part_graph()["d"].keys() == {"e"}

@@ -25,7 +25,7 @@ from cmvl.errors import CheckpointError, ConfigError
 from cmvl.log import get_logger
 from cmvl.training.checkpoint_schema import CHECKPOINT_KEY
 from cmvl.training.checkpoints import load_checkpoint
-from cmvl.run import model_weights
+from cmvl.training.restore import model_weights
 
 
 @dataclass

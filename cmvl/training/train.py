@@ -20,7 +20,6 @@ from cmvl.config.budget import fill_budget
 from cmvl.config.callbacks import callback_nodes, has_lr_monitor, monitor_arguments
 from cmvl.errors import UserError
 from cmvl.log import get_logger
-from cmvl.run import restore_task
 from cmvl.run_files import METRICS_CSV, SAMPLES_DIR, SUMMARY_FILE
 from cmvl.sweeps.jobs import finished_summary, in_sweep, relaunch_ranks_as_single_run, resume_mode
 from cmvl.training import slurm
@@ -43,6 +42,7 @@ from cmvl.training.lightning_compat import (
 from cmvl.training.lit_module import CHECKPOINT_KEY
 from cmvl.training.preemption import EXIT_PREEMPTED, STEP_CHECKPOINT, PreemptionCallback, PreemptionStop
 from cmvl.training.progress_bars import progress_bar
+from cmvl.training.restore import restore_task
 from cmvl.training.resume import RNGStateCallback, find_resume_checkpoint
 from cmvl.training.resume_settings import check_loop_settings
 from cmvl.training.run_dir import claim_run_dir
