@@ -146,6 +146,14 @@ def test_train_refuses_a_bad_verbosity_before_anything_runs(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("flags", [["--cfg", "job"], ["--cfg=job"], ["-c", "job", "-p", "model"]])
+def test_train_cfg_prints_the_composed_config_with_the_flag_value_apart_or_joined(tmp_path, flags):
+    result = cli_in_process("train", *flags, "model.dim=96", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "dim: 96" in result.stdout and "cmvl: error" not in result.stderr
+    assert list(tmp_path.iterdir()) == []  # printing the config starts no run
+
+
 def _readme_commands() -> list[str]:
     readme = (REPO / "README.md").read_text()
     block = re.search(r"\n## Commands\n.*?```bash\n(.*?)```", readme, re.S) or re.search(

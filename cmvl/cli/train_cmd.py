@@ -62,12 +62,29 @@ def sweep_naming_overrides(overrides: list[str]) -> list[str]:
     return extra
 
 
+# Hydra's flags that take the next argument as their value (`--cfg job`, `-p trainer`); `--cfg=job` is one argument.
+HYDRA_VALUE_FLAGS = ("--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd")
+
+
+def _overrides_of(args: list[str]) -> list[str]:
+    """The key=value overrides of a `cmvl train` command line: Hydra's flags and their values left out."""
+    overrides, skip_next = [], False
+    for arg in args:
+        if skip_next:
+            skip_next = False
+        elif arg in HYDRA_VALUE_FLAGS:
+            skip_next = True
+        elif not arg.startswith("-"):
+            overrides.append(arg)
+    return overrides
+
+
 def train_command(args: list[str]) -> None:
     if any(a in ("-h", "--help") for a in args):
         groups = "\n".join(f"  {g:<10} {', '.join(c)}" for g, c in config_groups().items())
         print(HELP.format(groups=groups, quoting=HYDRA_QUOTING_RULE))
         return
-    overrides = [a for a in args if not a.startswith("-")]
+    overrides = _overrides_of(args)
     from cmvl.config.preflight import preflight
 
     preflight(overrides)
