@@ -63,7 +63,18 @@ def sweep_naming_overrides(overrides: list[str]) -> list[str]:
 
 
 # Hydra's flags that take the next argument as their value (`--cfg job`, `-p trainer`); `--cfg=job` is one argument.
-HYDRA_VALUE_FLAGS = ("--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd")
+HYDRA_VALUE_FLAGS = (
+    "--cfg",
+    "-c",
+    "--package",
+    "-p",
+    "--config-path",
+    "-cp",
+    "--config-name",
+    "-cn",
+    "--config-dir",
+    "-cd",
+)
 
 
 def _overrides_of(args: list[str]) -> list[str]:
