@@ -374,6 +374,7 @@ VALUE_RULES: dict[str, Rule | Callable[[], Rule]] = {
     "trainer.model_registry": Rule(lambda v: v is None or isinstance(v, str), "a model registry name or null"),
     "trainer.requeue": BOOL,
     # checkpoints and per-run outputs
+    "init_from": Rule(lambda v: v is None or (isinstance(v, str) and bool(v.strip())), "a checkpoint path or null"),
     "checkpoint.save_last": BOOL,
     "checkpoint.every_n_steps": integer(1, null="every epoch end"),
     "checkpoint.keep_last": integer(2),  # one survives a crash while the next is written
