@@ -154,6 +154,12 @@ def test_train_cfg_prints_the_composed_config_with_the_flag_value_apart_or_joine
     assert list(tmp_path.iterdir()) == []  # printing the config starts no run
 
 
+def test_train_cfg_with_a_sweep_is_one_line(tmp_path):
+    result = cli_in_process("train", "--cfg", "job", "-m", "fusion=concat,attention", cwd=tmp_path)
+    assert_one_line_error(result, "--cfg", "leave -m out")
+    assert list(tmp_path.iterdir()) == []
+
+
 def _readme_commands() -> list[str]:
     readme = (REPO / "README.md").read_text()
     block = re.search(r"\n## Commands\n.*?```bash\n(.*?)```", readme, re.S) or re.search(

@@ -90,12 +90,25 @@ def _overrides_of(args: list[str]) -> list[str]:
     return overrides
 
 
+def _check_flag_combination(args: list[str]) -> None:
+    """Hydra runs one of --cfg / --info / -m (multirun) and raises a traceback for two of them."""
+    from cmvl.errors import ConfigError
+
+    shown = [a.split("=")[0] for a in args if a.split("=")[0] in ("--cfg", "-c", "--info", "-i")]
+    if shown and is_sweep(args):
+        raise ConfigError(
+            f"{shown[0]} prints one composed config and a sweep (-m or hparams_search) composes many: leave -m out "
+            "and give each key one value to see a job's config"
+        )
+
+
 def train_command(args: list[str]) -> None:
     if any(a in ("-h", "--help") for a in args):
         groups = "\n".join(f"  {g:<10} {', '.join(c)}" for g, c in config_groups().items())
         print(HELP.format(groups=groups, quoting=HYDRA_QUOTING_RULE))
         return
     overrides = _overrides_of(args)
+    _check_flag_combination(args)
     from cmvl.config.preflight import preflight
 
     preflight(overrides)
