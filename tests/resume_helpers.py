@@ -28,7 +28,7 @@ class RecordSampleIds(pl.Callback):
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int) -> None:
         with self.path.open("a") as f:
-            f.write(" ".join(map(str, batch["index"].tolist())) + "\n")
+            f.write(" ".join(map(str, batch.index.tolist())) + "\n")
 
 
 class NaNLossAtSteps(pl.Callback):

@@ -39,7 +39,7 @@ def test_training_skips_a_corrupt_image_and_keeps_the_batch_full(images, capfd):
     dataset = _dataset(images, max_bad_fraction=0.5)
     samples = dataset.__getitems__([0, 2, 3, 5])
     assert len(samples) == 4
-    assert [s["index"] for s in samples] == [0, 4, 4, 5]  # the rows of b.jpg → the next readable row
+    assert [s.index for s in samples] == [0, 4, 4, 5]  # the rows of b.jpg → the next readable row
     err = capfd.readouterr().err
     assert "cmvl: skipped unreadable image:" in err and "b.jpg" in err and "(1 of at most 1)" in err
     assert dataset.bad_images == {int(dataset.image_ids[2])}

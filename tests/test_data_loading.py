@@ -72,7 +72,7 @@ def test_kept_images_are_the_decoded_images_and_each_is_decoded_once(tmp_path):
     kept, opened = _dataset(tmp_path, cache=True)
     for _ in range(3):  # three epochs
         for i in range(len(kept)):
-            assert torch.equal(kept[i]["image"], plain[i]["image"])
+            assert torch.equal(kept[i].image, plain[i].image)
     assert sorted(opened) == ["0.png", "1.png", "2.png"]
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from cmvl.data.datamodule import Collator
+from cmvl.data.datamodule import Collator, Sample
 from cmvl.data.sampling import ImageGroupedSampler, ShardSampler
 from cmvl.data.text import TokenizedTexts
 from cmvl.models.families.vl_fusion import VisionLanguageModel
@@ -155,7 +155,7 @@ def _model() -> VisionLanguageModel:
 def test_a_deduplicated_batch_equals_the_row_by_row_batch():
     class Targets:
         def collate(self, indices):
-            return {}
+            return None
 
     class Tokenizer:
         pad_token_id, padding_side = 0, "right"
@@ -168,19 +168,17 @@ def test_a_deduplicated_batch_equals_the_row_by_row_batch():
     image_ids = [7, 7, 3, 9, 3, 7]
     texts = [f"question {i} " * (i + 1) for i in range(len(image_ids))]
     tokens = TokenizedTexts(Tokenizer(), texts, 8)
-    samples = [
-        {"image": pixels[k], "text": texts[i], "input_ids": tokens.row(i), "index": i, "image_id": k}
-        for i, k in enumerate(image_ids)
-    ]
+    samples = [Sample(pixels[k], texts[i], tokens.row(i), i, k) for i, k in enumerate(image_ids)]
     batch = Collator(tokens, Targets(), "vqa")(samples)
-    assert batch["attention_mask"].sum(1).tolist() == [1, 2, 3, 1, 2, 3]
-    assert batch["images"].shape[0] == 3
-    assert batch["image_index"].tolist() == [0, 0, 1, 2, 1, 0]
+    assert batch.attention_mask.sum(1).tolist() == [1, 2, 3, 1, 2, 3]
+    assert batch.images.shape[0] == 3 and batch.image_key.tolist() == [7, 3, 9]
+    assert batch.image_index.tolist() == [0, 0, 1, 2, 1, 0]
+    assert len(batch) == 6 and batch.texts == texts and batch.index.tolist() == list(range(6))
     model = _model()
     with torch.no_grad():
-        grouped = model(batch["images"], batch["input_ids"], batch["attention_mask"], batch["image_index"])
+        grouped = model(batch.images, batch.input_ids, batch.attention_mask, batch.image_index)
         rows = torch.stack([pixels[k] for k in image_ids])
-        plain = model(rows, batch["input_ids"], batch["attention_mask"])
+        plain = model(rows, batch.input_ids, batch.attention_mask)
     torch.testing.assert_close(grouped.pooled, plain.pooled)
     torch.testing.assert_close(grouped.tokens.feats, plain.tokens.feats)
 

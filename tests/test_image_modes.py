@@ -96,7 +96,7 @@ def test_training_skips_bombs_and_unranged_modes_like_any_unreadable_image(tmp_p
     Image.new("L", (16, 16)).save(tmp_path / "b.jpg", format="PNG")  # Pillow reads the content, not the name
     Image.new("F", (4, 4)).save(tmp_path / "c.jpg", format="TIFF")
     samples = bad_images_dataset(tmp_path, max_bad_fraction=0.9).__getitems__([2, 4])  # rows of b.jpg and c.jpg
-    assert [s["index"] for s in samples] == [0, 0]  # both replaced by the next readable row (a.jpg, wrapped)
+    assert [s.index for s in samples] == [0, 0]  # both replaced by the next readable row (a.jpg, wrapped)
     err = capfd.readouterr().err
     assert "skipped unreadable image:" in err and "b.jpg (Image size" in err and "c.jpg (mode F" in err
     with pytest.raises(DataError, match=r"unreadable image: .*b.jpg \(Image size"):

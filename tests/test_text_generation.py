@@ -12,6 +12,7 @@ from cmvl.models.caption_decoder import CaptionDecoder
 from cmvl.models.tokens import Tokens
 from cmvl.tasks.text_generation import TextFraming
 from cmvl.tasks.vqa import VQATask
+from tests.batch_helpers import batch_of
 from tests.test_vqa_task import ROWS, _table
 
 
@@ -60,22 +61,23 @@ def test_generative_vqa_learns_to_write_answers_scored_officially():
     tokenizer = TrainedWordPiece(vocab_size=200).build(task.vocabulary_texts(table))
     task.bind_tokenizer(tokenizer)
     assert all(tokenizer.convert_tokens_to_ids(a) != tokenizer.unk_token_id for a in ("yes", "red"))
-    batch = task.targets(table).collate(list(range(len(ROWS))))
-    assert batch["human_answers"][1] == ROWS[1][1]
+    targets = task.targets(table).collate(list(range(len(ROWS))))
+    assert targets.human_answers[1] == ROWS[1][1]
+    batch = batch_of(targets, len(ROWS))
     torch.manual_seed(0)
     decoder = task.build_head(32)
     memory = Tokens(torch.randn(len(ROWS), 4, 32), torch.ones(len(ROWS), 4, dtype=torch.bool))  # one "image" each
     framing = TextFraming(tokenizer)
     optimizer = torch.optim.Adam(decoder.parameters(), lr=1e-2)
     for _ in range(50):  # overfit the five answers
-        outputs = framing.teacher_forcing(decoder, memory, batch["answer_ids"], batch["answer_mask"])
+        outputs = framing.teacher_forcing(decoder, memory, targets.answer_ids, targets.answer_mask)
         loss = task.loss(outputs, batch)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
     decoder.eval()
-    outputs = {"tokens": framing.generate(decoder, memory, max_length=6, beam_size=1, length_penalty=0.0)}
-    written = framing.decode(outputs["tokens"])
+    outputs = framing.generate(decoder, memory, max_length=6, beam_size=1, length_penalty=0.0)
+    written = framing.decode(outputs.tokens)
     assert written == [r[3] for r in ROWS]
     metric = VQAAccuracy()
     task.update_metric(metric, outputs, batch)

@@ -21,7 +21,8 @@ from cmvl.data.shapes.questions import Question, annotate
 from cmvl.data.shapes.scene import COLORS, SHAPES
 from cmvl.data.sources.vqa_v2 import QA_SCHEMA
 from cmvl.metrics.vqa_normalize import VQA_EVAL, vqa_score
-from cmvl.tasks.vqa import VQATask, fill_vqa_eval_of_older_checkpoint
+from cmvl.tasks.vqa import AnswerLogits, VQATask, fill_vqa_eval_of_older_checkpoint
+from tests.batch_helpers import batch_of
 from tests.conftest import REPO, assert_one_line_error, cli_in_process
 
 
@@ -280,10 +281,10 @@ def questions():
 def test_soft_targets_are_the_official_score_of_every_vocabulary_answer(version, questions):
     task = VQATask(min_answer_count=1, vqa_eval=version)
     task.fit(_table(questions))
-    batch = task.targets(_table(questions)).collate(list(range(len(questions))))
+    targets = task.targets(_table(questions)).collate(list(range(len(questions))))
     for row, (_, human) in enumerate(questions):
         official = [OFFICIAL[version](answer, human) for answer in task.answers]
-        assert batch["targets"][row].tolist() == official, human
+        assert targets.scores[row].tolist() == official, human
 
 
 @pytest.mark.parametrize("version", list(VQA_EVAL))
@@ -320,8 +321,9 @@ def test_logged_accuracy_equals_the_official_score_of_the_written_predictions(ve
     targets = task.targets(_table(questions))
     metric, written, torch_gen = task.make_metric(), [], torch.Generator().manual_seed(0)
     for start in range(0, len(questions), 64):
-        batch = targets.collate(list(range(start, min(start + 64, len(questions)))))
-        outputs = {"logits": torch.randn(len(batch["question_id"]), len(task.answers), generator=torch_gen)}
+        rows = list(range(start, min(start + 64, len(questions))))
+        batch = batch_of(targets.collate(rows), len(rows))
+        outputs = AnswerLogits(torch.randn(len(rows), len(task.answers), generator=torch_gen))
         task.update_metric(metric, outputs, batch)
         written += task.predictions(outputs, batch)
     per_question = [OFFICIAL[version](p["answer"], questions[p["question_id"]][1]) for p in written]

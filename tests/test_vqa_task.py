@@ -6,7 +6,8 @@ import torch
 
 from cmvl.data.sources.vqa_v2 import QA_SCHEMA
 from cmvl.metrics.vqa_normalize import vqa_score
-from cmvl.tasks.vqa import VQATask
+from cmvl.tasks.vqa import AnswerLogits, VQATask
+from tests.batch_helpers import batch_of
 
 ROWS = [
     ("Is it red?", ["yes"] * 9 + ["Yes"], "yes/no", "yes"),
@@ -56,20 +57,20 @@ def test_min_count_and_top_k():
 
 
 def test_dense_targets_are_the_official_scores(task):
-    batch = task.targets(_table(ROWS)).collate(list(range(len(ROWS))))
+    targets = task.targets(_table(ROWS)).collate(list(range(len(ROWS))))
     for row, (_, human, _, _) in enumerate(ROWS):
         for j, answer in enumerate(task.answers):
-            assert batch["targets"][row, j].item() == vqa_score(answer, human, task.rules.version)
+            assert targets.scores[row, j].item() == vqa_score(answer, human, task.rules.version)
 
 
 def test_metric_from_targets_equals_string_scoring(task):
     targets = task.targets(_table(ROWS))
-    batch = targets.collate(list(range(len(ROWS))))
+    batch = batch_of(targets.collate(list(range(len(ROWS)))), len(ROWS))
     torch.manual_seed(0)
     logits = torch.randn(len(ROWS), len(task.answers))
     metric = task.make_metric()
-    task.update_metric(metric, {"logits": logits}, batch)
-    predictions = task.predictions({"logits": logits}, batch)
+    task.update_metric(metric, AnswerLogits(logits), batch)
+    predictions = task.predictions(AnswerLogits(logits), batch)
     expected = sum(vqa_score(p["answer"], ROWS[p["question_id"]][1], task.rules.version) for p in predictions)
     expected /= len(ROWS)
     assert metric.compute()["acc"].item() == pytest.approx(expected, abs=1e-9)

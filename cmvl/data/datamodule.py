@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 from transformers import PreTrainedTokenizerFast
 
+from cmvl.batch import Batch, TextQueries
 from cmvl.data.images import build_transform
 from cmvl.data.multitask_loader import MultiTaskLoader
 from cmvl.data.sampling import ImageGroupedSampler, ShardSampler
@@ -29,9 +30,20 @@ from cmvl.tasks.base import SplitTargets, Task
 log = get_logger(__name__)
 
 
+class Sample(NamedTuple):
+    """One row as the dataset hands it to the `Collator`."""
+
+    image: torch.Tensor  # uint8 3×H×W, shared by the rows of one image in a batch fetch
+    text: str | None  # None: the task's samples have no text
+    input_ids: np.ndarray | None  # the text's token ids (tokenised once per split), unpadded
+    index: int  # the row in the split
+    image_id: int  # the image's number in the split
+
+
 class ImageTextDataset(Dataset):
-    """Sample i = (image of row i, text of row i, i, image id of row i). Columns stay in Arrow/numpy: nothing
-    per-row in Python objects, so forked DataLoader workers share them instead of copying them page by page.
+    """Sample i = (image of row i, text of row i, i, image id of row i); `texts` and `tokens` are None for a task
+    whose samples have no text. Columns stay in Arrow/numpy: nothing per-row in Python objects, so forked
+    DataLoader workers share them instead of copying them page by page.
 
     A batch fetch (`__getitems__`) decodes and transforms each distinct image once; its rows share that tensor
     (so a random crop is the same for all questions about one image, which the model's per-image encoding needs).
@@ -40,8 +52,8 @@ class ImageTextDataset(Dataset):
     def __init__(
         self,
         table: pa.Table,
-        texts: list[str],
-        tokens: TokenizedTexts,
+        texts: list[str] | None,
+        tokens: TokenizedTexts | None,
         open_image: Callable[[str], Image.Image],
         transform,
         *,
@@ -51,7 +63,7 @@ class ImageTextDataset(Dataset):
         encoded = pc.dictionary_encode(table.column("image").combine_chunks())
         self.image_files = encoded.dictionary
         self.image_ids = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-        self.texts = pa.array(texts, type=pa.string())
+        self.texts = None if texts is None else pa.array(texts, type=pa.string())
         self.tokens = tokens
         self.open_image = open_image  # the source's: a file under its image folder, or an image inside a dataset
         self.transform = transform
@@ -65,7 +77,7 @@ class ImageTextDataset(Dataset):
         self.cached: dict[int, torch.Tensor] = {}
 
     def __len__(self) -> int:
-        return len(self.texts)
+        return len(self.image_ids)
 
     def _image(self, image_id: int) -> torch.Tensor | None:
         """The transformed image, or None for an unreadable one that training may skip."""
@@ -91,19 +103,15 @@ class ImageTextDataset(Dataset):
             log.warning(f"skipped {err} ({len(self.bad_images)} of at most {allowed})", extra=EVERY_RANK)
             return None
 
-    def _sample(self, i: int, image: torch.Tensor) -> dict[str, Any]:
-        return {
-            "image": image,
-            "text": self.texts[i].as_py(),
-            "input_ids": self.tokens.row(i),
-            "index": i,
-            "image_id": int(self.image_ids[i]),
-        }
+    def _sample(self, i: int, image: torch.Tensor) -> Sample:
+        text = None if self.texts is None else self.texts[i].as_py()
+        input_ids = None if self.tokens is None else self.tokens.row(i)
+        return Sample(image, text, input_ids, i, int(self.image_ids[i]))
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
+    def __getitem__(self, i: int) -> Sample:
         return self.__getitems__([i])[0]
 
-    def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
+    def __getitems__(self, indices: list[int]) -> list[Sample]:
         images: dict[int, torch.Tensor] = {}
         samples = []
         for i in indices:
@@ -127,33 +135,51 @@ class ImageTextDataset(Dataset):
 
 
 class Collator:
-    """Stacks each distinct image once (`images`: U×3×H×W, `image_index`: B, row → its image), pads the texts'
-    token ids (tokenised once per split, `TokenizedTexts`), and asks the task's targets for the rest."""
+    """Makes a `Batch`: stacks each distinct image once (`images`: U×3×H×W, `image_index`: B, row → its image), pads
+    the texts' token ids (tokenised once per split, `TokenizedTexts`; none for a task without text), adds the
+    split's shared `queries` (the same tensors in every batch) and asks the task's targets for theirs."""
 
-    def __init__(self, tokens: TokenizedTexts, targets: SplitTargets, task: str) -> None:
-        self.tokens, self.targets, self.task = tokens, targets, task
+    def __init__(
+        self,
+        tokens: TokenizedTexts | None,
+        targets: SplitTargets,
+        task: str,
+        queries: TextQueries | None = None,
+    ) -> None:
+        self.tokens, self.targets, self.task, self.queries = tokens, targets, task, queries
 
-    def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
-        input_ids, attention_mask = self.tokens.pad([s["input_ids"] for s in samples])
-        indices = [s["index"] for s in samples]
+    def __call__(self, samples: list[Sample]) -> Batch:
+        input_ids = attention_mask = texts = None
+        if self.tokens is not None:
+            input_ids, attention_mask = self.tokens.pad([s.input_ids for s in samples])
+            texts = [s.text for s in samples]
+        indices = [s.index for s in samples]
         slot: dict[int, int] = {}
         images, image_index = [], []
         for sample in samples:
-            if sample["image_id"] not in slot:
-                slot[sample["image_id"]] = len(images)
-                images.append(sample["image"])
-            image_index.append(slot[sample["image_id"]])
-        return {
-            "images": torch.stack(images),
-            "image_index": torch.as_tensor(image_index),
-            "image_key": torch.as_tensor(list(slot)),  # U: each image's number in the split (same image, same key)
-            "input_ids": input_ids,
-            "attention_mask": attention_mask,
-            "index": torch.as_tensor(indices),
-            "text": [s["text"] for s in samples],  # the input texts (sample pictures show them)
-            "task": self.task,  # which task's data this batch is (a multitask dispatches on it)
-            **self.targets.collate(indices),
-        }
+            if sample.image_id not in slot:
+                slot[sample.image_id] = len(images)
+                images.append(sample.image)
+            image_index.append(slot[sample.image_id])
+        return Batch(
+            images=torch.stack(images),
+            image_index=torch.as_tensor(image_index),
+            image_key=torch.as_tensor(list(slot)),
+            index=torch.as_tensor(indices),
+            task=self.task,
+            targets=self.targets.collate(indices),
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            texts=texts,
+            queries=self.queries,
+        )
+
+
+def tokenize_queries(tokenizer: PreTrainedTokenizerFast, texts: list[str], max_length: int) -> TextQueries:
+    """A task's shared query texts, tokenised and padded once (Q×L, as the tokenizer pads)."""
+    tokens = TokenizedTexts(tokenizer, texts, max_length)
+    input_ids, attention_mask = tokens.pad([tokens.row(i) for i in range(len(texts))])
+    return TextQueries(list(texts), input_ids, attention_mask)
 
 
 def _cap_notice(member: Task, sampler: ImageGroupedSampler) -> str:
@@ -236,8 +262,10 @@ class VLDataModule(pl.LightningDataModule):
         crop = self.image_cfg.get("random_crop_scale") if train else None
         size = self.image_cfg["size"]
         transform = build_transform(image_size=size, train=train, random_crop_scale=crop)
-        texts = member.texts(table)
-        tokens = TokenizedTexts(self.tokenizer, texts, self.text_max_length)
+        texts = member.texts(table)  # None: image-only samples, nothing to tokenise
+        tokens = None if texts is None else TokenizedTexts(self.tokenizer, texts, self.text_max_length)
+        query_texts = member.query_texts()
+        queries = None if query_texts is None else tokenize_queries(self.tokenizer, query_texts, self.text_max_length)
         dataset = ImageTextDataset(
             table,
             texts,
@@ -250,7 +278,7 @@ class VLDataModule(pl.LightningDataModule):
         # (a partial cache would hold a few percent of a large split in every loader process and help little).
         split_bytes = len(dataset.image_files) * 3 * size * size
         dataset.cache_images = not crop and split_bytes <= self.image_cache_mb * 2**20
-        return dataset, Collator(tokens, member.targets(table), member.name)
+        return dataset, Collator(tokens, member.targets(table), member.name, queries)
 
     def train_dataloader(self) -> StatefulDataLoader | MultiTaskLoader:
         loaders = {member.name: self._train_loader(member) for member in self.task.members()}

@@ -8,6 +8,8 @@ from typing import Any
 import numpy as np
 from torchdata.stateful_dataloader import StatefulDataLoader
 
+from cmvl.batch import Batch
+
 
 class _EpochForwarder:
     """Lightning starts each epoch by calling `loader.sampler.set_epoch(epoch)`; this passes it on to every task's
@@ -61,7 +63,7 @@ class MultiTaskLoader:
             return rng.choice(len(self.names), size=int(lengths.sum()), p=self.weights / self.weights.sum())
         return rng.permutation(np.repeat(np.arange(len(self.names)), lengths))
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
+    def __iter__(self) -> Iterator[Batch]:
         schedule = self.schedule(self.epoch)
         resume, self._resume = self._resume, None
         start = 0

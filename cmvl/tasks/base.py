@@ -12,22 +12,24 @@ from torch import nn
 from torchmetrics import Metric
 from transformers import PreTrainedTokenizerFast
 
+from cmvl.batch import Batch, TensorRecord
 from cmvl.models.families.base import ModelFamily
 from cmvl.models.families.vl_fusion import VisionLanguageModel
 
 
 class SplitTargets(ABC):
-    """Per-sample targets of one split, held as numpy columns; `collate` turns sample indices into tensors."""
+    """Per-sample targets of one split, held as numpy columns; `collate` turns sample indices into the task's typed
+    targets record (`Batch.targets`)."""
 
     annotated: bool  # False for a split without ground truth (e.g. VQA test-dev): predictions only
 
     @abstractmethod
-    def collate(self, indices: list[int]) -> dict[str, torch.Tensor]: ...
+    def collate(self, indices: list[int]) -> TensorRecord: ...
 
 
 @dataclass
 class SampleNote:
-    """What a sample-predictions picture shows for one sample: its image (`image_row` into `batch["images"]`),
+    """What a sample-predictions picture shows for one sample: its image (`image_row` into `batch.images`),
     lines of text (input, prediction, truth) and boxes (xyxy in [0, 1] of the shown image) with their colours."""
 
     image_row: int
@@ -68,7 +70,7 @@ class Task(ABC):
 
     def members(self) -> list[Task]:
         """The single tasks this task trains (itself; a multitask lists its tasks). The data module builds data
-        for each member; batches say which member they belong to (`batch["task"]`)."""
+        for each member; batches say which member they belong to (`batch.task`)."""
         return [self]
 
     def fit(self, train_table: pa.Table) -> None:
@@ -94,13 +96,19 @@ class Task(ABC):
         return table
 
     @abstractmethod
-    def texts(self, table: pa.Table) -> list[str]:
-        """The text input of every sample (a question, a caption, a phrase)."""
+    def texts(self, table: pa.Table) -> list[str] | None:
+        """The text input of every sample (a question, a caption, a phrase); None where the samples have no text of
+        their own (an image-only task): its batches then carry no token ids, and nothing is tokenised for it."""
+
+    def query_texts(self) -> list[str] | None:
+        """Text shared by every sample (class names, detection phrases), tokenised once and sent once per batch
+        (`batch.queries`); None (the default): the task has none."""
+        return None
 
     def vocabulary_texts(self, table: pa.Table) -> list[str]:
-        """The training text a tokenizer built for this run learns from (default: `texts`; a task that writes
-        text adds what it writes)."""
-        return self.texts(table)
+        """The training text a tokenizer built for this run learns from (default: `texts` and `query_texts`; a
+        task that writes text adds what it writes)."""
+        return (self.texts(table) or []) + (self.query_texts() or [])
 
     @abstractmethod
     def targets(self, table: pa.Table) -> SplitTargets: ...
@@ -114,14 +122,15 @@ class Task(ABC):
         return {self.name: self.build_head(dim)}
 
     @abstractmethod
-    def forward(self, model: ModelFamily, batch: dict[str, Any]) -> dict[str, torch.Tensor]: ...
+    def forward(self, model: ModelFamily, batch: Batch) -> TensorRecord:
+        """The training outputs of a batch, as the task's typed record (`AnswerLogits`, `BoxOutputs`, ...)."""
 
-    def eval_forward(self, model: ModelFamily, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    def eval_forward(self, model: ModelFamily, batch: Batch) -> TensorRecord:
         """Outputs for validation and evaluation (default: `forward`; captioning decodes instead)."""
         return self.forward(model, batch)
 
     @abstractmethod
-    def loss(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> torch.Tensor: ...
+    def loss(self, outputs: TensorRecord, batch: Batch) -> torch.Tensor: ...
 
     @abstractmethod
     def make_metric(self) -> Metric: ...
@@ -152,18 +161,19 @@ class Task(ABC):
         return metric
 
     @abstractmethod
-    def update_metric(self, metric: Metric, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> None: ...
+    def update_metric(self, metric: Metric, outputs: TensorRecord, batch: Batch) -> None: ...
 
     @abstractmethod
-    def predictions(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> list[dict[str, Any]]:
+    def predictions(self, outputs: TensorRecord, batch: Batch) -> list[dict[str, Any]]:
         """Predictions of one batch in the official results format of the task (a list of records)."""
 
-    def sample_notes(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any], count: int) -> list[SampleNote]:
-        """The first `count` samples of a validation batch as pictures show them (default: the input text and the
-        prediction record)."""
+    def sample_notes(self, outputs: TensorRecord, batch: Batch, count: int) -> list[SampleNote]:
+        """The first `count` samples of a validation batch as pictures show them (default: the input text, where
+        the samples have one, and the prediction record)."""
         records = self.predictions(outputs, batch)[:count]
+        texts = batch.texts
         return [
-            SampleNote(int(batch["image_index"][i]), [batch["text"][i], f"pred: {record}"])
+            SampleNote(int(batch.image_index[i]), [*([texts[i]] if texts is not None else []), f"pred: {record}"])
             for i, record in enumerate(records)
         ]
 

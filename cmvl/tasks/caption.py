@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerFast
 
+from cmvl.batch import Batch, TensorRecord
 from cmvl.errors import ConfigError
 from cmvl.metrics.caption import CaptionScores
 from cmvl.models.caption_decoder import CaptionDecoder
@@ -18,10 +19,16 @@ from cmvl.models.families.vl_fusion import VisionLanguageModel
 from cmvl.models.pretrained_decoder import PretrainedLM
 from cmvl.models.tokens import Tokens
 from cmvl.tasks.base import SampleNote, SplitTargets, Task
-from cmvl.tasks.text_generation import TextFraming
+from cmvl.tasks.text_generation import GeneratedText, TeacherForced, TextFraming
 
 METEOR_CHOICES = ("eval", "always", "never")
 DECODERS = ("transformer", "pretrained")
+
+
+@dataclass
+class CaptionTargetsBatch(TensorRecord):
+    image_id: torch.Tensor  # B int64
+    references: list[list[str]] | None = None  # every reference caption of each image (evaluation rows)
 
 
 @dataclass
@@ -30,12 +37,10 @@ class CaptionTargets(SplitTargets):
     references: pa.ChunkedArray | None  # list<string> [N] on evaluation rows (one per image), else None
     annotated: bool = True
 
-    def collate(self, indices: list[int]) -> dict[str, Any]:
+    def collate(self, indices: list[int]) -> CaptionTargetsBatch:
         idx = np.asarray(indices)
-        batch: dict[str, Any] = {"image_id": torch.from_numpy(self.image_id[idx])}
-        if self.references is not None:
-            batch["references"] = self.references.take(pa.array(idx)).to_pylist()
-        return batch
+        references = None if self.references is None else self.references.take(pa.array(idx)).to_pylist()
+        return CaptionTargetsBatch(torch.from_numpy(self.image_id[idx]), references)
 
 
 def one_row_per_image(table: pa.Table) -> pa.Table:
@@ -101,10 +106,10 @@ class CaptionTask(Task):
     def rows(self, table: pa.Table, *, train: bool) -> pa.Table:
         return table if train else one_row_per_image(table)
 
-    def texts(self, table: pa.Table) -> list[str]:
+    def texts(self, table: pa.Table) -> list[str] | None:
         if "references" in table.column_names:
-            return [""] * table.num_rows  # evaluation rows: the caption is generated, there is no text input
-        return table.column("caption").to_pylist()
+            return None  # evaluation rows: the caption is generated, there is no text input
+        return table.column("caption").to_pylist()  # training: the caption to write, teacher-forced
 
     def targets(self, table: pa.Table) -> CaptionTargets:
         references = table.column("references") if "references" in table.column_names else None
@@ -123,26 +128,23 @@ class CaptionTask(Task):
             dropout=self.dropout,
         )
 
-    def _memory(self, model: VisionLanguageModel, batch: dict[str, Any]) -> Tokens:
-        vision = model.encode_images(batch["images"])
-        index = batch["image_index"]
-        return vision.select(index)
+    def _memory(self, model: VisionLanguageModel, batch: Batch) -> Tokens:
+        return model.encode_images(batch.images).select(batch.image_index)
 
-    def forward(self, model: VisionLanguageModel, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    def forward(self, model: VisionLanguageModel, batch: Batch) -> TeacherForced:
         memory = self._memory(model, batch)
-        return self.framing.teacher_forcing(model.heads[self.name], memory, batch["input_ids"], batch["attention_mask"])
+        return self.framing.teacher_forcing(model.heads[self.name], memory, batch.input_ids, batch.attention_mask)
 
-    def eval_forward(self, model: VisionLanguageModel, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        tokens = self.framing.generate(
+    def eval_forward(self, model: VisionLanguageModel, batch: Batch) -> GeneratedText:
+        return self.framing.generate(
             model.heads[self.name],
             self._memory(model, batch),
             max_length=self.max_length,
             beam_size=self.beam_size,
             length_penalty=self.length_penalty,
         )
-        return {"tokens": tokens}
 
-    def loss(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> torch.Tensor:
+    def loss(self, outputs: TeacherForced, batch: Batch) -> torch.Tensor:
         return self.framing.next_token_loss(outputs, label_smoothing=self.label_smoothing)
 
     def make_metric(self) -> CaptionScores:
@@ -151,18 +153,20 @@ class CaptionTask(Task):
     def make_eval_metric(self) -> CaptionScores:
         return CaptionScores(meteor=self.meteor in ("eval", "always"))
 
-    def update_metric(self, metric: CaptionScores, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> None:
-        metric.update(batch["image_id"].tolist(), self.framing.decode(outputs["tokens"]), batch["references"])
+    def update_metric(self, metric: CaptionScores, outputs: GeneratedText, batch: Batch) -> None:
+        targets: CaptionTargetsBatch = batch.targets
+        metric.update(targets.image_id.tolist(), self.framing.decode(outputs.tokens), targets.references)
 
-    def sample_notes(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any], count: int) -> list[SampleNote]:
-        captions = self.framing.decode(outputs["tokens"][:count])
+    def sample_notes(self, outputs: GeneratedText, batch: Batch, count: int) -> list[SampleNote]:
+        captions = self.framing.decode(outputs.tokens[:count])
+        references = batch.targets.references
         return [
-            SampleNote(int(batch["image_index"][i]), [f"pred: {c}", f"ref: {batch['references'][i][0]}"])
+            SampleNote(int(batch.image_index[i]), [f"pred: {c}", f"ref: {references[i][0]}"])
             for i, c in enumerate(captions)
         ]
 
-    def predictions(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> list[dict[str, Any]]:
+    def predictions(self, outputs: GeneratedText, batch: Batch) -> list[dict[str, Any]]:
         return [
             {"image_id": int(i), "caption": c}
-            for i, c in zip(batch["image_id"].tolist(), self.framing.decode(outputs["tokens"]))
+            for i, c in zip(batch.targets.image_id.tolist(), self.framing.decode(outputs.tokens))
         ]

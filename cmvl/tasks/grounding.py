@@ -14,12 +14,26 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import generalized_box_iou_loss
 
+from cmvl.batch import Batch, TensorRecord
 from cmvl.errors import ConfigError
 from cmvl.metrics.grounding import GroundingAccuracy, accuracy_key, cxcywh_to_xyxy, paired_box_iou
 from cmvl.models.families.vl_fusion import VisionLanguageModel
 from cmvl.models.fusion.base import mlp
 from cmvl.models.tokens import Tokens
 from cmvl.tasks.base import PREDICTED, TRUE, SampleNote, SplitTargets, Task
+
+
+@dataclass
+class GroundingTargetsBatch(TensorRecord):
+    region_id: torch.Tensor  # B int64
+    image_id: torch.Tensor  # B int64
+    box: torch.Tensor  # B×4 float32: cx, cy, w, h as fractions of the image size
+    image_size: torch.Tensor  # B×2 float32: image width, height in pixels
+
+
+@dataclass
+class BoxOutputs(TensorRecord):
+    box: torch.Tensor  # B×4: the predicted cx, cy, w, h in [0, 1]
 
 
 @dataclass
@@ -30,14 +44,14 @@ class GroundingTargets(SplitTargets):
     size: np.ndarray  # float32 [N, 2]: image width, height in pixels
     annotated: bool = True
 
-    def collate(self, indices: list[int]) -> dict[str, torch.Tensor]:
+    def collate(self, indices: list[int]) -> GroundingTargetsBatch:
         idx = np.asarray(indices)
-        return {
-            "region_id": torch.from_numpy(self.region_id[idx]),
-            "image_id": torch.from_numpy(self.image_id[idx]),
-            "box": torch.from_numpy(self.box[idx]),
-            "image_size": torch.from_numpy(self.size[idx]),
-        }
+        return GroundingTargetsBatch(
+            region_id=torch.from_numpy(self.region_id[idx]),
+            image_id=torch.from_numpy(self.image_id[idx]),
+            box=torch.from_numpy(self.box[idx]),
+            image_size=torch.from_numpy(self.size[idx]),
+        )
 
 
 class BoxHead(nn.Module):
@@ -127,13 +141,13 @@ class GroundingTask(Task):
     def build_head(self, dim: int) -> nn.Module:
         return BoxHead(dim, self.head_hidden_mult * dim, self.dropout)
 
-    def forward(self, model: VisionLanguageModel, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        vision, text = model.encode(batch["images"], batch["input_ids"], batch["attention_mask"], batch["image_index"])
+    def forward(self, model: VisionLanguageModel, batch: Batch) -> BoxOutputs:
+        vision, text = model.encode(batch.images, batch.input_ids, batch.attention_mask, batch.image_index)
         fused = model.fusion(vision, text)
-        return {"box": model.heads[self.name](fused.pooled, vision)}  # cx, cy, w, h in [0, 1]
+        return BoxOutputs(model.heads[self.name](fused.pooled, vision))
 
-    def loss(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> torch.Tensor:
-        predicted, target = outputs["box"], batch["box"]
+    def loss(self, outputs: BoxOutputs, batch: Batch) -> torch.Tensor:
+        predicted, target = outputs.box, batch.targets.box
         l1 = F.l1_loss(predicted, target, reduction="none").sum(1).mean()
         giou = generalized_box_iou_loss(cxcywh_to_xyxy(predicted), cxcywh_to_xyxy(target), reduction="mean")
         return self.l1_weight * l1 + self.giou_weight * giou
@@ -141,32 +155,35 @@ class GroundingTask(Task):
     def make_metric(self) -> GroundingAccuracy:
         return GroundingAccuracy(self.iou_threshold)
 
-    def update_metric(self, metric: GroundingAccuracy, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> None:
+    def update_metric(self, metric: GroundingAccuracy, outputs: BoxOutputs, batch: Batch) -> None:
         # IoU is scale-invariant only per axis pair, so score in pixels: non-square images count as they look.
-        scale = batch["image_size"].repeat(1, 2)
-        metric.update(cxcywh_to_xyxy(outputs["box"]) * scale, cxcywh_to_xyxy(batch["box"]) * scale)
+        targets: GroundingTargetsBatch = batch.targets
+        scale = targets.image_size.repeat(1, 2)
+        metric.update(cxcywh_to_xyxy(outputs.box) * scale, cxcywh_to_xyxy(targets.box) * scale)
 
-    def sample_notes(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any], count: int) -> list[SampleNote]:
+    def sample_notes(self, outputs: BoxOutputs, batch: Batch, count: int) -> list[SampleNote]:
         # Images are shown resized to a square, so boxes in [0, 1] of the image land where they belong.
-        predicted, target = cxcywh_to_xyxy(outputs["box"][:count]).float(), cxcywh_to_xyxy(batch["box"][:count])
-        scale = batch["image_size"][:count].repeat(1, 2)
+        targets: GroundingTargetsBatch = batch.targets
+        predicted, target = cxcywh_to_xyxy(outputs.box[:count]).float(), cxcywh_to_xyxy(targets.box[:count])
+        scale = targets.image_size[:count].repeat(1, 2)
         iou = paired_box_iou(predicted * scale, target * scale)
         return [
             SampleNote(
-                int(batch["image_index"][i]),
-                [batch["text"][i], f"IoU {float(iou[i]):.2f} (red: predicted, green: true)"],
+                int(batch.image_index[i]),
+                [batch.texts[i], f"IoU {float(iou[i]):.2f} (red: predicted, green: true)"],
                 [(predicted[i].tolist(), PREDICTED), (target[i].tolist(), TRUE)],
             )
             for i in range(len(predicted))
         ]
 
-    def predictions(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> list[dict[str, Any]]:
-        xyxy = (cxcywh_to_xyxy(outputs["box"]) * batch["image_size"].repeat(1, 2)).cpu()
+    def predictions(self, outputs: BoxOutputs, batch: Batch) -> list[dict[str, Any]]:
+        targets: GroundingTargetsBatch = batch.targets
+        xyxy = (cxcywh_to_xyxy(outputs.box) * targets.image_size.repeat(1, 2)).cpu()
         return [
             {
                 "region_id": int(r),
                 "image_id": int(i),
                 "box": [round(v, 2) for v in (b[0].item(), b[1].item(), (b[2] - b[0]).item(), (b[3] - b[1]).item())],
             }
-            for r, i, b in zip(batch["region_id"].tolist(), batch["image_id"].tolist(), xyxy)
+            for r, i, b in zip(targets.region_id.tolist(), targets.image_id.tolist(), xyxy)
         ]

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerFast
 
+from cmvl.batch import Batch, TensorRecord
 from cmvl.errors import ConfigError
 from cmvl.models.families.vl_fusion import VisionLanguageModel
 from cmvl.tasks.base import SampleNote, SplitTargets, Task
@@ -34,7 +35,7 @@ class TaskMetrics(nn.Module):
 
 
 class MultiTask(Task):
-    """The tasks of `tasks` (name → task) on one model. Every batch comes from one task (`batch["task"]`); the
+    """The tasks of `tasks` (name → task) on one model. Every batch comes from one task (`batch.task`); the
     data module draws them by `sampling`:
 
     - `proportional`: each task's batches once per epoch, interleaved in a seeded random order (a task with more
@@ -92,7 +93,7 @@ class MultiTask(Task):
     def fit(self, train_table: pa.Table) -> None:
         raise TypeError("a multitask is fitted task by task (members())")
 
-    def texts(self, table: pa.Table) -> list[str]:
+    def texts(self, table: pa.Table) -> list[str] | None:
         raise TypeError("a multitask has no table of its own (members())")
 
     def targets(self, table: pa.Table) -> SplitTargets:
@@ -116,14 +117,14 @@ class MultiTask(Task):
     def build_heads(self, dim: int) -> dict[str, nn.Module]:
         return {name: task.build_head(dim) for name, task in self.tasks.items()}
 
-    def forward(self, model: VisionLanguageModel, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        return self.tasks[batch["task"]].forward(model, batch)
+    def forward(self, model: VisionLanguageModel, batch: Batch) -> TensorRecord:
+        return self.tasks[batch.task].forward(model, batch)
 
-    def eval_forward(self, model: VisionLanguageModel, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        return self.tasks[batch["task"]].eval_forward(model, batch)
+    def eval_forward(self, model: VisionLanguageModel, batch: Batch) -> TensorRecord:
+        return self.tasks[batch.task].eval_forward(model, batch)
 
-    def loss(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> torch.Tensor:
-        return self.weights[batch["task"]] * self.tasks[batch["task"]].loss(outputs, batch)
+    def loss(self, outputs: TensorRecord, batch: Batch) -> torch.Tensor:
+        return self.weights[batch.task] * self.tasks[batch.task].loss(outputs, batch)
 
     def make_metric(self) -> TaskMetrics:
         return TaskMetrics({name: task.make_metric() for name, task in self.tasks.items()})
@@ -142,15 +143,14 @@ class MultiTask(Task):
     def member_metric(self, metric: TaskMetrics, name: str) -> nn.Module:
         return metric.metrics[name]
 
-    def update_metric(self, metric: TaskMetrics, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> None:
-        name = batch["task"]
-        self.tasks[name].update_metric(metric.metrics[name], outputs, batch)
+    def update_metric(self, metric: TaskMetrics, outputs: TensorRecord, batch: Batch) -> None:
+        self.tasks[batch.task].update_metric(metric.metrics[batch.task], outputs, batch)
 
-    def predictions(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> list[dict[str, Any]]:
-        return self.tasks[batch["task"]].predictions(outputs, batch)
+    def predictions(self, outputs: TensorRecord, batch: Batch) -> list[dict[str, Any]]:
+        return self.tasks[batch.task].predictions(outputs, batch)
 
-    def sample_notes(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any], count: int) -> list[SampleNote]:
-        notes = self.tasks[batch["task"]].sample_notes(outputs, batch, count)
+    def sample_notes(self, outputs: TensorRecord, batch: Batch, count: int) -> list[SampleNote]:
+        notes = self.tasks[batch.task].sample_notes(outputs, batch, count)
         for note in notes:
-            note.lines.insert(0, f"[{batch['task']}]")
+            note.lines.insert(0, f"[{batch.task}]")
         return notes

@@ -13,6 +13,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from cmvl.batch import Batch, TensorRecord
 from cmvl.errors import ConfigError
 from cmvl.metrics.retrieval import RetrievalRecall
 from cmvl.models.families.vl_fusion import VisionLanguageModel
@@ -21,14 +22,35 @@ from cmvl.tasks.base import SampleNote, SplitTargets, Task
 
 
 @dataclass
+class RetrievalTargetsBatch(TensorRecord):
+    image_id: torch.Tensor  # B int64: each caption's image
+    caption_id: torch.Tensor  # B int64
+
+
+@dataclass
+class RetrievalOutputs(TensorRecord):
+    """L2-normalised embeddings of the batch's U distinct images and B captions and the logit scale; with `itm` in
+    training, the matching logits and labels of the sampled pairs; in evaluation with re-ranking, the tokens the
+    metric keeps to score candidate pairs with the fusion."""
+
+    image_emb: torch.Tensor  # U×E
+    text_emb: torch.Tensor  # B×E
+    logit_scale: torch.Tensor  # scalar
+    itm_logits: torch.Tensor | None = None  # P: one per (image, caption) pair
+    itm_labels: torch.Tensor | None = None  # P: 1 for a true pair, 0 for a negative
+    image_tokens: Tokens | None = None  # U images' tokens (re-ranking)
+    text_tokens: Tokens | None = None  # B captions' tokens, padded to task.text_max_length (re-ranking)
+
+
+@dataclass
 class RetrievalTargets(SplitTargets):
     image_id: np.ndarray  # int64 [N]
     caption_id: np.ndarray  # int64 [N]
     annotated: bool = True
 
-    def collate(self, indices: list[int]) -> dict[str, torch.Tensor]:
+    def collate(self, indices: list[int]) -> RetrievalTargetsBatch:
         idx = np.asarray(indices)
-        return {"image_id": torch.from_numpy(self.image_id[idx]), "caption_id": torch.from_numpy(self.caption_id[idx])}
+        return RetrievalTargetsBatch(torch.from_numpy(self.image_id[idx]), torch.from_numpy(self.caption_id[idx]))
 
 
 class DualEncoderHead(nn.Module):
@@ -128,48 +150,46 @@ class RetrievalTask(Task):
     def build_head(self, dim: int) -> nn.Module:
         return DualEncoderHead(dim, self.embed_dim, self.temperature, self.learn_temperature, self.itm)
 
-    def _embed(
-        self, model: VisionLanguageModel, batch: dict[str, Any]
-    ) -> tuple[dict[str, torch.Tensor], Tokens, Tokens]:
+    def _embed(self, model: VisionLanguageModel, batch: Batch) -> tuple[RetrievalOutputs, Tokens, Tokens]:
         head: DualEncoderHead = model.heads[self.name]
-        images = model.encode_images(batch["images"])
-        texts = model.encode_texts(batch["input_ids"], batch["attention_mask"])
-        outputs = {
-            "image_emb": F.normalize(head.image_proj(images.pooled_mean()).float(), dim=-1),  # U distinct images
-            "text_emb": F.normalize(head.text_proj(texts.pooled_mean()).float(), dim=-1),  # B captions
-            "logit_scale": head.log_scale.exp().clamp(max=100.0),
-        }
+        images = model.encode_images(batch.images)
+        texts = model.encode_texts(batch.input_ids, batch.attention_mask)
+        outputs = RetrievalOutputs(
+            image_emb=F.normalize(head.image_proj(images.pooled_mean()).float(), dim=-1),  # U distinct images
+            text_emb=F.normalize(head.text_proj(texts.pooled_mean()).float(), dim=-1),  # B captions
+            logit_scale=head.log_scale.exp().clamp(max=100.0),
+        )
         return outputs, images, texts
 
-    def forward(self, model: VisionLanguageModel, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    def forward(self, model: VisionLanguageModel, batch: Batch) -> RetrievalOutputs:
         outputs, images, texts = self._embed(model, batch)
         if self.itm:
-            outputs.update(self._matching_pairs(model, outputs, images, texts, batch))
+            outputs.itm_logits, outputs.itm_labels = self._matching_pairs(model, outputs, images, texts, batch)
         return outputs
 
-    def eval_forward(self, model: VisionLanguageModel, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    def eval_forward(self, model: VisionLanguageModel, batch: Batch) -> RetrievalOutputs:
         outputs, images, texts = self._embed(model, batch)
         if self.rerank_k:  # kept by the metric for re-ranking; texts padded to one length for the whole split
             pad = self.text_max_length - texts.feats.shape[1]
-            outputs["image_tokens"] = images
-            outputs["text_tokens"] = Tokens(F.pad(texts.feats, (0, 0, 0, pad)), F.pad(texts.mask, (0, pad)))
+            outputs.image_tokens = images
+            outputs.text_tokens = Tokens(F.pad(texts.feats, (0, 0, 0, pad)), F.pad(texts.mask, (0, pad)))
         return outputs
 
     def _matching_pairs(
         self,
         model: VisionLanguageModel,
-        outputs: dict[str, torch.Tensor],
+        outputs: RetrievalOutputs,
         images: Tokens,
         texts: Tokens,
-        batch: dict[str, Any],
-    ) -> dict[str, torch.Tensor]:
+        batch: Batch,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Matching logits and labels of each caption with its image (1), a negative image (0) and of its image
         with a negative caption (0), negatives drawn from this process's batch."""
-        row_image, keys = batch["image_index"], batch["image_key"]
+        row_image, keys = batch.image_index, batch.image_key
         captions = torch.arange(len(row_image), device=row_image.device)
         with torch.no_grad():
             row_keys = keys[row_image]
-            image_emb, text_emb = outputs["image_emb"], outputs["text_emb"]
+            image_emb, text_emb = outputs.image_emb, outputs.text_emb
             negative_image, has_image = sample_negatives(text_emb @ image_emb.T, row_keys[:, None] != keys[None, :])
             negative_text, has_text = sample_negatives(
                 image_emb[row_image] @ text_emb.T, row_keys[:, None] != row_keys[None, :]
@@ -184,22 +204,22 @@ class RetrievalTask(Task):
             images.select(image_rows),
             texts.select(text_rows),
         )
-        return {"itm_logits": logits.float(), "itm_labels": labels}
+        return logits.float(), labels
 
-    def loss(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> torch.Tensor:
+    def loss(self, outputs: RetrievalOutputs, batch: Batch) -> torch.Tensor:
         contrastive = self._contrastive_loss(outputs, batch)
         if not self.itm:
             return contrastive
-        matching = F.binary_cross_entropy_with_logits(outputs["itm_logits"], outputs["itm_labels"])
+        matching = F.binary_cross_entropy_with_logits(outputs.itm_logits, outputs.itm_labels)
         return contrastive + self.itm_weight * matching
 
-    def _contrastive_loss(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> torch.Tensor:
+    def _contrastive_loss(self, outputs: RetrievalOutputs, batch: Batch) -> torch.Tensor:
         # Image of each caption row (B×E, same size on every rank, so it can be gathered); the keys say which rows
         # show the same image, on any rank.
-        image_rows = gather_rows(outputs["image_emb"][batch["image_index"]], differentiable=True)
-        texts = gather_rows(outputs["text_emb"], differentiable=True)
-        keys = gather_rows(batch["image_key"][batch["image_index"]], differentiable=False)
-        logits = outputs["logit_scale"] * texts @ image_rows.T
+        image_rows = gather_rows(outputs.image_emb[batch.image_index], differentiable=True)
+        texts = gather_rows(outputs.text_emb, differentiable=True)
+        keys = gather_rows(batch.image_key[batch.image_index], differentiable=False)
+        logits = outputs.logit_scale * texts @ image_rows.T
         positive = keys[:, None] == keys[None, :]
         return (multi_positive_nce(logits, positive) + multi_positive_nce(logits.T, positive.T)) / 2
 
@@ -216,34 +236,35 @@ class RetrievalTask(Task):
         finally:
             metric.pair_scorer = None  # the metric keeps no reference to the model
 
-    def update_metric(self, metric: RetrievalRecall, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> None:
-        image_index, image_key = batch["image_index"], batch["image_key"]
-        image_id = torch.zeros_like(image_key).scatter_(0, image_index, batch["image_id"].to(image_key.device))
+    def update_metric(self, metric: RetrievalRecall, outputs: RetrievalOutputs, batch: Batch) -> None:
+        targets: RetrievalTargetsBatch = batch.targets
+        image_index, image_key = batch.image_index, batch.image_key
+        image_id = torch.zeros_like(image_key).scatter_(0, image_index, targets.image_id.to(image_key.device))
         metric.update(
-            outputs["image_emb"],
+            outputs.image_emb,
             image_key,
             image_id,
-            outputs["text_emb"],
-            batch["index"],
+            outputs.text_emb,
+            batch.index,
             image_key[image_index],
-            batch["caption_id"],
-            outputs.get("image_tokens"),
-            outputs.get("text_tokens"),
+            targets.caption_id,
+            outputs.image_tokens,
+            outputs.text_tokens,
         )
 
-    def sample_notes(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any], count: int) -> list[SampleNote]:
+    def sample_notes(self, outputs: RetrievalOutputs, batch: Batch, count: int) -> list[SampleNote]:
         """Each image's top 3 captions among this batch's captions (+: one of its own); the split-wide ranking is
         the metric's and the predictions file's."""
-        scores = outputs["image_emb"] @ outputs["text_emb"].T  # U images × B captions
+        scores = outputs.image_emb @ outputs.text_emb.T  # U images × B captions
         notes = []
         for u in range(min(count, scores.shape[0])):
             top = scores[u].argsort(descending=True, stable=True)[:3].tolist()  # ties in table order, as the metric
-            own = (batch["image_index"] == u).nonzero().flatten().tolist()
-            lines = [f"{'+' if j in own else '-'} {batch['text'][j]}" for j in top]
+            own = (batch.image_index == u).nonzero().flatten().tolist()
+            lines = [f"{'+' if j in own else '-'} {batch.texts[j]}" for j in top]
             notes.append(SampleNote(u, ["top captions in this batch:", *lines]))
         return notes
 
-    def predictions(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> list[dict[str, Any]]:
+    def predictions(self, outputs: RetrievalOutputs, batch: Batch) -> list[dict[str, Any]]:
         return []  # rankings need the whole split: see final_predictions
 
     def final_predictions(self, metric: RetrievalRecall) -> dict[str, list[dict[str, Any]]]:

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cmvl.batch import Batch, TensorRecord
 from cmvl.columns import list_column, schema_json
 from cmvl.errors import ConfigError, DataError
 from cmvl.metrics.tagging import TaggingMetrics
@@ -37,6 +38,17 @@ def asymmetric_loss(
 
 
 @dataclass
+class TaggingTargetsBatch(TensorRecord):
+    image_id: torch.Tensor  # B int64
+    labels: torch.Tensor  # B×C float32: 1 where the image shows category c
+
+
+@dataclass
+class TagLogits(TensorRecord):
+    logits: torch.Tensor  # B×C: one logit per category
+
+
+@dataclass
 class TaggingTargets(SplitTargets):
     image_id: np.ndarray  # int64 [N]
     offsets: np.ndarray  # int64 [N+1]
@@ -44,12 +56,12 @@ class TaggingTargets(SplitTargets):
     num_labels: int
     annotated: bool = True
 
-    def collate(self, indices: list[int]) -> dict[str, torch.Tensor]:
+    def collate(self, indices: list[int]) -> TaggingTargetsBatch:
         idx = np.asarray(indices)
         dense = np.zeros((len(idx), self.num_labels), dtype=np.float32)
         for row, i in enumerate(idx):
             dense[row, self.labels[self.offsets[i] : self.offsets[i + 1]]] = 1.0
-        return {"image_id": torch.from_numpy(self.image_id[idx]), "labels": torch.from_numpy(dense)}
+        return TaggingTargetsBatch(image_id=torch.from_numpy(self.image_id[idx]), labels=torch.from_numpy(dense))
 
 
 class TaggingTask(Task):
@@ -94,8 +106,8 @@ class TaggingTask(Task):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.categories = list(state["categories"])
 
-    def texts(self, table: pa.Table) -> list[str]:
-        return [""] * table.num_rows  # image-only: the text encoder is not used
+    def texts(self, table: pa.Table) -> None:
+        return None  # image-only: the batches carry no text
 
     def targets(self, table: pa.Table) -> TaggingTargets:
         offsets, labels = list_column(table, "labels")
@@ -109,12 +121,12 @@ class TaggingTask(Task):
     def build_head(self, dim: int) -> nn.Module:
         return mlp(dim, self.head_hidden_mult * dim, len(self.categories), self.dropout)
 
-    def forward(self, model: VisionLanguageModel, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        pooled = model.encode_images(batch["images"]).pooled_mean()
-        return {"logits": model.heads[self.name](pooled)[batch["image_index"]]}
+    def forward(self, model: VisionLanguageModel, batch: Batch) -> TagLogits:
+        pooled = model.encode_images(batch.images).pooled_mean()
+        return TagLogits(model.heads[self.name](pooled)[batch.image_index])
 
-    def loss(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> torch.Tensor:
-        logits, target = outputs["logits"].float(), batch["labels"]
+    def loss(self, outputs: TagLogits, batch: Batch) -> torch.Tensor:
+        logits, target = outputs.logits.float(), batch.targets.labels
         if self.loss_name == "bce":
             return F.binary_cross_entropy_with_logits(logits, target, reduction="sum") / logits.shape[0]
         return asymmetric_loss(logits, target, gamma_neg=self.gamma_neg, gamma_pos=self.gamma_pos, clip=self.clip)
@@ -122,25 +134,25 @@ class TaggingTask(Task):
     def make_metric(self) -> TaggingMetrics:
         return TaggingMetrics(len(self.categories), threshold=self.threshold, top_k=self.top_k)
 
-    def update_metric(self, metric: TaggingMetrics, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> None:
-        metric.update(torch.sigmoid(outputs["logits"].float()), batch["labels"])
+    def update_metric(self, metric: TaggingMetrics, outputs: TagLogits, batch: Batch) -> None:
+        metric.update(torch.sigmoid(outputs.logits.float()), batch.targets.labels)
 
-    def sample_notes(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any], count: int) -> list[SampleNote]:
+    def sample_notes(self, outputs: TagLogits, batch: Batch, count: int) -> list[SampleNote]:
         notes = []
         for i, record in enumerate(self.predictions(outputs, batch)[:count]):
-            truth = [self.categories[j] for j in batch["labels"][i].nonzero().flatten().tolist()]
+            truth = [self.categories[j] for j in batch.targets.labels[i].nonzero().flatten().tolist()]
             notes.append(
                 SampleNote(
-                    int(batch["image_index"][i]),
+                    int(batch.image_index[i]),
                     [f"pred: {', '.join(record['labels']) or '-'}", f"true: {', '.join(truth) or '-'}"],
                 )
             )
         return notes
 
-    def predictions(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> list[dict[str, Any]]:
-        probs = torch.sigmoid(outputs["logits"].float()).cpu()
+    def predictions(self, outputs: TagLogits, batch: Batch) -> list[dict[str, Any]]:
+        probs = torch.sigmoid(outputs.logits.float()).cpu()
         records = []
-        for image_id, row in zip(batch["image_id"].tolist(), probs):
+        for image_id, row in zip(batch.targets.image_id.tolist(), probs):
             chosen = (row >= self.threshold).nonzero().flatten().tolist()
             records.append(
                 {

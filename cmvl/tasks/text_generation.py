@@ -2,14 +2,32 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from transformers import PreTrainedTokenizerFast
 
+from cmvl.batch import TensorRecord
 from cmvl.models.caption_decoder import TextDecoder
 from cmvl.models.tokens import Tokens
 
 IGNORE = -100  # label of positions the loss skips (padding)
+
+
+@dataclass
+class TeacherForced(TensorRecord):
+    """Training outputs of a text decoder: the logits of every next token and the tokens they should predict."""
+
+    logits: torch.Tensor  # B×(T-1)×V
+    labels: torch.Tensor  # B×(T-1) int64, IGNORE at padding
+
+
+@dataclass
+class GeneratedText(TensorRecord):
+    """Evaluation outputs of a text decoder: the written token ids (BOS … EOS, then PAD)."""
+
+    tokens: torch.Tensor  # B×T int64
 
 
 class TextFraming:
@@ -44,16 +62,16 @@ class TextFraming:
 
     def teacher_forcing(
         self, decoder: TextDecoder, memory: Tokens, input_ids: torch.Tensor, attention_mask: torch.Tensor
-    ) -> dict[str, torch.Tensor]:
+    ) -> TeacherForced:
         """Logits for every next token of the framed texts, and the tokens they should predict (IGNORE: padding)."""
         sequences, real = self.sequences(input_ids, attention_mask)
         sequences, real = sequences[:, : decoder.max_positions], real[:, : decoder.max_positions]
         logits = decoder(sequences[:, :-1], memory, padding=~real[:, :-1])
-        return {"logits": logits, "labels": sequences[:, 1:].masked_fill(~real[:, 1:], IGNORE)}
+        return TeacherForced(logits, sequences[:, 1:].masked_fill(~real[:, 1:], IGNORE))
 
-    def next_token_loss(self, outputs: dict[str, torch.Tensor], *, label_smoothing: float = 0.0) -> torch.Tensor:
+    def next_token_loss(self, outputs: TeacherForced, *, label_smoothing: float = 0.0) -> torch.Tensor:
         """Cross-entropy of `teacher_forcing`'s logits against its labels, padding ignored."""
-        logits, labels = outputs["logits"].float(), outputs["labels"]
+        logits, labels = outputs.logits.float(), outputs.labels
         return F.cross_entropy(
             logits.reshape(-1, logits.shape[-1]),
             labels.reshape(-1),
@@ -63,15 +81,17 @@ class TextFraming:
 
     def generate(
         self, decoder: TextDecoder, memory: Tokens, *, max_length: int, beam_size: int, length_penalty: float
-    ) -> torch.Tensor:
-        return decoder.generate(
-            memory,
-            bos_id=self.bos_id,
-            eos_id=self.eos_id,
-            pad_id=self.pad_id,
-            max_length=max_length,
-            beam_size=beam_size,
-            length_penalty=length_penalty,
+    ) -> GeneratedText:
+        return GeneratedText(
+            decoder.generate(
+                memory,
+                bos_id=self.bos_id,
+                eos_id=self.eos_id,
+                pad_id=self.pad_id,
+                max_length=max_length,
+                beam_size=beam_size,
+                length_penalty=length_penalty,
+            )
         )
 
     def decode(self, tokens: torch.Tensor) -> list[str]:

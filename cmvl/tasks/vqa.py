@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 from torch import nn
 from transformers import PreTrainedTokenizerFast
 
+from cmvl.batch import Batch, TensorRecord
 from cmvl.errors import ConfigError, DataError
 from cmvl.metrics.vqa_accuracy import VQAAccuracy, answer_type_index
 from cmvl.metrics.vqa_normalize import (
@@ -27,9 +28,29 @@ from cmvl.models.families.vl_fusion import VisionLanguageModel
 from cmvl.models.fusion.base import mlp
 from cmvl.models.tokens import Tokens
 from cmvl.tasks.base import SampleNote, SplitTargets, Task
-from cmvl.tasks.text_generation import TextFraming
+from cmvl.tasks.text_generation import GeneratedText, TeacherForced, TextFraming
 
 ANSWER_MODES = ("classify", "generate")
+
+
+@dataclass
+class VQATargetsBatch(TensorRecord):
+    """A batch's VQA targets: the official score of every vocabulary answer for each question (dense B×A) and, in
+    generative mode on an annotated split, the answer to write (tokenised) and the ten human answers."""
+
+    question_id: torch.Tensor  # B int64
+    answer_type: torch.Tensor  # B int64, index into ANSWER_TYPES or -1
+    scores: torch.Tensor  # B×A float64: the official score of predicting each vocabulary answer
+    answer_ids: torch.Tensor | None = None  # B×L int64: the majority answer, tokenised (generative mode)
+    answer_mask: torch.Tensor | None = None  # B×L int64
+    human_answers: list[list[str]] | None = None  # the ten answers of each question (generative mode)
+
+
+@dataclass
+class AnswerLogits(TensorRecord):
+    """Classifier outputs: one logit per vocabulary answer."""
+
+    logits: torch.Tensor  # B×A
 
 
 @dataclass
@@ -54,26 +75,26 @@ class VQATargets(SplitTargets):
     tokenizer: PreTrainedTokenizerFast | None = None
     answer_max_length: int = 8
 
-    def collate(self, indices: list[int]) -> dict[str, Any]:
+    def collate(self, indices: list[int]) -> VQATargetsBatch:
         idx = np.asarray(indices)
         dense = np.zeros((len(idx), self.num_answers), dtype=np.float64)
         for row, i in enumerate(idx):
             start, end = self.offsets[i], self.offsets[i + 1]
             dense[row, self.answer_idx[start:end]] = self.answer_score[start:end]
-        batch: dict[str, Any] = {
-            "question_id": torch.from_numpy(self.question_id[idx]),
-            "answer_type": torch.from_numpy(self.answer_type[idx]),
-            "targets": torch.from_numpy(dense),
-        }
+        targets = VQATargetsBatch(
+            question_id=torch.from_numpy(self.question_id[idx]),
+            answer_type=torch.from_numpy(self.answer_type[idx]),
+            scores=torch.from_numpy(dense),
+        )
         if self.tokenizer is not None and self.annotated:
             rows = pa.array(idx)
             answers = [a or "" for a in self.answer_text.take(rows).to_pylist()]
             encoded = self.tokenizer(
                 answers, padding=True, truncation=True, max_length=self.answer_max_length, return_tensors="pt"
             )
-            batch["answer_ids"], batch["answer_mask"] = encoded["input_ids"], encoded["attention_mask"]
-            batch["human_answers"] = self.human_answers.take(rows).to_pylist()
-        return batch
+            targets.answer_ids, targets.answer_mask = encoded["input_ids"], encoded["attention_mask"]
+            targets.human_answers = self.human_answers.take(rows).to_pylist()
+        return targets
 
 
 class VQATask(Task):
@@ -218,68 +239,70 @@ class VQATask(Task):
                 head[-1].bias.copy_(torch.log(prior / (1 - prior)))
         return head
 
-    def forward(self, model: VisionLanguageModel, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    def forward(self, model: VisionLanguageModel, batch: Batch) -> AnswerLogits | TeacherForced:
+        targets: VQATargetsBatch = batch.targets
         if self.answer_mode == "generate":
             return self.framing.teacher_forcing(
-                model.heads[self.name], self._answer_memory(model, batch), batch["answer_ids"], batch["answer_mask"]
+                model.heads[self.name], self._answer_memory(model, batch), targets.answer_ids, targets.answer_mask
             )
-        fused = model(batch["images"], batch["input_ids"], batch["attention_mask"], batch.get("image_index"))
-        return {"logits": model.heads[self.name](fused.pooled)}
+        fused = model(batch.images, batch.input_ids, batch.attention_mask, batch.image_index)
+        return AnswerLogits(model.heads[self.name](fused.pooled))
 
-    def _answer_memory(self, model: VisionLanguageModel, batch: dict[str, Any]) -> Tokens:
+    def _answer_memory(self, model: VisionLanguageModel, batch: Batch) -> Tokens:
         """What the answer decoder attends to: the image's tokens and the fused (question-about-image) tokens."""
-        vision, text = model.encode(batch["images"], batch["input_ids"], batch["attention_mask"], batch["image_index"])
+        vision, text = model.encode(batch.images, batch.input_ids, batch.attention_mask, batch.image_index)
         return Tokens.concat(vision, model.fusion(vision, text).tokens)
 
-    def eval_forward(self, model: VisionLanguageModel, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    def eval_forward(self, model: VisionLanguageModel, batch: Batch) -> AnswerLogits | GeneratedText:
         if self.answer_mode == "classify":
             return self.forward(model, batch)
         memory = self._answer_memory(model, batch)
         decoder = model.heads[self.name]
-        generated = self.framing.generate(
+        return self.framing.generate(
             decoder, memory, max_length=self.answer_max_length, beam_size=self.beam_size, length_penalty=0.0
         )
-        return {"tokens": generated}
 
-    def loss(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> torch.Tensor:
-        if self.answer_mode == "generate":
+    def loss(self, outputs: AnswerLogits | TeacherForced, batch: Batch) -> torch.Tensor:
+        if isinstance(outputs, TeacherForced):
             return self.framing.next_token_loss(outputs)
-        logits = outputs["logits"]
+        logits = outputs.logits
         # Sum over answers, mean over questions: the usual VQA scaling of the soft-target BCE.
-        targets = batch["targets"].float()  # float64 in the batch for the metric's exact scores
-        return F.binary_cross_entropy_with_logits(logits.float(), targets, reduction="sum") / logits.shape[0]
+        scores = batch.targets.scores.float()  # float64 in the batch for the metric's exact scores
+        return F.binary_cross_entropy_with_logits(logits.float(), scores, reduction="sum") / logits.shape[0]
 
     def make_metric(self) -> VQAAccuracy:
         return VQAAccuracy()
 
-    def update_metric(self, metric: VQAAccuracy, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> None:
-        if self.answer_mode == "generate":  # string-level official score of each written answer
-            written = self.framing.decode(outputs["tokens"])
-            scores = [self.rules.score(a, human) for a, human in zip(written, batch["human_answers"])]
-            metric.update(torch.tensor(scores, dtype=torch.float64), batch["answer_type"])
+    def update_metric(self, metric: VQAAccuracy, outputs: AnswerLogits | GeneratedText, batch: Batch) -> None:
+        targets: VQATargetsBatch = batch.targets
+        if isinstance(outputs, GeneratedText):  # string-level official score of each written answer
+            written = self.framing.decode(outputs.tokens)
+            scores = [self.rules.score(a, human) for a, human in zip(written, targets.human_answers)]
+            metric.update(torch.tensor(scores, dtype=torch.float64), targets.answer_type)
             return
-        best = outputs["logits"].argmax(dim=1, keepdim=True)
-        metric.update(batch["targets"].gather(1, best).squeeze(1), batch["answer_type"])
+        best = outputs.logits.argmax(dim=1, keepdim=True)
+        metric.update(targets.scores.gather(1, best).squeeze(1), targets.answer_type)
 
-    def sample_notes(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any], count: int) -> list[SampleNote]:
+    def sample_notes(self, outputs: AnswerLogits | GeneratedText, batch: Batch, count: int) -> list[SampleNote]:
+        targets: VQATargetsBatch = batch.targets
         answers = [p["answer"] for p in self.predictions(outputs, batch)[:count]]
         notes = []
         for i, answer in enumerate(answers):
-            scores = batch["targets"][i]
+            scores = targets.scores[i]
             truth = self.answers[int(scores.argmax())] if float(scores.max()) > 0 else "(not in the answer vocabulary)"
-            if "human_answers" in batch:  # generative mode: the annotators' most common answer
-                truth = Counter(batch["human_answers"][i]).most_common(1)[0][0]
+            if targets.human_answers is not None:  # generative mode: the annotators' most common answer
+                truth = Counter(targets.human_answers[i]).most_common(1)[0][0]
             score = f"{float(scores[self._index[answer]]):.1f}" if answer in self._index else "?"
-            lines = [batch["text"][i], f"pred: {answer} (VQA score {score})", f"true: {truth}"]
-            notes.append(SampleNote(int(batch["image_index"][i]), lines))
+            lines = [batch.texts[i], f"pred: {answer} (VQA score {score})", f"true: {truth}"]
+            notes.append(SampleNote(int(batch.image_index[i]), lines))
         return notes
 
-    def predictions(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> list[dict[str, Any]]:
-        if self.answer_mode == "generate":
-            answers = self.framing.decode(outputs["tokens"])
+    def predictions(self, outputs: AnswerLogits | GeneratedText, batch: Batch) -> list[dict[str, Any]]:
+        if isinstance(outputs, GeneratedText):
+            answers = self.framing.decode(outputs.tokens)
         else:
-            answers = [self.answers[j] for j in outputs["logits"].argmax(dim=1).tolist()]
-        return [{"question_id": int(q), "answer": a} for q, a in zip(batch["question_id"].tolist(), answers)]
+            answers = [self.answers[j] for j in outputs.logits.argmax(dim=1).tolist()]
+        return [{"question_id": int(q), "answer": a} for q, a in zip(batch.targets.question_id.tolist(), answers)]
 
 
 def fill_vqa_eval_of_older_checkpoint(task_cfg: DictConfig) -> None:

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from lightning_fabric.utilities.apply_func import move_data_to_device
 
+from cmvl.batch import Batch, TensorRecord
 from cmvl.models.families.base import ModelFamily
 from cmvl.tasks.base import Task
 from cmvl.training.checkpoint_schema import CHECKPOINT_KEY, SCHEMA_KEY, SCHEMA_VERSION, upgrade_checkpoint
@@ -48,12 +48,12 @@ class VLLitModule(pl.LightningModule):
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
         """The batch's tensors move (asynchronously from pinned memory); its texts, references and task name stay
-        where they are. Lightning's generic walk visited every string of every list: ~4 ms a step on CPU."""
-        if not isinstance(batch, dict):
+        where they are. (Lightning's generic walk visits every string of every list: ~4 ms a step on CPU.)"""
+        if not isinstance(batch, Batch):
             return super().transfer_batch_to_device(batch, device, dataloader_idx)
-        return {key: _to_device(value, device) for key, value in batch.items()}
+        return batch.to(device, non_blocking=True)
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         outputs = self.task.forward(self.model, batch)
         loss = self.task.loss(outputs, batch)
         self.skipping_step = self.nonfinite.should_skip(self, loss, batch_idx)
@@ -75,9 +75,18 @@ class VLLitModule(pl.LightningModule):
     def on_train_epoch_end(self) -> None:
         epoch, total, steps = self.epoch_loss
         if epoch == self.current_epoch and steps:
-            self.log("train/loss_epoch", total / steps, on_step=False, on_epoch=True, prog_bar=True, batch_size=1)
+            # sync_dist: the mean of every process's epoch loss, not rank 0's alone (one all-reduce an epoch)
+            self.log(
+                "train/loss_epoch",
+                total / steps,
+                on_step=False,
+                on_epoch=True,
+                prog_bar=True,
+                batch_size=1,
+                sync_dist=True,
+            )
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
+    def validation_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> TensorRecord:
         outputs = self.task.eval_forward(self.model, batch)
         self.task.update_metric(self.val_metric, outputs, batch)
         return outputs  # seen by callbacks (sample pictures), not kept by Lightning
@@ -97,11 +106,11 @@ class VLLitModule(pl.LightningModule):
                 {"epoch": self.current_epoch, "step": self.global_step, **{k: float(v) for k, v in values.items()}}
             )
 
-    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+    def test_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         outputs = self.task.eval_forward(self.model, batch)
         if self.score_test:
             self.task.update_metric(self.test_metric, outputs, batch)
-        self.test_predictions.setdefault(batch["task"], []).extend(self.task.predictions(outputs, batch))
+        self.test_predictions.setdefault(batch.task, []).extend(self.task.predictions(outputs, batch))
 
     def on_test_epoch_end(self) -> None:
         if self.score_test:
@@ -173,13 +182,3 @@ class VLLitModule(pl.LightningModule):
         self.nonfinite.load_state_dict(state.get("nonfinite", {}))
         epoch, total, steps = state.get("epoch_loss", (-1, 0.0, 0))
         self.epoch_loss = (int(epoch), torch.tensor(total, dtype=torch.float32), int(steps))
-
-
-def _to_device(value: Any, device: torch.device) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.to(device, non_blocking=True)
-    if isinstance(value, list | tuple | dict):
-        items = value.values() if isinstance(value, dict) else value
-        if any(isinstance(item, torch.Tensor | list | tuple | dict) for item in items):
-            return move_data_to_device(value, device)  # nested tensors, if a task ever sends them
-    return value

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import textwrap
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
@@ -14,6 +13,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from cmvl.atomic_file import atomic_write
+from cmvl.batch import Batch, TensorRecord
 from cmvl.tasks.base import SampleNote
 
 CELL = 192  # pixels per image side in the picture
@@ -73,13 +73,13 @@ class SamplePredictions(pl.Callback):
         self._panels = []
 
     def on_validation_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int,
-        dataloader_idx: int = 0,
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: TensorRecord | None, batch: Batch,
+        batch_idx: int, dataloader_idx: int = 0,
     ) -> None:  # fmt: skip
-        if batch_idx != 0 or not outputs or not self._due(trainer):
+        if batch_idx != 0 or outputs is None or not self._due(trainer):
             return
         for note in pl_module.task.sample_notes(outputs, batch, self.count):
-            self._panels.append((batch["images"][note.image_row].detach().cpu(), note))
+            self._panels.append((batch.images[note.image_row].detach().cpu(), note))
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self._panels or not self._due(trainer):
