@@ -273,8 +273,11 @@ def test_a_capped_order_resumes_mid_epoch():
 
 def test_training_says_in_one_line_when_the_cap_acts(tmp_path, capsys):
     from cmvl.config.compose import compose_config
+    from cmvl.log import configure
     from cmvl.training.build import build_datamodule
     from tests.conftest import TINY_WORLD
+
+    configure()  # as the CLI does: the notice is a cmvl logger line (else set up by whichever test ran first)
 
     def notices(*overrides: str) -> list[str]:
         cfg = compose_config([*TINY_WORLD, "data.batch_size=16", *overrides])
