@@ -3,13 +3,13 @@
 Lightning offers no public way to do a few things cmvl needs (log a preempted step's metrics, run the fit's own
 validation loop once more at the end, guard its checkpoint restore, save through `ModelCheckpoint`'s own steps,
 keep a resumed run's `metrics.csv`). Each function below names the private attribute it reads or writes and the
-versions it was checked on. `tests/test_lightning_compat.py` checks, on the installed Lightning, that every one of
-them still finds its attribute (and that Lightning still calls the hooks cmvl overrides), so an upgrade fails
-there, by name, not somewhere inside a training run.
+versions it was checked on. `tests/training/test_lightning_compat.py` checks, on the installed Lightning, that
+every one of them still finds its attribute (and that Lightning still calls the hooks cmvl overrides), so an upgrade
+fails there, by name, not somewhere inside a training run.
 
 Checked on: pytorch-lightning 2.6.6 (the test suite runs on it); the source of 2.4.0, 2.5.0-2.5.6 and 2.6.0-2.6.5
 was read for each attribute (same names, same use in Lightning's own loops). `SUPPORTED` is that range, and
-pyproject.toml allows the same; `tests/test_lightning_compat.py` keeps the two equal.
+pyproject.toml allows the same; `tests/training/test_lightning_compat.py` keeps the two equal.
 
 Outside the range cmvl warns once at import and goes on, rather than refusing to start: pip already keeps the
 range for anyone who installs cmvl normally, so an outside version was put there on purpose (a cluster's module,

@@ -2,8 +2,8 @@
 
 Lightning restores weights, optimizer, scheduler, loop counters and the stateful train loader's position, but no
 RNG state; `RNGStateCallback` adds that (python, numpy, torch CPU and CUDA, one entry per rank), so dropout masks
-after a resume are the ones the uninterrupted run would have drawn (tests/test_resume.py: mid-epoch, first step,
-epoch's last batch, loader workers; the README says what is not covered).
+after a resume are the ones the uninterrupted run would have drawn (tests/training/test_resume.py: mid-epoch, first
+step, epoch's last batch, loader workers; the README says what is not covered).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from PIL import Image
 
 from cmvl.data.images import decode_image, load_image
 from cmvl.errors import DataError
-from tests.test_bad_images import _dataset as bad_images_dataset
+from tests.data.test_bad_images import _dataset as bad_images_dataset
 
 WHITE, RED = (255, 255, 255), (255, 0, 0)
 

@@ -1,5 +1,5 @@
 """A second Ctrl-C aborts at once, and a signal outside a training step saves and exits 3 (the exact resume after a
-first Ctrl-C is a case of tests/test_resume.py::test_preempt_and_resume_is_exact)."""
+first Ctrl-C is a case of tests/training/test_resume.py::test_preempt_and_resume_is_exact)."""
 
 from __future__ import annotations
 

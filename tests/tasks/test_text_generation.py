@@ -13,7 +13,7 @@ from cmvl.models.tokens import Tokens
 from cmvl.tasks.text_generation import TextFraming
 from cmvl.tasks.vqa import VQATask
 from tests.batch_helpers import batch_of
-from tests.test_vqa_task import ROWS, _table
+from tests.tasks.test_vqa_task import ROWS, _table
 
 
 def _decoder_and_memory(seed: int = 0):

@@ -8,7 +8,7 @@ that only some steps train, the contrastive loss over embeddings gathered from b
 import json
 
 from tests.conftest import TINY_TRAINING, TINY_WORLD, load_checkpoint_file, run_cli
-from tests.test_multitask import ALL_TASKS
+from tests.tasks.test_multitask import ALL_TASKS
 
 
 def test_two_process_cpu_ddp_train_as_a_sweep_job(tmp_path, cache_dir):

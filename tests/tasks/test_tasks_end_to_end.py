@@ -52,7 +52,7 @@ def _train_and_evaluate(tmp_path: Path, task: str, *overrides: str) -> tuple[dic
     return evaluation, header, predictions
 
 
-# Single-task runs on the real fixture files; every task on shapes, jointly, is in tests/test_multitask.py.
+# Single-task runs on the real fixture files; every task on shapes, jointly, is in tests/tasks/test_multitask.py.
 COCO = FIXTURES / "coco"
 
 
