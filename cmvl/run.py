@@ -79,10 +79,32 @@ def load_run(path: str | Path, *, device: str | torch.device = "cpu", overrides:
     (one line each) for a missing or invalid file, a bad override or an unavailable device."""
     from cmvl.training.checkpoints import load_checkpoint
 
-    path, device = Path(path), resolve_device(device)
+    path, overrides = _checked_arguments(path, overrides)
+    device = resolve_device(device)
     checkpoint = load_checkpoint(path)  # the safe loader: weights_only, structure checks
-    cfg = run_config(checkpoint, list(overrides), device=device)
+    cfg = run_config(checkpoint, overrides, device=device)
     return restore_run(path, checkpoint, cfg, device=device)
+
+
+def _checked_arguments(path: Any, overrides: Any) -> tuple[Path, list[str]]:
+    """`load_run`'s path and overrides, or a `TypeError` / `ConfigError` saying what they must be (a bare string of
+    overrides would otherwise be read one character at a time, an empty path as the current folder)."""
+    if not isinstance(path, str | Path):
+        raise TypeError(f"load_run: path must be a str or pathlib.Path (a checkpoint file), not {type(path).__name__}")
+    if not str(path).strip():
+        raise ConfigError("load_run: path is empty; give the checkpoint file (e.g. outputs/.../checkpoints/best.ckpt)")
+    if isinstance(overrides, str | bytes) or not isinstance(overrides, Sequence):
+        raise TypeError(
+            f"load_run: overrides must be a list of 'key=value' strings (e.g. ['task.beam_size=5']), not "
+            f"{type(overrides).__name__} {overrides!r:.60}"
+        )
+    bad = next((o for o in overrides if not isinstance(o, str)), None)
+    if bad is not None:
+        raise TypeError(f"load_run: overrides must be 'key=value' strings, not {type(bad).__name__} {bad!r:.60}")
+    malformed = next((o for o in overrides if not o.partition("=")[0].strip() and not o.startswith("~")), None)
+    if malformed is not None:
+        raise ConfigError(f"load_run: override {malformed!r} is not key=value (e.g. task.beam_size=5)")
+    return Path(path).expanduser(), list(overrides)
 
 
 def run_config(checkpoint: dict[str, Any], overrides: list[str], *, device: torch.device | None = None) -> DictConfig:

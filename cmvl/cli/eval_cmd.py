@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cmvl.cli.args import Option, Spec, parse, wants_help
+from cmvl.cli.args import Option, Spec, parse, path, wants_help
 
 EVAL = Spec(
     "eval",
@@ -10,9 +10,9 @@ EVAL = Spec(
 Writes metrics.json and the predictions in the task's official results format (VQA: [{"question_id", "answer"}])
 next to the checkpoint, or into out=DIR.""",
     (
-        Option("ckpt", "the checkpoint to evaluate", metavar="PATH"),
+        Option("ckpt", "the checkpoint to evaluate", path, metavar="PATH"),
         Option(
-            "out", "folder for metrics.json and the predictions (default: the checkpoint's folder)", str, None, "DIR"
+            "out", "folder for metrics.json and the predictions (default: the checkpoint's folder)", path, None, "DIR"
         ),
     ),
     overrides="overrides of the checkpoint's config (below)",

@@ -90,6 +90,26 @@ def _overrides_of(args: list[str]) -> list[str]:
     return overrides
 
 
+# Every flag of Hydra's command line (`--hydra-help` lists them); anything else that starts with '-' is refused here
+# (Hydra's argparse would print its usage and a line that names train_job.py instead).
+HYDRA_FLAGS = (
+    *HYDRA_VALUE_FLAGS,
+    *("-h", "--help", "--hydra-help", "--version", "--resolve", "-r", "--run", "-m", "--multirun"),
+    *("-i", "--info", "-sc", "--shell-completion", "--experimental-rerun"),
+)
+
+
+def _check_flags(args: list[str]) -> None:
+    from cmvl.errors import ConfigError
+
+    unknown = next((a for a in args if a.startswith("-") and a.split("=")[0] not in HYDRA_FLAGS), None)
+    if unknown is not None:
+        raise ConfigError(
+            f"train: unknown flag {unknown}: cmvl train takes key=value overrides (a key is never written with '-' "
+            "in front) and Hydra's flags (-m, --cfg job, --info …; see cmvl train --hydra-help)"
+        )
+
+
 def _check_flag_combination(args: list[str]) -> None:
     """Hydra runs one of --cfg / --info / -m (multirun) and raises a traceback for two of them."""
     from cmvl.errors import ConfigError
@@ -108,6 +128,7 @@ def train_command(args: list[str]) -> None:
         print(HELP.format(groups=groups, quoting=HYDRA_QUOTING_RULE))
         return
     overrides = _overrides_of(args)
+    _check_flags(args)
     _check_flag_combination(args)
     from cmvl.config.preflight import preflight
 

@@ -34,6 +34,7 @@ def user_config_dir() -> Path | None:
         raise ConfigError(f"{USER_CONFIG_ENV}={value}: not a folder (it holds your own config choices, e.g. fusion/)")
     for path in sorted(folder.rglob("*.yaml")):
         relative = path.relative_to(folder)
+        _check_readable_yaml(path)
         if (CONF_DIR / relative).exists():
             group, name = relative.parent.as_posix(), relative.stem
             shipped = f"{group}={name}" if group != "." else f"the primary config {name}.yaml"
@@ -42,6 +43,26 @@ def user_config_dir() -> Path | None:
                 "choices, it does not replace cmvl's)"
             )
     return folder
+
+
+def _check_readable_yaml(path: Path) -> None:
+    """A config file of the user's folder reads as YAML holding a mapping (or nothing): Hydra would fail on it with a
+    parser traceback, or a misleading line, only once the file is chosen."""
+    import yaml
+
+    try:
+        content = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        mark = getattr(err, "problem_mark", None)
+        if isinstance(err, yaml.MarkedYAMLError) and err.problem and mark is not None:
+            reason = f"line {mark.line + 1}, column {mark.column + 1}: {err.problem}"
+        else:
+            reason = getattr(err, "strerror", None) or " ".join(str(err).split())
+        raise ConfigError(f"{USER_CONFIG_ENV}: {path} is not readable YAML ({reason[:200]})") from None
+    if content is not None and not isinstance(content, dict):
+        raise ConfigError(
+            f"{USER_CONFIG_ENV}: {path} holds a {type(content).__name__}, not a mapping of config keys (key: value)"
+        )
 
 
 def _searchpath() -> list[str]:

@@ -8,6 +8,7 @@ value.
 from __future__ import annotations
 
 from functools import lru_cache, partial
+from pathlib import Path
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import IntervalSweep, Override
@@ -20,7 +21,7 @@ from cmvl.config.compose import compose_config
 from cmvl.config.locations import cache_directory, check_hub_names, run_directories
 from cmvl.config.overrides import hydra_overrides, user_overrides
 from cmvl.config.paths import CONF_DIR, config_groups
-from cmvl.config.targets import check_targets
+from cmvl.config.targets import TRUST_KEY, check_targets, trusted_prefixes
 from cmvl.config.unreadable import unreadable_override
 from cmvl.config.validate import validate_config
 from cmvl.config.writable import check_writable_dir
@@ -122,6 +123,11 @@ def preflight(
     settings = [o.input_line for o in hydra_settings if not o.is_sweep_override()]
     base, variants = [*settings, *base], [*([] for _ in settings), *variants]
     search_space = check(base)
+    if any(key.lstrip("+~") == TRUST_KEY for key in search_space):
+        raise ConfigError(
+            f"hydra.sweeper.params.{TRUST_KEY}: a search space may not choose which packages are trusted; only the "
+            f"command line may ({TRUST_KEY}=[your_package])"
+        )
     # A search space (hparams_search) sweeps too: each of its values is tried against the command's overrides.
     space_base, space_variants = _split_sweeps(_parse_search_space(search_space))
     base, variants = [*space_base, *base], [*space_variants, *variants]
@@ -172,6 +178,7 @@ def _validate(
 ) -> dict[str, str]:
     """Check one configuration; returns its search space (`hydra.sweeper.params`, empty without one)."""
     cfg = _compose(overrides, config_name)
+    _check_trust_from_command_line(cfg, overrides)
     output_dirs = run_directories(cfg, sweeping=sweeping) if training else {}
     check_targets(cfg)  # Hydra's part included: it builds its callbacks, sweeper and launcher before the run starts
     OmegaConf.set_struct(cfg, False)
@@ -181,12 +188,52 @@ def _validate(
     for setting, path in {**output_dirs, **checkpoint_dir, **cache_directory()}.items():
         check_writable_dir(path, setting)
     if training:
+        _check_init_from(cfg, {**output_dirs, **checkpoint_dir})
         check_hub_names(cfg)
         check_callbacks(cfg, _monitored_keys(cfg))
     if cfg.get("optimized_metric") is not None:
         _check_optimized_metric(cfg)
     params = OmegaConf.select(hydra_cfg, "sweeper.params", default=None) if hydra_cfg is not None else None
     return {str(k): str(v) for k, v in params.items()} if params else {}
+
+
+def _check_trust_from_command_line(cfg: DictConfig, overrides: list[str]) -> None:
+    """The packages the composed config trusts are the ones the command line names (or train.yaml's default, none):
+    a config file (an `experiment=` recipe or any choice from $CMVL_CONFIG_DIR, `# @package _global_`) that sets
+    `extra_target_prefixes` would make cmvl import packages the person running the command did not choose."""
+    lines = [o for o in overrides if o.partition("=")[0].lstrip("+~") == TRUST_KEY]
+    if lines:
+        given = OverridesParser.create().parse_overrides(lines[-1:])[0]
+        expected = trusted_prefixes({TRUST_KEY: None if given.is_delete() else given.value()})
+    else:
+        expected = trusted_prefixes(_primary_config())
+    composed = trusted_prefixes(cfg)
+    if composed != expected:
+        raise ConfigError(
+            f"{TRUST_KEY}=[{','.join(composed)}]: set by a config file this command chose, not on the command line; "
+            f"trust comes only from the command line: remove it from the file, and write '{TRUST_KEY}=[...]' in the "
+            "command yourself if you trust those packages"
+        )
+
+
+def _check_init_from(cfg: DictConfig, run_dirs: dict[str, str]) -> None:
+    """`init_from` names a checkpoint file that is there, before the run directory is made (its content is checked
+    when the run reads it), and outside the folders this run writes: `overwrite=true` would delete it before it is
+    read, and a run continuing there is its own run, not one started from it."""
+    init = cfg.get("init_from")
+    if init is None:
+        return
+    path = Path(str(init)).expanduser()
+    if path.is_dir():
+        raise ConfigError(f"init_from={init}: a folder, not a checkpoint file (e.g. its checkpoints/best.ckpt)")
+    if not path.is_file():
+        raise ConfigError(f"init_from={init}: checkpoint not found (no such file)")
+    for setting, folder in run_dirs.items():
+        if setting != "hydra.sweep.dir=" and path.resolve().is_relative_to(Path(folder).expanduser().resolve()):
+            raise ConfigError(
+                f"init_from={init}: inside this run's own folder ({setting}{folder}), which the run writes (and "
+                "overwrite=true empties); copy the checkpoint elsewhere or choose another hydra.run.dir"
+            )
 
 
 def _checkpoint_directory(cfg: DictConfig, output_dirs: dict[str, str]) -> dict[str, str]:

@@ -80,6 +80,9 @@ def structure_problem(checkpoint: dict[str, Any]) -> str | None:
     negative = next((place for place in NON_NEGATIVE if checkpoint.get(place, 0) < 0), None)
     if negative:
         return f"'{negative}' is negative ({checkpoint[negative]})"
+    odd = next((k for k in checkpoint["state_dict"] if not isinstance(k, str)), None)
+    if odd is not None:
+        return f"state_dict has a key {odd!r} that is not a weight's name (a str)"
     bad = next((k for k, v in checkpoint["state_dict"].items() if not isinstance(v, torch.Tensor)), None)
     if bad is not None:
         return f"state_dict['{bad}'] is not a tensor"
