@@ -176,7 +176,7 @@ def test_a_bad_model_choice_is_one_line(tmp_path, overrides, needle):
 def test_build_model_refuses_a_family_that_does_not_fit(prepared):
     cfg, datamodule = prepared["vqa"]
     cfg = cfg.copy()
-    cfg.model._target_ = "tests.test_model_families.VisionOnlyFamily"
+    cfg.model._target_ = "tests.models.test_model_families.VisionOnlyFamily"
     cfg.extra_target_prefixes = ["tests"]
     with pytest.raises(ConfigError, match="does not fit task=vqa"):
         build_model(cfg, datamodule.task, datamodule.tokenizer)

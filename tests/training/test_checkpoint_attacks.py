@@ -40,7 +40,7 @@ def disk_full_run(tiny_world, tmp_path_factory):
         *TINY_TRAINING,
         f"hydra.run.dir={run_dir}",
         "extra_target_prefixes=[tests.]",
-        "+callbacks.disk._target_=tests.test_checkpoint_attacks.DiskFullFromStep",
+        "+callbacks.disk._target_=tests.training.test_checkpoint_attacks.DiskFullFromStep",
         "+callbacks.disk.step=4",
         f"+callbacks.disk.snapshot={snapshot}",
         cwd=root,

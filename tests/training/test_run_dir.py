@@ -26,7 +26,7 @@ from cmvl.training.run_dir import LOCK_FILE, RunDirLock, claim_run_dir
 from tests.conftest import REPO, TINY_TRAINING, TINY_WORLD, assert_one_line_error, cli_in_process
 
 TRAIN = ["train", *TINY_WORLD, *TINY_TRAINING]  # 2 epochs × 3 steps: step00000003.ckpt and step00000006.ckpt
-WAIT = ["extra_target_prefixes=[tests.]", "+callbacks.wait._target_=tests.test_run_dir.WaitForFile"]
+WAIT = ["extra_target_prefixes=[tests.]", "+callbacks.wait._target_=tests.training.test_run_dir.WaitForFile"]
 ENV = {"PYTHONPATH": str(REPO)}
 
 
