@@ -74,9 +74,10 @@ class Run:
 def load_run(path: str | Path, *, device: str | torch.device = "cpu", overrides: Sequence[str] = ()) -> Run:
     """The run saved in the checkpoint at `path`, its model in eval mode on `device` ("cpu", "cuda", "cuda:1",
     "mps"). `overrides` are `key=value` lines applied to the checkpoint's config, as `cmvl eval` takes them:
-    evaluation options (`task.beam_size=5`, `task.top_k=3`) and `extra_target_prefixes=[mylab]` to trust your own
-    package; keys that change the model, the task or only training are refused. Raises `UserError` subclasses
-    (one line each) for a missing or invalid file, a bad override or an unavailable device."""
+    evaluation options (`task.beam_size=5` for captioning, `task.vqa_eval=2017` for VQA) and
+    `extra_target_prefixes=[mylab]` to trust your own package; keys that change the model, the task or only
+    training are refused. Raises `UserError` subclasses (one line each) for a missing or invalid file, a bad
+    override or an unavailable device."""
     from cmvl.training.checkpoints import load_checkpoint
 
     path, overrides = _checked_arguments(path, overrides)
