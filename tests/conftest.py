@@ -52,6 +52,16 @@ TINY_TRAINING = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def cmvl_logging():
+    """Every test starts with the cmvl logger as the CLI sets it up (stderr, default verbosity), so what a test reads
+    of cmvl's lines does not depend on which test ran before it in the same worker (one that configured nothing, or
+    one that ran `verbosity=quiet` in-process)."""
+    from cmvl.log import configure
+
+    configure()
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("cmvl-cache")
