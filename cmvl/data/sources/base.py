@@ -45,7 +45,8 @@ REGIONS_SCHEMA = pa.schema(
     ]
 )
 
-# The `objects` annotation table: one row per image (tagging); labels index the `categories` schema metadata.
+# The `objects` annotation table: one row per image (tagging, detection); labels index the `categories` schema
+# metadata (JSON list of names; `category_ids`, where the dataset numbers its categories, their dataset ids).
 OBJECTS_SCHEMA = pa.schema(
     [
         ("image_id", pa.int64()),
@@ -55,6 +56,12 @@ OBJECTS_SCHEMA = pa.schema(
         ("labels", pa.list_(pa.int32())),  # indices into the schema metadata `categories`, not dataset ids
         ("boxes", pa.list_(pa.list_(pa.float32(), 4))),  # [x, y, width, height] in pixels, one per label
         ("iscrowd", pa.list_(pa.bool_())),
+        # The object's area in pixels as the dataset states it (COCO: the segment's area, which COCO's evaluation
+        # sorts into small / medium / large; without one: the box's), one per label.
+        ("area", pa.list_(pa.float32())),
+        # A free-text name of each object: "<first attribute> <category>" where the dataset gives attributes
+        # (shapes: "red circle"), else the category name (detection's `task.queries=phrases`).
+        ("phrases", pa.list_(pa.string())),
     ]
 )
 

@@ -17,7 +17,7 @@ from cmvl.data.sources.base import OBJECTS_SCHEMA, FolderSource
 from cmvl.data.table_cache import cached_table
 from cmvl.errors import ConfigError, DataError
 
-READER_VERSION = 2  # bump when the tables built here change, so cached tables are rebuilt
+READER_VERSION = 3  # bump when the tables built here change, so cached tables are rebuilt
 SPLIT_SCHEMES = ("official", "karpathy")
 DEFAULT_SUBTYPES = {"train": "train2017", "val": "val2017"}
 
@@ -41,6 +41,8 @@ OBJECT = pa.struct(
         required("category_id", pa.int64()),
         required("bbox", pa.list_(pa.float64(), 4)),
         optional("iscrowd", pa.int64()),
+        optional("area", pa.float64()),
+        optional("attributes", pa.list_(pa.string())),  # not COCO's: the shapes world's [colour, size]
     ]
 )
 CATEGORY = pa.struct([required("id", pa.int64()), required("name", pa.string())])
@@ -94,7 +96,9 @@ def read_coco_instances(instances_files: list[tuple[Path, str]], *, keep: set[in
     """One row per image (also images without objects) from one or more (instances file, image folder) pairs.
 
     Labels index the sorted COCO category ids (80 for COCO, so label 0 is `person`); the category names go into the
-    schema metadata as `categories` (JSON list). Every file must share the same categories.
+    schema metadata as `categories` (JSON list), their COCO ids as `category_ids`. Every file must share the same
+    categories. Crowd annotations stay in the table (`iscrowd`): training leaves them out, COCO's evaluation ignores
+    what matches them.
     """
     categories: list[dict] | None = None
     columns: dict[str, list] = {name: [] for name in OBJECTS_SCHEMA.names}
@@ -125,8 +129,25 @@ def read_coco_instances(instances_files: list[tuple[Path, str]], *, keep: set[in
             columns["labels"].append([label[a["category_id"]] for a in objects])
             columns["boxes"].append([[float(v) for v in a["bbox"]] for a in objects])
             columns["iscrowd"].append([bool(a.get("iscrowd", 0)) for a in objects])
+            columns["area"].append([_object_area(a) for a in objects])
+            columns["phrases"].append([_object_phrase(a, categories[label[a["category_id"]]]["name"]) for a in objects])
     names = [c["name"] for c in categories or []]
-    return pa.table(columns, schema=OBJECTS_SCHEMA.with_metadata({"categories": json.dumps(names)}))
+    ids = [c["id"] for c in categories or []]
+    metadata = {"categories": json.dumps(names), "category_ids": json.dumps(ids)}
+    return pa.table(columns, schema=OBJECTS_SCHEMA.with_metadata(metadata))
+
+
+def _object_area(annotation: dict) -> float:
+    """The annotation's `area` (COCO: of its segment, what COCO's evaluation ranks by), else its box's."""
+    area = annotation.get("area")
+    return float(area) if area is not None else float(annotation["bbox"][2] * annotation["bbox"][3])
+
+
+def _object_phrase(annotation: dict, category: str) -> str:
+    """ "<first attribute> <category>" where the annotation lists attributes (the shapes world's colour), else the
+    category name."""
+    attributes = [a.strip() for a in annotation.get("attributes") or [] if a and a.strip()]
+    return f"{attributes[0]} {category}" if attributes else category
 
 
 def read_karpathy_captions(karpathy_file: Path, split_names: list[str]) -> pa.Table:

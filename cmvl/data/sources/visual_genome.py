@@ -28,7 +28,7 @@ from cmvl.data.sources.base import (
 from cmvl.data.table_cache import cached_table
 from cmvl.errors import ConfigError, DataError
 
-READER_VERSION = 4  # bump when the tables built here change, so cached tables are rebuilt
+READER_VERSION = 5  # bump when the tables built here change, so cached tables are rebuilt
 
 
 # The file each table is read from (objects: object names, or their attributes).
@@ -256,6 +256,8 @@ def read_visual_genome_objects(
         columns["labels"].append([label for label, _ in found])
         columns["boxes"].append([box for _, box in found])
         columns["iscrowd"].append([False] * len(found))
+        columns["area"].append([box[2] * box[3] for _, box in found])  # Visual Genome objects have boxes only
+        columns["phrases"].append([categories[label] for label, _ in found])
     return pa.table(columns, schema=OBJECTS_SCHEMA.with_metadata({"categories": json.dumps(categories)}))
 
 
