@@ -189,6 +189,10 @@ def resolve_device(device: str | torch.device) -> torch.device:
         raise ConfigError(f"device={device}: not a device (cpu, cuda, cuda:<index>, mps)") from None
     if resolved.type not in ACCELERATORS:
         raise ConfigError(f"device={device}: cmvl runs models on cpu, cuda or mps")
+    if resolved.type != "cuda" and resolved.index not in (None, 0):
+        raise ConfigError(
+            f"device={device}: {resolved.type} has no device {resolved.index}; use device={resolved.type}"
+        )
     if resolved.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:

@@ -114,7 +114,13 @@ def test_a_gpu_run_restores_on_the_cpu(best, tmp_path):
 
 @pytest.mark.parametrize(
     ("device", "needle"),
-    [("nonsense", "not a device"), ("meta", "cpu, cuda or mps"), ("cuda:99", "cuda"), ("mps", "MPS")],
+    [
+        ("nonsense", "not a device"),
+        ("meta", "cpu, cuda or mps"),
+        ("cuda:99", "cuda"),
+        ("mps", "MPS"),
+        ("cpu:3", "cpu has no device 3"),
+    ],
 )
 def test_an_unavailable_device_is_one_line(best, device, needle):
     if device == "mps" and torch.backends.mps.is_available():

@@ -92,7 +92,28 @@ def structure_problem(checkpoint: dict[str, Any]) -> str | None:
         return f"its config has no '{missing}' section"
     if not isinstance(config["task"].get("_target_"), str):
         return "its config has no task._target_"
+    interpolated = _interpolation_in(config)
+    if interpolated:
+        return (
+            f"its config value {interpolated} is an interpolation (cmvl saves resolved values), which is not resolved"
+        )
     return _restore_problem(checkpoint)
+
+
+def _interpolation_in(node: Any, at: str = "") -> str | None:
+    """The first key (dotted) of a saved config whose string value holds an OmegaConf interpolation `${...}`: cmvl
+    writes configs resolved, so one is crafted, and OmegaConf would resolve it when the config is read (reading
+    environment variables, or running any resolver registered in the process)."""
+    if isinstance(node, str):
+        return at or "(root)" if "${" in node else None
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, value in items:
+        found = _interpolation_in(key, f"{at}[key {key!r}]") or _interpolation_in(
+            value, f"{at}.{key}" if at else str(key)
+        )
+        if found:
+            return found
+    return None
 
 
 def _restore_problem(checkpoint: dict[str, Any]) -> str | None:

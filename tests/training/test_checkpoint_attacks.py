@@ -103,7 +103,12 @@ CRAFTED = {
     "weight-wrong-shape": (_first_weight(lambda sd, k: sd.__setitem__(k, torch.zeros(3, 3))), "size mismatch"),
     "weight-missing": (_first_weight(lambda sd, k: sd.pop(k)), "Missing key"),
     "weight-unexpected": (_set("state_dict/bogus.weight", torch.zeros(1)), "Unexpected key"),
+    # OmegaConf would resolve these on reading the config: an environment variable into a printed value, or a
+    # resolver registered in the process.
+    "config-env-interpolation": (_set("cmvl/config/task/name", "${oc.env:HOME}"), "task.name is an interpolation"),
+    "config-nested-interpolation": (_set("cmvl/config/model/extra", {"k": ["${oc.decode:'1'}"]}), "model.extra.k.0"),
 }
+
 
 def _every_callback_state(value) -> Callable[[dict], None]:
     return lambda checkpoint: checkpoint["callbacks"].update({key: value for key in checkpoint["callbacks"]})
