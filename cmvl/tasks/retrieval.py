@@ -1,4 +1,5 @@
-"""Image-text retrieval: a dual encoder trained with a symmetric InfoNCE loss, scored by Recall@K both ways."""
+"""Image-text retrieval: a dual encoder trained with a symmetric InfoNCE loss (or the VSE++ triplet hinge), scored by
+Recall@K both ways."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from cmvl.metrics.retrieval import RetrievalRecall
 from cmvl.models.families.vl_fusion import VisionLanguageModel
 from cmvl.models.tokens import Tokens
 from cmvl.tasks.base import SampleNote, SplitTargets, Task
+from cmvl.tasks.retrieval_losses import LOSSES, hinge_triplet, multi_positive_nce, positive_pairs, text_keys
 
 
 @dataclass
@@ -40,6 +42,7 @@ class RetrievalOutputs(TensorRecord):
     itm_labels: torch.Tensor | None = None  # P: 1 for a true pair, 0 for a negative
     image_tokens: Tokens | None = None  # U images' tokens (re-ranking)
     text_tokens: Tokens | None = None  # B captions' tokens, padded to task.text_max_length (re-ranking)
+    hardest: torch.Tensor | None = None  # triplet in training: 0-dim bool, False while warming up on summed violations
 
 
 @dataclass
@@ -55,15 +58,26 @@ class RetrievalTargets(SplitTargets):
 
 class DualEncoderHead(nn.Module):
     """Projections of the pooled image and text tokens into a shared space, the learnable temperature, and with
-    `itm` an image-text matching logit on the fusion's pooled vector."""
+    `itm` an image-text matching logit on the fusion's pooled vector. With `count_steps`, the training batches seen
+    (the triplet warm-up's clock: a buffer, so it is checkpointed and resumed with the weights)."""
 
-    def __init__(self, dim: int, embed_dim: int, temperature: float, learn_temperature: bool, itm: bool) -> None:
+    def __init__(
+        self,
+        dim: int,
+        embed_dim: int,
+        temperature: float,
+        learn_temperature: bool,
+        itm: bool,
+        count_steps: bool = False,
+    ) -> None:
         super().__init__()
         self.image_proj = nn.Linear(dim, embed_dim)
         self.text_proj = nn.Linear(dim, embed_dim)
         # CLIP's parametrisation: logit scale = exp(θ), θ learnt, capped at 100.
         self.log_scale = nn.Parameter(torch.tensor(math.log(1 / temperature)), requires_grad=learn_temperature)
         self.itm = nn.Linear(dim, 1) if itm else None
+        if count_steps:
+            self.register_buffer("train_steps", torch.zeros((), dtype=torch.long))
 
 
 def match_logits(model: VisionLanguageModel, head: DualEncoderHead, images: Tokens, texts: Tokens) -> torch.Tensor:
@@ -94,14 +108,6 @@ def gather_rows(x: torch.Tensor, *, differentiable: bool) -> torch.Tensor:
     return torch.cat(parts)
 
 
-def multi_positive_nce(logits: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
-    """Mean over rows of -log(softmax mass on the row's positives): InfoNCE where a row may have several right
-    columns (the other captions of the same image are not negatives)."""
-    all_mass = torch.logsumexp(logits, dim=1)
-    positive_mass = torch.logsumexp(logits.masked_fill(~positive, -torch.inf), dim=1)
-    return (all_mass - positive_mass).mean()
-
-
 class RetrievalTask(Task):
     """Contrastive dual encoder (CLIP/ALIGN-style): pooled vision tokens and pooled text tokens, each projected and
     L2-normalised; symmetric InfoNCE with a learnable temperature over the batch gathered from all DDP ranks.
@@ -110,7 +116,13 @@ class RetrievalTask(Task):
     With `itm`, the fusion module also learns image-text matching (ALBEF): every caption with its image, with a
     hard negative image and with a hard negative caption drawn from the batch by similarity; binary cross-entropy,
     weighted `itm_weight`. Evaluation then re-orders each query's `rerank_k` most similar candidates by the
-    matching logit (each image's and caption's tokens are kept once, the pairs run through the fusion)."""
+    matching logit (each image's and caption's tokens are kept once, the pairs run through the fusion).
+
+    With `loss=triplet`, the VSE++ hinge on cosine similarities replaces InfoNCE: each true pair against its hardest
+    negative image and caption in the gathered batch, by `margin`; captions of the same image and captions written
+    the same way (same token ids) are never negatives; the first `triplet_warmup_steps` training batches sum every
+    violation instead (VSE0), which keeps the max-violation form from collapsing at the start. The temperature is
+    then not used (nor learnt)."""
 
     name = "retrieval"
     table_kind = "captions"
@@ -129,7 +141,18 @@ class RetrievalTask(Task):
         itm_weight: float = 1.0,
         rerank_k: int = 16,
         text_max_length: int = 32,
+        loss: str = "infonce",
+        margin: float = 0.2,
+        triplet_warmup_steps: int = 0,
     ) -> None:
+        if loss not in LOSSES:
+            raise ConfigError(f"task.loss={loss}: choose one of {', '.join(LOSSES)}")
+        if margin <= 0 or triplet_warmup_steps < 0:
+            raise ConfigError(f"task.margin={margin}, task.triplet_warmup_steps={triplet_warmup_steps}: need > 0, >= 0")
+        self.loss_kind, self.margin = loss, margin
+        self.triplet_warmup_steps = triplet_warmup_steps if loss == "triplet" else 0
+        # The hinge reads cosine similarities: a temperature would be a parameter without a gradient (DDP refuses).
+        learn_temperature = learn_temperature and loss == "infonce"
         self.embed_dim, self.temperature, self.learn_temperature = embed_dim, temperature, learn_temperature
         self.top_k, self.itm, self.itm_weight = top_k, itm, itm_weight
         if itm and (rerank_k < 0 or itm_weight <= 0):
@@ -148,7 +171,14 @@ class RetrievalTask(Task):
         )
 
     def build_head(self, dim: int) -> nn.Module:
-        return DualEncoderHead(dim, self.embed_dim, self.temperature, self.learn_temperature, self.itm)
+        return DualEncoderHead(
+            dim,
+            self.embed_dim,
+            self.temperature,
+            self.learn_temperature,
+            self.itm,
+            count_steps=self.triplet_warmup_steps > 0,
+        )
 
     def _embed(self, model: VisionLanguageModel, batch: Batch) -> tuple[RetrievalOutputs, Tokens, Tokens]:
         head: DualEncoderHead = model.heads[self.name]
@@ -165,6 +195,10 @@ class RetrievalTask(Task):
         outputs, images, texts = self._embed(model, batch)
         if self.itm:
             outputs.itm_logits, outputs.itm_labels = self._matching_pairs(model, outputs, images, texts, batch)
+        if self.triplet_warmup_steps:
+            steps = model.heads[self.name].train_steps
+            outputs.hardest = steps >= self.triplet_warmup_steps  # chosen on the device: no host sync
+            steps.add_(1)
         return outputs
 
     def eval_forward(self, model: VisionLanguageModel, batch: Batch) -> RetrievalOutputs:
@@ -219,6 +253,12 @@ class RetrievalTask(Task):
         image_rows = gather_rows(outputs.image_emb[batch.image_index], differentiable=True)
         texts = gather_rows(outputs.text_emb, differentiable=True)
         keys = gather_rows(batch.image_key[batch.image_index], differentiable=False)
+        if self.loss_kind == "triplet":
+            captions = gather_rows(text_keys(batch.input_ids, batch.attention_mask), differentiable=False)
+            hardest = True if outputs.hardest is None else outputs.hardest
+            return hinge_triplet(
+                texts @ image_rows.T, positive_pairs(keys, captions), margin=self.margin, hardest=hardest
+            )
         logits = outputs.logit_scale * texts @ image_rows.T
         positive = keys[:, None] == keys[None, :]
         return (multi_positive_nce(logits, positive) + multi_positive_nce(logits.T, positive.T)) / 2
