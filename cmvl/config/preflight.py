@@ -26,6 +26,7 @@ from cmvl.config.unreadable import unreadable_override
 from cmvl.config.validate import validate_config
 from cmvl.config.writable import check_writable_dir
 from cmvl.errors import ConfigError
+from cmvl.log import log
 
 
 def _check_group_choices(key: str, values: list[str], groups: dict[str, list[str]]) -> None:
@@ -116,6 +117,7 @@ def preflight(
         hydra_settings = OverridesParser.create().parse_overrides(hydra_overrides(overrides))
     except HydraException:
         raise ConfigError(unreadable_override(overrides)) from None
+    _warn_of_keys_given_twice([*parsed, *hydra_settings])
     sweeping = any(o.is_sweep_override() for o in parsed)
     check = partial(_validate, config_name=config_name, check_task=check_task, training=training, sweeping=sweeping)
     base, variants = _split_sweeps(parsed)
@@ -136,6 +138,21 @@ def preflight(
     for i, alternatives in enumerate(variants):
         for alternative in alternatives:
             check(base[:i] + [alternative] + base[i + 1 :])
+
+
+def _warn_of_keys_given_twice(parsed: list[Override]) -> None:
+    """Hydra applies a key given twice in order, so the last value wins: scripts rely on that (`$BASE
+    trainer.max_epochs=3`), but a pasted line that sets `model.dim=32 ... model.dim=64` would change a run without a
+    word, so each repeated key gets a warning line naming the value that is used."""
+    seen: dict[tuple[str, str | None], str] = {}
+    for override in parsed:
+        key = (override.key_or_group, override.package)
+        if key in seen and seen[key] != override.input_line:
+            log.warning(
+                f"{override.key_or_group} is given twice ({seen[key]}, then {override.input_line}): the last one "
+                "is used"
+            )
+        seen[key] = override.input_line
 
 
 def _split_sweeps(parsed: list[Override]) -> tuple[list[str], list[list[str]]]:

@@ -264,3 +264,14 @@ def test_fp16_and_the_gpu_accelerator_pass_where_there_is_a_gpu(monkeypatch):
     for accelerator in ("gpu", "cuda", "auto"):
         trainer = {"accelerator": accelerator, "precision": "16-mixed", "devices": 1}
         hardware.check_hardware(OmegaConf.create({"trainer": trainer}))
+
+
+def test_a_key_given_twice_is_named_and_the_last_value_is_used(tmp_path, cache_dir):
+    """Scripts rely on Hydra's last-wins order; a repeated key still gets one warning line naming both values."""
+    result = cli_in_process(
+        "train", "model.dim=32", "model.dim=48", "fusion=concat", "fusion=concat", "--cfg", "job", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    assert "model.dim is given twice (model.dim=32, then model.dim=48): the last one is used" in result.stderr
+    assert "fusion is given twice" not in result.stderr  # the same value twice changes nothing
+    assert "dim: 48" in result.stdout
