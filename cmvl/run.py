@@ -173,12 +173,39 @@ def restore_model(
     from cmvl.training.build import build_model
     from cmvl.training.checkpoints import state_dict_errors
 
-    model = build_model(cfg, task, tokenizer)
+    model = build_model(without_weight_sources(cfg), task, tokenizer)
     # Weights outside the model keep their full name, so a crafted extra entry is reported as unexpected.
     weights = {k.removeprefix(STATE_PREFIX) if k.startswith(STATE_PREFIX) else k: v for k, v in state_dict.items()}
     with state_dict_errors(path):
         model.load_state_dict(weights)
     return model
+
+
+# The keys that name where an encoder's or a decoder's initial weights come from (a file, torchvision's or a hub's
+# weights); `False` builds the same architecture randomly initialised.
+WEIGHT_SOURCE_KEYS = ("pretrained", "lm_pretrained")
+
+
+def without_weight_sources(cfg: DictConfig) -> DictConfig:
+    """`cfg` with every initial-weights source turned off (`vision.encoder.pretrained`, `text.encoder.pretrained`,
+    captioning's `task.lm_pretrained`, also in multitask members): the checkpoint's weights replace them all, so a
+    restore reads no weights file that may since have moved and downloads nothing."""
+    plain = OmegaConf.to_container(cfg, resolve=True)
+
+    def off(node: Any) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key in WEIGHT_SOURCE_KEYS and value not in (False, None):
+                    node[key] = False
+                else:
+                    off(value)
+        elif isinstance(node, list):
+            for value in node:
+                off(value)
+
+    for section in ("vision", "text", "task"):
+        off(plain.get(section))
+    return OmegaConf.create(plain)
 
 
 def resolve_device(device: str | torch.device) -> torch.device:

@@ -162,3 +162,34 @@ def test_import_cmvl_stays_cheap():
     code = "import sys, cmvl; assert 'torch' not in sys.modules, 'torch'; assert callable(cmvl.load_run)"
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_a_run_restores_without_its_initial_weights_file(tiny_world, tmp_path):
+    """A run that started from a weights file (`vision.encoder.pretrained=FILE`) restores after the file is gone:
+    the checkpoint's weights replace the initial ones, so restoring reads no initial-weights source at all."""
+    import torchvision
+
+    from tests.conftest import TINY_TRAINING, TINY_WORLD, cli_in_process
+
+    weights = tmp_path / "resnet18-init.pt"
+    torch.save(torchvision.models.resnet18().state_dict(), weights)
+    tiny = [o for o in TINY_TRAINING if not o.startswith(("vision.", "trainer.max_epochs", "trainer.limit_train"))]
+    result = cli_in_process(
+        "train",
+        *TINY_WORLD,
+        *tiny,
+        "vision=resnet18",
+        f"vision.encoder.pretrained={weights}",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=1",
+        "trainer.limit_val_batches=1",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    weights.unlink()
+    run = cmvl.load_run(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    assert run.config.vision.encoder.pretrained == str(weights)  # the run's record of how it started is kept
+    saved = load_checkpoint_file(tmp_path / "run" / "checkpoints" / "last.ckpt")["state_dict"]
+    restored = run.model.state_dict()
+    assert all(torch.equal(restored[k.removeprefix("model.")], v) for k, v in saved.items())
