@@ -7,8 +7,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from cmvl.data.shapes.scene import COLORS, SHAPES
 from cmvl.data.shapes.world import ShapesSpec, ensure_shapes_world
 from cmvl.data.sources.base import Source
+from cmvl.data.sources.classes import check_class_label, read_shapes_classes
 from cmvl.data.sources.coco import read_coco_captions, read_coco_instances
 from cmvl.data.sources.visual_genome import read_image_records, read_visual_genome_regions
 from cmvl.data.sources.vqa_v2 import read_vqa_v2, vqa_v2_files
@@ -18,10 +20,10 @@ SHAPES_IMAGE_PATTERN = "{subtype}/COCO_{subtype}_{image_id:012d}.jpg"
 
 
 class ShapesSource(Source):
-    """Coloured shapes with VQA, caption, object and region annotations; no download needed."""
+    """Coloured shapes with VQA, caption, object, region and class annotations; no download needed."""
 
     name = "shapes"
-    kinds = frozenset({"qa", "captions", "objects", "regions"})
+    kinds = frozenset({"qa", "captions", "objects", "regions", "classes"})
 
     def __init__(
         self,
@@ -34,8 +36,10 @@ class ShapesSource(Source):
         image_size: int = 64,
         max_objects: int = 5,
         seed: int = 0,
+        class_label: str = "shape",
     ) -> None:
         super().__init__(split=split)
+        self.class_label = check_class_label(class_label)
         self.spec = ShapesSpec(
             images=dict(num_images or ShapesSpec().images),
             questions_per_image=questions_per_image,
@@ -59,7 +63,18 @@ class ShapesSource(Source):
             images = read_image_records(vg / "image_data.json")
             keep = np.array(sorted(i for i, f in images.files.items() if f.startswith(f"{split}/")), dtype=np.int64)
             return read_visual_genome_regions(vg / "region_descriptions.json", images, keep)
+        if kind == "classes":
+            instances = self.root / "annotations" / f"instances_{split}.json"
+            return read_shapes_classes(instances, split, self.class_label, self.class_names())
         if kind == "objects":
             return read_coco_instances([(self.root / "annotations" / f"instances_{split}.json", split)])
         questions, annotations = vqa_v2_files(self.root, split)
         return read_vqa_v2(questions, annotations, image_pattern=SHAPES_IMAGE_PATTERN)
+
+    def class_names(self) -> list[str]:
+        """Every class of `class_label`, in label order (all splits share it)."""
+        if self.class_label == "shape":
+            return list(SHAPES)
+        if self.class_label == "color":
+            return list(COLORS)
+        return [f"{color} {shape}" for color in COLORS for shape in SHAPES]
