@@ -1,4 +1,5 @@
-"""Image captioning: a transformer decoder over the image's tokens, scored like the COCO caption evaluation."""
+"""Image captioning: a transformer (or LSTM) decoder over the image's tokens, scored like the COCO caption
+evaluation."""
 
 from __future__ import annotations
 
@@ -16,13 +17,22 @@ from cmvl.errors import ConfigError
 from cmvl.metrics.caption import CaptionScores
 from cmvl.models.caption_decoder import CaptionDecoder
 from cmvl.models.families.vl_fusion import VisionLanguageModel
+from cmvl.models.lstm_decoder import LSTMCaptionDecoder, LSTMOptions, doubly_stochastic_penalty
 from cmvl.models.pretrained_decoder import PretrainedLM
 from cmvl.models.tokens import Tokens
 from cmvl.tasks.base import SampleNote, SplitTargets, Task
-from cmvl.tasks.text_generation import GeneratedText, TeacherForced, TextFraming
+from cmvl.tasks.text_generation import IGNORE, GeneratedText, TeacherForced, TextFraming
 
 METEOR_CHOICES = ("eval", "always", "never")
-DECODERS = ("transformer", "pretrained")
+DECODERS = ("transformer", "pretrained", "lstm")
+
+
+@dataclass
+class AttendedTeacherForced(TeacherForced):
+    """Teacher forcing through a soft-attention LSTM: also its attention weights, for the regulariser."""
+
+    attention: torch.Tensor | None = None  # B×(T-1)×N
+    memory_mask: torch.Tensor | None = None  # B×N
 
 
 @dataclass
@@ -52,8 +62,9 @@ def one_row_per_image(table: pa.Table) -> pa.Table:
 class CaptionTask(Task):
     """Teacher-forced cross-entropy with label smoothing for training; greedy or beam-search decoding for
     validation and evaluation, scored with BLEU-1..4, ROUGE-L, CIDEr-D (and METEOR in `cmvl eval`, where Java is
-    available). The decoder (`transformer`: trained from scratch; `pretrained`: a Hugging Face causal LM) reads the
-    image's projected vision tokens; the tokenizer is the run's."""
+    available). The decoder (`transformer`: trained from scratch; `pretrained`: a Hugging Face causal LM; `lstm`:
+    Show and Tell, or with `lstm.attention=soft` Show, Attend and Tell and its doubly-stochastic attention
+    regulariser) reads the image's projected vision tokens; the tokenizer is the run's."""
 
     name = "caption"
     table_kind = "captions"
@@ -78,12 +89,14 @@ class CaptionTask(Task):
         lm_conditioning: str = "cross_attention",
         lm_pretrained: bool = True,
         lm_freeze: str | int = "none",
+        lstm: dict[str, Any] | None = None,
     ) -> None:
         if meteor not in METEOR_CHOICES:
             raise ConfigError(f"task.meteor={meteor}: choose one of {', '.join(METEOR_CHOICES)}")
         if decoder not in DECODERS:
             raise ConfigError(f"task.decoder={decoder}: choose one of {', '.join(DECODERS)}")
         self.decoder = decoder
+        self.lstm = LSTMOptions.from_config(lstm)
         self.lm = PretrainedLM(lm, lm_conditioning, pretrained=lm_pretrained, freeze=lm_freeze)
         self.layers, self.heads, self.max_length = layers, heads, max_length
         self.label_smoothing, self.beam_size, self.length_penalty = label_smoothing, beam_size, length_penalty
@@ -119,6 +132,15 @@ class CaptionTask(Task):
         assert self.framing is not None, "bind_tokenizer() first"
         if self.decoder == "pretrained":
             return self.lm.build_decoder(dim, vocab_size=len(self.framing.tokenizer))
+        if self.decoder == "lstm":
+            return LSTMCaptionDecoder(
+                vocab_size=len(self.framing.tokenizer),
+                dim=dim,
+                hidden=self.lstm.hidden or dim,
+                max_positions=self.max_positions,
+                dropout=self.dropout,
+                attention=self.lstm.attention,
+            )
         return CaptionDecoder(
             vocab_size=len(self.framing.tokenizer),
             dim=dim,
@@ -132,8 +154,12 @@ class CaptionTask(Task):
         return model.encode_images(batch.images).select(batch.image_index)
 
     def forward(self, model: VisionLanguageModel, batch: Batch) -> TeacherForced:
-        memory = self._memory(model, batch)
-        return self.framing.teacher_forcing(model.heads[self.name], memory, batch.input_ids, batch.attention_mask)
+        memory, decoder = self._memory(model, batch), model.heads[self.name]
+        outputs = self.framing.teacher_forcing(decoder, memory, batch.input_ids, batch.attention_mask)
+        if not isinstance(decoder, LSTMCaptionDecoder) or decoder.attention != "soft":
+            return outputs
+        attention, decoder.last_attention = decoder.last_attention, None  # the decoder keeps no graph
+        return AttendedTeacherForced(outputs.logits, outputs.labels, attention, memory.mask)
 
     def eval_forward(self, model: VisionLanguageModel, batch: Batch) -> GeneratedText:
         return self.framing.generate(
@@ -145,7 +171,11 @@ class CaptionTask(Task):
         )
 
     def loss(self, outputs: TeacherForced, batch: Batch) -> torch.Tensor:
-        return self.framing.next_token_loss(outputs, label_smoothing=self.label_smoothing)
+        loss = self.framing.next_token_loss(outputs, label_smoothing=self.label_smoothing)
+        if isinstance(outputs, AttendedTeacherForced) and self.lstm.attention_weight:
+            penalty = doubly_stochastic_penalty(outputs.attention, outputs.labels != IGNORE, outputs.memory_mask)
+            loss = loss + self.lstm.attention_weight * penalty
+        return loss
 
     def make_metric(self) -> CaptionScores:
         return CaptionScores(meteor=self.meteor == "always")
