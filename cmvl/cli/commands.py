@@ -41,6 +41,12 @@ COMMANDS: tuple[Command, ...] = (
         "evaluate a checkpoint: metrics.json + predictions in the official format",
     ),
     Command(
+        "explain",
+        "cmvl.cli.explain_cmd:explain_command",
+        "ckpt=PATH image=FILE question=TEXT out=DIR [method=gradcam]",
+        "maps of what the model looked at: a PNG per word and for the question, maps.npy",
+    ),
+    Command(
         "data shapes",
         "cmvl.cli.data_cmd:shapes_command",
         "out=DIR [images=N] [seed=S] [size=PX]",
