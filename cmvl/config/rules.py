@@ -265,6 +265,8 @@ VALUE_RULES: dict[str, Rule | Callable[[], Rule]] = {
     "fusion.factors": POSITIVE_INT,
     "fusion.mfb_dim": integer(1, null="model.dim"),
     "fusion.glimpses": POSITIVE_INT,
+    "fusion.glimpse_size": POSITIVE_INT,
+    "fusion.min_scale": number(0, 1, open_min=True, open_max=True),
     "fusion.hidden_mult": POSITIVE_INT,
     "fusion.ff_mult": POSITIVE_INT,
     "fusion.text_window": integer(1, null="all pairs"),
