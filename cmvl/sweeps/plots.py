@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 from pathlib import Path
 
 from cmvl.config.resolvers import safe_dirname
@@ -21,7 +22,8 @@ def _numbers(values: list[str]) -> list[float] | None:
 
 def plot_parameter(report: SweepReport, key: str, path: Path) -> None:
     """One point per finished job: the metric against the parameter's value (log axis for a positive numeric
-    parameter spanning more than a decade; categories side by side otherwise)."""
+    parameter spanning more than a decade, integer ticks for an integer one; categories side by side otherwise).
+    Where seeds were swept, each value's mean ± std over its jobs is drawn beside the points: the spread."""
     plt = pyplot()
     jobs = [j for j in report.jobs if j.value is not None and key in j.params]
     values = [j.params[key] for j in jobs]
@@ -29,13 +31,20 @@ def plot_parameter(report: SweepReport, key: str, path: Path) -> None:
     fig, ax = plt.subplots(figsize=FIGSIZE)
     numbers = _numbers(values)
     if numbers is not None:
-        ax.scatter(numbers, ys)
+        xs = numbers
         if min(numbers) > 0 and max(numbers) / min(numbers) > 10:
             ax.set_xscale("log")
+        if all(_is_integer(v) for v in values):
+            from matplotlib.ticker import MaxNLocator
+
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     else:
         categories = sorted(set(values))
-        ax.scatter([categories.index(v) for v in values], ys)
+        xs = [categories.index(v) for v in values]
         ax.set_xticks(range(len(categories)), categories, rotation=20)
+    ax.scatter(xs, ys, alpha=0.6 if key != "seed" and "seed" in report.swept else 1.0)
+    if key != "seed" and "seed" in report.swept:
+        _draw_spread(ax, xs, ys)
     if report.best is not None and key in report.best.params:
         best_x = (
             float(report.best.params[key])
@@ -50,6 +59,25 @@ def plot_parameter(report: SweepReport, key: str, path: Path) -> None:
     ax.grid(alpha=0.3)
     fig.tight_layout()
     save_png(fig, path)
+
+
+def _is_integer(value: str) -> bool:
+    try:
+        int(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _draw_spread(ax, xs: list[float], ys: list[float]) -> None:
+    """Mean ± sample std of the jobs at each x (the seeds of a value, and of any other parameter at that value)."""
+    by_x: dict[float, list[float]] = {}
+    for x, y in zip(xs, ys):
+        by_x.setdefault(x, []).append(y)
+    points = sorted(by_x.items())
+    means = [statistics.fmean(v) for _, v in points]
+    stds = [statistics.stdev(v) if len(v) > 1 else 0.0 for _, v in points]
+    ax.errorbar([x for x, _ in points], means, yerr=stds, fmt="_", color="black", capsize=6, label="mean ± std")
 
 
 def plot_history(report: SweepReport, path: Path) -> None:

@@ -1,6 +1,8 @@
 """The sweep report: every job of a multirun directory in one table sorted by the optimised metric, the override
 line that reproduces the best job, `report.csv`, and plots (the metric against each swept parameter; for an
-Optuna search the optimisation history). Written when a sweep ends and by `cmvl sweep report DIR`."""
+Optuna search the optimisation history). Jobs that differ only in `seed` are also pooled into one row per
+configuration, mean ± std with the count (cmvl/sweeps/seeds.py). Written when a sweep ends and by
+`cmvl sweep report DIR`."""
 
 from __future__ import annotations
 
@@ -171,6 +173,10 @@ def render(report: SweepReport) -> str:
     if report.best is not None:
         lines.append(f"best: {report.metric} = {report.best.value:.6f} ({report.best.directory.name})")
         lines.append(f"reproduce: {reproduce_line(report.best)}")
+    from cmvl.sweeps.seeds import format_configurations, pools_seeds
+
+    if pools_seeds(report):
+        lines += ["", format_configurations(report)]
     return "\n".join(lines)
 
 
@@ -185,6 +191,14 @@ def write_report(sweep_dir: Path) -> tuple[SweepReport, str]:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["job"])
         writer.writeheader()
         writer.writerows(rows)
+    from cmvl.sweeps.seeds import REPORT_BY_CONFIGURATION_CSV, configuration_rows, pools_seeds
+
+    if pools_seeds(report):
+        pooled = configuration_rows(report)
+        with atomic_write(sweep_dir / REPORT_BY_CONFIGURATION_CSV, newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(pooled[0]))
+            writer.writeheader()
+            writer.writerows(pooled)
     from cmvl.sweeps.plots import plot_sweep
 
     plot_sweep(report, sweep_dir / PLOTS_DIR)
