@@ -47,6 +47,12 @@ COMMANDS: tuple[Command, ...] = (
         "maps of what the model looked at: a PNG per word and for the question, maps.npy",
     ),
     Command(
+        "predict",
+        "cmvl.cli.predict_cmd:predict_command",
+        "ckpt=PATH image=FILE|input=JSONL|images=DIR [question=TEXT] [key=value ...]",
+        "a trained model on your own images: answers, captions, tags, boxes",
+    ),
+    Command(
         "data shapes",
         "cmvl.cli.data_cmd:shapes_command",
         "out=DIR [images=N] [seed=S] [size=PX]",

@@ -13,8 +13,10 @@ from torchmetrics import Metric
 from transformers import PreTrainedTokenizerFast
 
 from cmvl.batch import Batch, TensorRecord
+from cmvl.errors import ConfigError
 from cmvl.models.families.base import ModelFamily
 from cmvl.models.families.vl_fusion import VisionLanguageModel
+from cmvl.tasks.prediction import PredictOptions, Result
 
 
 class SplitTargets(ABC):
@@ -38,6 +40,11 @@ class SampleNote:
 
 
 PREDICTED, TRUE = "red", "lime"  # box colours in sample pictures
+
+
+def can_predict(task: Task) -> bool:
+    """Whether `cmvl predict` runs `task` (it implements `Task.predict_results`)."""
+    return type(task).predict_results is not Task.predict_results
 
 
 def family_problem(task: Task | type[Task], family: type[ModelFamily]) -> str | None:
@@ -176,6 +183,21 @@ class Task(ABC):
             SampleNote(int(batch.image_index[i]), [*([texts[i]] if texts is not None else []), f"pred: {record}"])
             for i, record in enumerate(records)
         ]
+
+    # -- prediction on a user's inputs (`cmvl predict`, `Run.predict`; cmvl/tasks/prediction.py) -----------------
+    # A batch built from requests has `PredictTargets` as `batch.targets` (no ground truth: the images' sizes only).
+    predict_input: str | None = None  # the request field with a sample's text ("question", "phrase"); None: image only
+
+    def predict_forward(self, model: ModelFamily, batch: Batch, options: PredictOptions) -> TensorRecord:
+        """Outputs for a batch of a user's inputs (default: `eval_forward`; a decoding task applies
+        `options.beam_size`). Must not read ground truth from `batch.targets`."""
+        del options
+        return self.eval_forward(model, batch)
+
+    def predict_results(self, outputs: TensorRecord, batch: Batch, options: PredictOptions) -> list[Result]:
+        """One typed result per sample of a prediction batch (`AnswerResult`, `CaptionResult`, ...). A task that
+        overrides this is one `cmvl predict` runs (`can_predict`)."""
+        raise ConfigError(f"cmvl predict does not run task={self.name} yet (no predict_results)")
 
     def final_predictions(self, metric: Metric) -> Any | None:
         """Predictions that need the whole split (retrieval rankings), from the metric's gathered state; None

@@ -21,6 +21,7 @@ from cmvl.models.lstm_decoder import LSTMCaptionDecoder, LSTMOptions, doubly_sto
 from cmvl.models.pretrained_decoder import PretrainedLM
 from cmvl.models.tokens import Tokens
 from cmvl.tasks.base import SampleNote, SplitTargets, Task
+from cmvl.tasks.prediction import CaptionResult, PredictOptions
 from cmvl.tasks.text_generation import IGNORE, GeneratedText, TeacherForced, TextFraming
 
 METEOR_CHOICES = ("eval", "always", "never")
@@ -162,13 +163,23 @@ class CaptionTask(Task):
         return AttendedTeacherForced(outputs.logits, outputs.labels, attention, memory.mask)
 
     def eval_forward(self, model: VisionLanguageModel, batch: Batch) -> GeneratedText:
+        return self._write_captions(model, batch, self.beam_size)
+
+    def _write_captions(self, model: VisionLanguageModel, batch: Batch, beam_size: int) -> GeneratedText:
         return self.framing.generate(
             model.heads[self.name],
             self._memory(model, batch),
             max_length=self.max_length,
-            beam_size=self.beam_size,
+            beam_size=beam_size,
             length_penalty=self.length_penalty,
         )
+
+    # -- prediction on a user's inputs (cmvl/tasks/prediction.py): image only --------------------------------
+    def predict_forward(self, model: VisionLanguageModel, batch: Batch, options: PredictOptions) -> GeneratedText:
+        return self._write_captions(model, batch, options.beam_size or self.beam_size)
+
+    def predict_results(self, outputs: GeneratedText, batch: Batch, options: PredictOptions) -> list[CaptionResult]:
+        return [CaptionResult(self.name, caption) for caption in self.framing.decode(outputs.tokens)]
 
     def loss(self, outputs: TeacherForced, batch: Batch) -> torch.Tensor:
         loss = self.framing.next_token_loss(outputs, label_smoothing=self.label_smoothing)

@@ -21,6 +21,7 @@ from cmvl.models.families.vl_fusion import VisionLanguageModel
 from cmvl.models.fusion.base import mlp
 from cmvl.models.tokens import Tokens
 from cmvl.tasks.base import PREDICTED, TRUE, SampleNote, SplitTargets, Task
+from cmvl.tasks.prediction import BoxResult, PredictOptions, PredictTargets
 
 
 @dataclass
@@ -178,12 +179,22 @@ class GroundingTask(Task):
 
     def predictions(self, outputs: BoxOutputs, batch: Batch) -> list[dict[str, Any]]:
         targets: GroundingTargetsBatch = batch.targets
-        xyxy = (cxcywh_to_xyxy(outputs.box) * targets.image_size.repeat(1, 2)).cpu()
         return [
-            {
-                "region_id": int(r),
-                "image_id": int(i),
-                "box": [round(v, 2) for v in (b[0].item(), b[1].item(), (b[2] - b[0]).item(), (b[3] - b[1]).item())],
-            }
-            for r, i, b in zip(targets.region_id.tolist(), targets.image_id.tolist(), xyxy)
+            {"region_id": int(r), "image_id": int(i), "box": list(box)}
+            for r, i, box in zip(targets.region_id.tolist(), targets.image_id.tolist(), pixel_boxes(outputs, targets))
         ]
+
+    # -- prediction on a user's inputs (cmvl/tasks/prediction.py) --------------------------------------------
+    predict_input = "phrase"
+
+    def predict_results(self, outputs: BoxOutputs, batch: Batch, options: PredictOptions) -> list[BoxResult]:
+        targets: PredictTargets = batch.targets
+        return [BoxResult(self.name, phrase, box) for phrase, box in zip(batch.texts, pixel_boxes(outputs, targets))]
+
+
+def pixel_boxes(outputs: BoxOutputs, targets: GroundingTargetsBatch | PredictTargets) -> list[tuple[float, ...]]:
+    """Each predicted box as x, y, width, height in pixels of its image (rounded to 0.01: the results format)."""
+    xyxy = (cxcywh_to_xyxy(outputs.box.float()) * targets.image_size.repeat(1, 2)).cpu()
+    return [
+        tuple(round(v, 2) for v in (b[0].item(), b[1].item(), (b[2] - b[0]).item(), (b[3] - b[1]).item())) for b in xyxy
+    ]

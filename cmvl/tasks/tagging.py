@@ -19,6 +19,7 @@ from cmvl.metrics.tagging import TaggingMetrics
 from cmvl.models.families.vl_fusion import VisionLanguageModel
 from cmvl.models.fusion.base import mlp
 from cmvl.tasks.base import SampleNote, SplitTargets, Task
+from cmvl.tasks.prediction import PredictOptions, ScoredLabel, TagsResult
 
 LOSSES = ("bce", "asymmetric")
 
@@ -162,3 +163,15 @@ class TaggingTask(Task):
                 }
             )
         return records
+
+    # -- prediction on a user's inputs (cmvl/tasks/prediction.py): image only --------------------------------
+    def predict_results(self, outputs: TagLogits, batch: Batch, options: PredictOptions) -> list[TagsResult]:
+        """The labels scored at or above the threshold (`options.threshold`, else `task.threshold`), best first."""
+        threshold = self.threshold if options.threshold is None else float(options.threshold)
+        results = []
+        for row in torch.sigmoid(outputs.logits.float()).cpu():
+            scores = {name: round(float(p), 6) for name, p in zip(self.categories, row)}
+            values, order = row.sort(descending=True, stable=True)
+            chosen = [ScoredLabel(self.categories[j], scores[self.categories[j]]) for j in order[values >= threshold]]
+            results.append(TagsResult(self.name, chosen, scores, threshold))
+        return results

@@ -28,6 +28,7 @@ from cmvl.models.families.vl_fusion import VisionLanguageModel
 from cmvl.models.fusion.base import mlp
 from cmvl.models.tokens import Tokens
 from cmvl.tasks.base import SampleNote, SplitTargets, Task
+from cmvl.tasks.prediction import AnswerResult, PredictOptions, ScoredLabel, top_scored
 from cmvl.tasks.text_generation import GeneratedText, TeacherForced, TextFraming
 
 ANSWER_MODES = ("classify", "generate")
@@ -256,11 +257,32 @@ class VQATask(Task):
     def eval_forward(self, model: VisionLanguageModel, batch: Batch) -> AnswerLogits | GeneratedText:
         if self.answer_mode == "classify":
             return self.forward(model, batch)
+        return self._write_answers(model, batch, self.beam_size)
+
+    def _write_answers(self, model: VisionLanguageModel, batch: Batch, beam_size: int) -> GeneratedText:
         memory = self._answer_memory(model, batch)
         decoder = model.heads[self.name]
         return self.framing.generate(
-            decoder, memory, max_length=self.answer_max_length, beam_size=self.beam_size, length_penalty=0.0
+            decoder, memory, max_length=self.answer_max_length, beam_size=beam_size, length_penalty=0.0
         )
+
+    # -- prediction on a user's inputs (cmvl/tasks/prediction.py) --------------------------------------------
+    predict_input = "question"
+
+    def predict_forward(
+        self, model: VisionLanguageModel, batch: Batch, options: PredictOptions
+    ) -> AnswerLogits | GeneratedText:
+        if self.answer_mode == "classify":
+            return self.forward(model, batch)  # reads no targets in classify mode
+        return self._write_answers(model, batch, options.beam_size or self.beam_size)
+
+    def predict_results(
+        self, outputs: AnswerLogits | GeneratedText, batch: Batch, options: PredictOptions
+    ) -> list[AnswerResult]:
+        """The `options.top_k` most probable vocabulary answers (the first is evaluation's), or the written one."""
+        if isinstance(outputs, GeneratedText):
+            return [AnswerResult(self.name, [ScoredLabel(a, None)]) for a in self.framing.decode(outputs.tokens)]
+        return [AnswerResult(self.name, row) for row in top_scored(self.answers, outputs.logits, options.top_k)]
 
     def loss(self, outputs: AnswerLogits | TeacherForced, batch: Batch) -> torch.Tensor:
         if isinstance(outputs, TeacherForced):

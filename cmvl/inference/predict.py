@@ -1,0 +1,272 @@
+"""Prediction on a user's own images and texts with a restored run: requests → typed `Batch`es → the task's
+`predict_forward` → one typed result per request (`cmvl/tasks/prediction.py`), in the requests' order.
+
+Requests are grouped by image, so each distinct image is decoded and encoded once however many questions it has;
+images are decoded exactly as evaluation decodes them (`cmvl.inference.inputs`), optionally in DataLoader workers,
+and only the checkpoint is read (no dataset). A request that cannot be predicted stops the run with one line naming
+it (`on_error="stop"`) or becomes a `Failure` record (`on_error="skip"`).
+
+    run = cmvl.load_run("best.ckpt")
+    results = predict_requests(run, [Request("a.jpg", {"question": "What color is the circle?"})])
+    results[0].answer, results[0].answers[:3]
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from cmvl.batch import Batch
+from cmvl.data.images import build_transform
+from cmvl.errors import ConfigError, UserError
+from cmvl.inference.inputs import ImageInput, image_size, known_token_count, open_input_image, run_texts
+from cmvl.inference.requests import TEXT_FIELDS, Request, RequestError, image_identity
+from cmvl.progress import track
+from cmvl.run import Run
+from cmvl.tasks.base import Task, can_predict
+from cmvl.tasks.prediction import PredictOptions, PredictTargets, Result
+
+PRECISIONS = ("32", "bf16")  # bf16: autocast to bfloat16 (CPU and GPU); 32: float32, as evaluation computes
+ON_ERROR = ("stop", "skip")
+
+
+@dataclass(frozen=True)
+class PredictSettings:
+    """How a set of requests is predicted (each one a key of `cmvl predict`)."""
+
+    task: str | None = None  # a multitask's member to ask; None: the run's own (single) task
+    options: PredictOptions = field(default_factory=PredictOptions)
+    batch_size: int = 64  # requests per forward pass
+    precision: str = "32"
+    on_error: str = "stop"  # stop: the first bad request ends it in one line; skip: it becomes a Failure
+    num_workers: int = 0  # DataLoader processes that decode images (0: in this process)
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision={self.precision}: choose one of {', '.join(PRECISIONS)}")
+        if self.on_error not in ON_ERROR:
+            raise ConfigError(f"on_error={self.on_error}: choose one of {', '.join(ON_ERROR)}")
+        if self.batch_size < 1 or self.num_workers < 0 or self.options.top_k < 1:
+            raise ConfigError("batch_size and top_k must be >= 1, num_workers >= 0")
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A request that could not be predicted, with the reason (`on_error=skip`)."""
+
+    error: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"error": self.error}
+
+
+def predicting_task(run: Run, name: str | None) -> Task:
+    """The task of `run` that answers requests: the run's own, or the multitask member `name`; one line when that
+    task does not exist or cmvl cannot predict with it."""
+    members = {member.name: member for member in run.task.members()}
+    if name is None:
+        if len(members) > 1:
+            raise ConfigError(f"this checkpoint is a multitask: choose a member with task=<{'|'.join(members)}>")
+        name = next(iter(members))
+    if name not in members:
+        raise ConfigError(f"task={name}: this checkpoint's tasks are {', '.join(members)}")
+    task = members[name]
+    if not can_predict(task):
+        raise ConfigError(f"cmvl predict does not run task={task.name} yet")
+    return task
+
+
+def request_text(run: Run, task: Task, request: Request) -> str | None:
+    """The text of `request` that `task` reads (None for an image-only task), or a `RequestError` naming it: a text
+    the task does not take, a missing, empty or wholly unknown one."""
+    where = f"{request.origin}: " if request.origin else ""
+    wanted = task.predict_input
+    extra = sorted(set(request.texts) - {wanted})
+    if extra:
+        takes = f"it takes {wanted}=" if wanted else "it reads only the image"
+        raise RequestError(f"{where}task={task.name} takes no {extra[0]}= ({takes})")
+    if wanted is None:
+        return None
+    text = request.texts.get(wanted)
+    if text is None:
+        raise RequestError(f"{where}task={task.name} needs {wanted}=TEXT")
+    if not text.strip():
+        raise RequestError(f"{where}{wanted} is empty")
+    if known_token_count(run, text) == 0:
+        raise RequestError(f"{where}{wanted} {text!r:.60}: none of its words is in the model's vocabulary")
+    return text
+
+
+class _DecodedImages(Dataset):
+    """Item i: the i-th distinct image as the model reads it (uint8 pixels, and its width and height as given), or
+    the one line saying why it could not be read."""
+
+    def __init__(self, run: Run, images: list[ImageInput]) -> None:
+        self.images = images
+        self.transform = build_transform(image_size=image_size(run), train=False)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, tuple[int, int]] | str:
+        try:
+            image = open_input_image(self.images[i])
+        except UserError as err:
+            return str(err)
+        return self.transform(image), image.size
+
+
+def predict_requests(
+    run: Run,
+    requests: Sequence[Request | RequestError],
+    settings: PredictSettings = PredictSettings(),
+    *,
+    progress: bool = False,
+) -> list[Result | Failure]:
+    """One result per request, in order (`Failure` for a bad request under `on_error="skip"`; under "stop" the first
+    bad one raises its `UserError`). `progress`: a progress bar over the batches."""
+    task = predicting_task(run, settings.task)
+    outcomes: list[Result | Failure | None] = [None] * len(requests)
+    texts: dict[int, str | None] = {}
+    for i, request in enumerate(requests):
+        try:
+            if isinstance(request, RequestError):
+                raise request
+            texts[i] = request_text(run, task, request)
+        except UserError as err:
+            outcomes[i] = _failure(err, settings)
+    # Requests grouped by image (first-seen order), so that a batch holds as few distinct images as it can.
+    groups: dict[object, list[int]] = {}
+    for i in texts:
+        groups.setdefault(image_identity(requests[i].image), []).append(i)
+    order = [i for members in groups.values() for i in members]
+    images = _decoded_images(run, [requests[members[0]].image for members in groups.values()], settings)
+    image_of = {i: g for g, members in enumerate(groups.values()) for i in members}
+    starts = range(0, len(order), settings.batch_size)
+    for start in track(starts, total=len(starts), description="predicting") if progress else starts:
+        chunk = order[start : start + settings.batch_size]
+        decoded = {g: images.get(g) for g in dict.fromkeys(image_of[i] for i in chunk)}
+        ready = []
+        for i in chunk:
+            if isinstance(decoded[image_of[i]], str):
+                where = f"{requests[i].origin}: " if requests[i].origin else ""
+                outcomes[i] = _failure(RequestError(where + decoded[image_of[i]].removeprefix(where)), settings)
+            else:
+                ready.append(i)
+        if ready:
+            batch = _batch(run, task, ready, texts, image_of, decoded)
+            for i, result in zip(ready, _run_batch(run, task, batch, settings)):
+                outcomes[i] = result
+    return outcomes  # every request has its outcome now
+
+
+def _failure(err: UserError, settings: PredictSettings) -> Failure:
+    if settings.on_error == "stop":
+        raise err
+    return Failure(str(err))
+
+
+class _ImageStream:
+    """The decoded distinct images, read in order from a DataLoader (workers decode ahead); each image is kept until
+    the batch after the one that first asked for it, since an image's requests may straddle two batches."""
+
+    def __init__(self, loader: DataLoader) -> None:
+        self.items: Iterator = iter(loader)
+        self.kept: dict[int, Any] = {}
+        self.next = 0
+
+    def get(self, g: int) -> Any:
+        while g >= self.next:
+            self.kept[self.next] = next(self.items)
+            self.next += 1
+        for old in [k for k in self.kept if k < g - 1]:
+            del self.kept[old]
+        return self.kept[g]
+
+
+def _decoded_images(run: Run, images: list[ImageInput], settings: PredictSettings) -> _ImageStream:
+    workers = settings.num_workers if len(images) > 1 else 0
+    loader = DataLoader(
+        _DecodedImages(run, images),
+        batch_size=None,
+        num_workers=workers,
+        prefetch_factor=4 if workers else None,
+        persistent_workers=False,
+    )
+    return _ImageStream(loader)
+
+
+def _batch(
+    run: Run, task: Task, rows: list[int], texts: dict[int, str | None], image_of: dict[int, int], decoded: dict
+) -> Batch:
+    """The `Batch` of requests `rows` (their images decoded in `decoded`: group → (pixels, size))."""
+    groups = list(dict.fromkeys(image_of[i] for i in rows))
+    row_of_group = {g: r for r, g in enumerate(groups)}
+    image_index = torch.tensor([row_of_group[image_of[i]] for i in rows], dtype=torch.int64)
+    sizes = torch.tensor([decoded[image_of[i]][1] for i in rows], dtype=torch.float32)
+    batch = Batch(
+        images=torch.stack([decoded[g][0] for g in groups]),
+        image_index=image_index,
+        image_key=torch.tensor(groups, dtype=torch.int64),
+        index=torch.tensor(rows, dtype=torch.int64),
+        task=task.name,
+        targets=PredictTargets(image_size=sizes),
+    )
+    if task.predict_input is not None:
+        batch.texts = [texts[i] for i in rows]
+        batch.input_ids, batch.attention_mask = run_texts(run, batch.texts)
+    return batch.to(run.device)
+
+
+def _run_batch(run: Run, task: Task, batch: Batch, settings: PredictSettings) -> list[Result]:
+    autocast = (
+        torch.autocast(run.device.type, dtype=torch.bfloat16)
+        if settings.precision == "bf16"
+        else contextlib.nullcontext()
+    )
+    with torch.inference_mode(), autocast:
+        outputs = task.predict_forward(run.model, batch, settings.options)
+        return task.predict_results(outputs, batch, settings.options)
+
+
+def predict(
+    run: Run,
+    image: ImageInput | Sequence[ImageInput],
+    *,
+    question: str | Sequence[str] | None = None,
+    phrase: str | Sequence[str] | None = None,
+    task: str | None = None,
+    top_k: int = 5,
+    threshold: float | None = None,
+    beam_size: int | None = None,
+    precision: str = "32",
+    batch_size: int = 64,
+) -> Result | list[Result]:
+    """The result for one image (a path or a PIL image), or the list of results for a list of images;
+    `question` / `phrase`: one text for every image, or one per image. A bad input raises its `UserError`."""
+    many = isinstance(image, list | tuple)
+    images = list(image) if many else [image]
+    given = {name: value for name, value in zip(TEXT_FIELDS, (question, phrase)) if value is not None}
+    per_image = {}
+    for name, value in given.items():
+        values = [value] * len(images) if isinstance(value, str) else list(value)
+        if len(values) != len(images):
+            raise ConfigError(f"{name}: {len(values)} texts for {len(images)} images (give one, or one per image)")
+        per_image[name] = values
+    requests = [
+        Request(im, {name: values[k] for name, values in per_image.items()}, origin=f"image {k}" if many else "")
+        for k, im in enumerate(images)
+    ]
+    settings = PredictSettings(
+        task=task,
+        options=PredictOptions(top_k=top_k, threshold=threshold, beam_size=beam_size),
+        batch_size=batch_size,
+        precision=precision,
+    )
+    results = predict_requests(run, requests, settings)
+    return results if many else results[0]
