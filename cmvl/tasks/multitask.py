@@ -83,8 +83,10 @@ class MultiTask(Task):
         self.monitor_mode = self.tasks[monitored].monitor_mode
         self.allows_random_crop = all(t.allows_random_crop for t in self.tasks.values())
         self.parts = frozenset().union(*(t.parts for t in self.tasks.values()))
-        # The families every member runs on (the members share one model).
-        self.families = tuple(f for f in first.families if all(f in t.families for t in self.tasks.values()))
+        # The families every member runs on (the members share one model); a family runs a task when it is one of
+        # the task's families or derives from one (the detector family is a vl_fusion model too).
+        candidates = dict.fromkeys(f for t in self.tasks.values() for f in t.families)
+        self.families = tuple(f for f in candidates if all(issubclass(f, t.families) for t in self.tasks.values()))
 
     def members(self) -> list[Task]:
         return list(self.tasks.values())
@@ -139,6 +141,14 @@ class MultiTask(Task):
             if member.update_count:  # a task with no validation batches in this round has nothing to report
                 values.update({f"{name}/{k}": v for k, v in task.compute_metric(member, model).items()})
         return values
+
+    def epoch_pictures(self, metric: TaskMetrics) -> dict[str, Any]:
+        return {
+            f"{name}_{key}": picture
+            for name, task in self.tasks.items()
+            if metric.metrics[name].update_count
+            for key, picture in task.epoch_pictures(metric.metrics[name]).items()
+        }
 
     def member_metric(self, metric: TaskMetrics, name: str) -> nn.Module:
         return metric.metrics[name]
