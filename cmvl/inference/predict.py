@@ -7,8 +7,11 @@ and only the checkpoint is read (no dataset). A request that cannot be predicted
 it (`on_error="stop"`) or becomes a `Failure` record (`on_error="skip"`).
 
     run = cmvl.load_run("best.ckpt")
-    results = predict_requests(run, [Request("a.jpg", {"question": "What color is the circle?"})])
-    results[0].answer, results[0].answers[:3]
+    predict(run, "a.jpg", question="What color is the circle?").answers[:3]      # one image, or a list of them
+    predict_requests(run, [Request("a.jpg", {"question": "What color is the circle?"})], PredictSettings())
+
+`predict(run, ...)` is a function of this package rather than a method of `Run`: `cmvl.run` restores runs and knows
+nothing of what uses them (the one-way imports of tests/test_import_graph.py: inference imports `cmvl.run`).
 """
 
 from __future__ import annotations

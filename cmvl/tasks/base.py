@@ -184,7 +184,7 @@ class Task(ABC):
             for i, record in enumerate(records)
         ]
 
-    # -- prediction on a user's inputs (`cmvl predict`, `Run.predict`; cmvl/tasks/prediction.py) -----------------
+    # -- prediction on a user's inputs (`cmvl predict`, `cmvl.inference.predict`; cmvl/tasks/prediction.py) ------
     # A batch built from requests has `PredictTargets` as `batch.targets` (no ground truth: the images' sizes only).
     predict_input: str | None = None  # the request field with a sample's text ("question", "phrase"); None: image only
 

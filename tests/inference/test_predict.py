@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -19,6 +20,7 @@ from cmvl.inference import predict as predict_module
 from cmvl.inference.predict import PredictSettings, predict, predict_requests
 from cmvl.inference.requests import Request, RequestError
 from cmvl.tasks.prediction import AnswerResult
+from tests.conftest import REPO
 
 NEAR_TIE = 1e-4  # top-two probability gap under which two batchings may rank the two answers either way
 
@@ -162,3 +164,17 @@ def test_prediction_reads_only_the_checkpoint_and_the_image(best, tiny_world, tm
     finally:
         active[0] = False
     assert opened == [] and isinstance(result, AnswerResult)
+
+
+def test_the_readme_example_runs(best, tiny_world, tmp_path, monkeypatch, capsys):
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("### Use a trained model: `cmvl predict`") :]
+    code = re.search(r"```python\n(.*?)```", section[: section.index("\n#", 5)], re.S).group(1)
+    placeholder = "outputs/<date>/<time>-<hex>/checkpoints/best.ckpt"
+    assert placeholder in code
+    for name, image in zip(["photo.jpg", "a.jpg", "b.jpg"], sorted((tiny_world / "val").glob("*.jpg"))):
+        shutil.copy(image, tmp_path / name)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code.replace(placeholder, str(best)), "README.md", "exec"), {})
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) == 2 and printed[1].count("'task': 'vqa'") == 2
