@@ -155,10 +155,14 @@ def format_table(report: SweepReport) -> str:
     hidden = {"overrides", "job"} if report.swept else {"overrides"}
     headers = [h for h in (rows[0] if rows else {}) if h not in hidden]
     cells = [[_cell(r.get(h), 4 if h == report.metric else None) for h in headers] for r in rows]
+    return "\n".join(aligned(headers, cells))
+
+
+def aligned(headers: list[str], cells: list[list[str]]) -> list[str]:
+    """The header line and one line per row, each column padded to its widest cell."""
     widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(headers)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(cell, widths)).rstrip() for cell in cells]
-    return "\n".join(lines)
+    return lines + ["  ".join(c.ljust(w) for c, w in zip(cell, widths)).rstrip() for cell in cells]
 
 
 def reproduce_line(job: Job) -> str:

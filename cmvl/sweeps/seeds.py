@@ -7,7 +7,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
-from cmvl.sweeps.report import Job, SweepReport, _cell
+from cmvl.sweeps.report import Job, SweepReport, _cell, aligned
 
 SEED_KEY = "seed"
 REPORT_BY_CONFIGURATION_CSV = "report_by_configuration.csv"
@@ -83,7 +83,4 @@ def format_configurations(report: SweepReport) -> str:
         cells.append(
             [*(_cell(row[k], None) for k in keys), spread, row["seeds"], "" if wall is None else f"{wall:.0f}"]
         )
-    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(headers)]
-    table = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
-    table += ["  ".join(c.ljust(w) for c, w in zip(cell, widths)).rstrip() for cell in cells]
-    return "\n".join(lines + [f"  {line}" for line in table])  # indented: not read as the jobs' table
+    return "\n".join(lines + [f"  {line}" for line in aligned(headers, cells)])  # indented: not the jobs' table
