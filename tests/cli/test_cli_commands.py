@@ -60,7 +60,7 @@ def test_the_table_usage_agrees_with_the_command_keys(name):
 @pytest.mark.parametrize(
     ("args", "needles"),
     [
-        (["trian"], ["unknown command 'trian'", "did you mean 'train'", "train, eval, data, sweep, plot"]),
+        (["trian"], ["unknown command 'trian'", "did you mean 'train'", "(commands: train, eval, ", " predict, "]),
         (["data", "shapse"], ["unknown command 'data shapse'", "did you mean 'data shapes'", "shapes, info, prepare"]),
         (["sweep", "reprot"], ["did you mean 'sweep report'"]),
         (["data"], ["cmvl data needs one of: shapes, info, prepare"]),
