@@ -47,6 +47,18 @@ COMMANDS: tuple[Command, ...] = (
         "maps of what the model looked at: a PNG per word and for the question, maps.npy",
     ),
     Command(
+        "index",
+        "cmvl.cli.index_cmd:index_command",
+        "ckpt=PATH images=DIR out=DIR [batch_size=N]",
+        "embed a folder of images with a retrieval checkpoint, for cmvl search (resumable)",
+    ),
+    Command(
+        "search",
+        "cmvl.cli.search_cmd:search_command",
+        'index=DIR query=TEXT [top_k=K] | image=PATH texts=FILE',
+        "images of an index matching a text, or a file's lines matching an image",
+    ),
+    Command(
         "predict",
         "cmvl.cli.predict_cmd:predict_command",
         "ckpt=PATH image=FILE|input=JSONL|images=DIR [question=TEXT] [key=value ...]",
