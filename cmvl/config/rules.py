@@ -387,6 +387,7 @@ VALUE_RULES: dict[str, Rule | Callable[[], Rule]] = {
     "checkpoint.every_n_steps": integer(1, null="every epoch end"),
     "checkpoint.keep_last": integer(2),  # one survives a crash while the next is written
     "samples.count": COUNT,
+    "samples.attention": BOOL,
     "samples.every_n_epochs": POSITIVE_INT,
 }
 

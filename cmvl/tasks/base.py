@@ -37,9 +37,16 @@ class SampleNote:
     image_row: int
     lines: list[str]
     boxes: list[tuple[list[float], str]] = field(default_factory=list)
+    verdict: str | None = None  # the prediction against the truth, marked by the frame: a key of VERDICT_COLOURS
+    row: int | None = None  # the sample's row in the batch (its text): where a map of the image is computed from
+    heat: torch.Tensor | None = None  # H×W relevance of the image's grid cells, drawn over it (samples.attention)
+
+
+VERDICT_COLOURS = {"right": "green", "partly right": "orange", "wrong": "red"}  # sample pictures' frames
 
 
 PREDICTED, TRUE = "red", "lime"  # box colours in sample pictures
+EMPTY = "(empty)"  # how a sample picture shows an empty text (a caption the model ended at once)
 
 
 def can_predict(task: Task) -> bool:
@@ -70,6 +77,7 @@ class Task(ABC):
     monitor_mode: str = "max"
     allows_random_crop: bool = True  # False where targets are positions in the image (boxes)
     group_rows_by_image: bool = True  # the batching when `data.group_by_image` is null (see cmvl/conf/train.yaml)
+    sample_legend: str | None = None  # what the marks in this task's sample pictures mean (once per picture)
     # The model families the task runs on (`model=`; cmvl/conf/model/), and the parts of the family its forward
     # runs: only these are built (no parameters that never get a gradient, for DDP to wait for or to freeze).
     families: tuple[type[ModelFamily], ...] = (VisionLanguageModel,)

@@ -20,7 +20,7 @@ from cmvl.models.families.vl_fusion import VisionLanguageModel
 from cmvl.models.lstm_decoder import LSTMCaptionDecoder, LSTMOptions, doubly_stochastic_penalty
 from cmvl.models.pretrained_decoder import PretrainedLM
 from cmvl.models.tokens import Tokens
-from cmvl.tasks.base import SampleNote, SplitTargets, Task
+from cmvl.tasks.base import EMPTY, SampleNote, SplitTargets, Task
 from cmvl.tasks.prediction import CaptionResult, PredictOptions
 from cmvl.tasks.text_generation import IGNORE, GeneratedText, TeacherForced, TextFraming
 
@@ -202,7 +202,7 @@ class CaptionTask(Task):
         captions = self.framing.decode(outputs.tokens[:count])
         references = batch.targets.references
         return [
-            SampleNote(int(batch.image_index[i]), [f"pred: {c}", f"ref: {references[i][0]}"])
+            SampleNote(int(batch.image_index[i]), [f"pred: {c or EMPTY}", f"ref: {references[i][0] or EMPTY}"])
             for i, c in enumerate(captions)
         ]
 

@@ -105,6 +105,7 @@ class GroundingTask(Task):
     table_kind = "regions"
     epochs = 13  # default budget (trainer.max_epochs=null), measured in the README
     allows_random_crop = False
+    sample_legend = f"boxes: {PREDICTED} = predicted, {TRUE} = true; right = IoU at least task.iou_threshold"
 
     def __init__(
         self,
@@ -171,8 +172,10 @@ class GroundingTask(Task):
         return [
             SampleNote(
                 int(batch.image_index[i]),
-                [batch.texts[i], f"IoU {float(iou[i]):.2f} (red: predicted, green: true)"],
+                [batch.texts[i], f"IoU {float(iou[i]):.2f}"],
                 [(predicted[i].tolist(), PREDICTED), (target[i].tolist(), TRUE)],
+                verdict="right" if float(iou[i]) >= self.iou_threshold else "wrong",
+                row=i,
             )
             for i in range(len(predicted))
         ]

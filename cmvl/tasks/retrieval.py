@@ -19,7 +19,7 @@ from cmvl.errors import ConfigError
 from cmvl.metrics.retrieval import RetrievalRecall
 from cmvl.models.families.vl_fusion import VisionLanguageModel
 from cmvl.models.tokens import Tokens
-from cmvl.tasks.base import SampleNote, SplitTargets, Task
+from cmvl.tasks.base import EMPTY, SampleNote, SplitTargets, Task
 from cmvl.tasks.retrieval_losses import LOSSES, hinge_triplet, multi_positive_nce, positive_pairs, text_keys
 
 
@@ -129,6 +129,7 @@ class RetrievalTask(Task):
     epochs = 5  # default budget (trainer.max_epochs=null), measured in the README
     monitor_key = "r_mean"
     group_rows_by_image = False  # one caption per image per batch: the other images are the negatives
+    sample_legend = "captions: + = one of the image's own, - = another image's; right = its own caption ranked first"
 
     def __init__(
         self,
@@ -300,8 +301,9 @@ class RetrievalTask(Task):
         for u in range(min(count, scores.shape[0])):
             top = scores[u].argsort(descending=True, stable=True)[:3].tolist()  # ties in table order, as the metric
             own = (batch.image_index == u).nonzero().flatten().tolist()
-            lines = [f"{'+' if j in own else '-'} {batch.texts[j]}" for j in top]
-            notes.append(SampleNote(u, ["top captions in this batch:", *lines]))
+            lines = [f"{'+' if j in own else '-'} {batch.texts[j] or EMPTY}" for j in top]
+            verdict = "right" if top and top[0] in own else "wrong"
+            notes.append(SampleNote(u, ["top captions in this batch:", *lines], verdict=verdict))
         return notes
 
     def predictions(self, outputs: RetrievalOutputs, batch: Batch) -> list[dict[str, Any]]:

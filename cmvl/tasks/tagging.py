@@ -142,10 +142,13 @@ class TaggingTask(Task):
         notes = []
         for i, record in enumerate(self.predictions(outputs, batch)[:count]):
             truth = [self.categories[j] for j in batch.targets.labels[i].nonzero().flatten().tolist()]
+            predicted = set(record["labels"])
+            verdict = "right" if predicted == set(truth) else "partly right" if predicted & set(truth) else "wrong"
             notes.append(
                 SampleNote(
                     int(batch.image_index[i]),
                     [f"pred: {', '.join(record['labels']) or '-'}", f"true: {', '.join(truth) or '-'}"],
+                    verdict=verdict,
                 )
             )
         return notes

@@ -314,9 +314,12 @@ class VQATask(Task):
             truth = self.answers[int(scores.argmax())] if float(scores.max()) > 0 else "(not in the answer vocabulary)"
             if targets.human_answers is not None:  # generative mode: the annotators' most common answer
                 truth = Counter(targets.human_answers[i]).most_common(1)[0][0]
-            score = f"{float(scores[self._index[answer]]):.1f}" if answer in self._index else "?"
-            lines = [batch.texts[i], f"pred: {answer} (VQA score {score})", f"true: {truth}"]
-            notes.append(SampleNote(int(batch.image_index[i]), lines))
+            if targets.human_answers is not None:
+                value = self.rules.score(answer, targets.human_answers[i])
+            else:
+                value = float(scores[self._index[answer]]) if answer in self._index else 0.0
+            lines = [batch.texts[i], f"pred: {answer} (VQA score {value:.1f})", f"true: {truth}"]
+            notes.append(SampleNote(int(batch.image_index[i]), lines, verdict=score_verdict(value), row=i))
         return notes
 
     def predictions(self, outputs: AnswerLogits | GeneratedText, batch: Batch) -> list[dict[str, Any]]:
@@ -325,6 +328,11 @@ class VQATask(Task):
         else:
             answers = [self.answers[j] for j in outputs.logits.argmax(dim=1).tolist()]
         return [{"question_id": int(q), "answer": a} for q, a in zip(batch.targets.question_id.tolist(), answers)]
+
+
+def score_verdict(score: float) -> str:
+    """A VQA score (0 … 1) as the sample pictures mark it."""
+    return "right" if score >= 1.0 else "partly right" if score > 0 else "wrong"
 
 
 def fill_vqa_eval_of_older_checkpoint(task_cfg: DictConfig) -> None:

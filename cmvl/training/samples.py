@@ -4,62 +4,47 @@ written to `<run dir>/samples/epoch<NNN>.png` and logged to TensorBoard and wand
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 
 from cmvl.atomic_file import atomic_write
 from cmvl.batch import Batch, TensorRecord
 from cmvl.tasks.base import SampleNote
-
-CELL = 192  # pixels per image side in the picture
-COLUMNS = 4
-LINE_HEIGHT = 13
-FONT_SIZE = 11
-
-
-def _to_pil(image: torch.Tensor) -> Image.Image:
-    """A batch image (uint8 C×H×W, as loaders deliver them) as an RGB picture of CELL×CELL pixels."""
-    array = image.cpu().to(torch.uint8).permute(1, 2, 0).numpy()
-    picture = Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array)
-    return picture.convert("RGB").resize((CELL, CELL), Image.Resampling.NEAREST)
-
-
-def render_grid(panels: list[tuple[torch.Tensor, SampleNote]]) -> Image.Image:
-    """One picture: COLUMNS images per row, each with its boxes drawn and its lines of text below it."""
-    font = ImageFont.load_default(size=FONT_SIZE)
-    width_chars = CELL // 6
-    wrapped = [[w for line in note.lines for w in textwrap.wrap(line, width_chars) or [""]] for _, note in panels]
-    rows = [range(i, min(i + COLUMNS, len(panels))) for i in range(0, len(panels), COLUMNS)]
-    heights = [CELL + 6 + LINE_HEIGHT * max(len(wrapped[i]) for i in row) for row in rows]
-    canvas = Image.new("RGB", (COLUMNS * (CELL + 4) + 4, sum(heights) + 4 * len(rows) + 4), "white")
-    draw = ImageDraw.Draw(canvas)
-    top = 4
-    for row, height in zip(rows, heights):
-        for column, i in enumerate(row):
-            image, note = panels[i]
-            left = 4 + column * (CELL + 4)
-            canvas.paste(_to_pil(image), (left, top))
-            for box, colour in note.boxes:
-                x0, y0, x1, y1 = (min(max(v, 0.0), 1.0) * CELL for v in box)
-                draw.rectangle([left + x0, top + y0, left + x1, top + y1], outline=colour, width=2)
-            for k, line in enumerate(wrapped[i]):
-                draw.text((left, top + CELL + 4 + k * LINE_HEIGHT), line, fill="black", font=font)
-        top += height + 4
-    return canvas
+from cmvl.training.sample_pictures import CELL as CELL  # the picture's layout, also a name of this module
+from cmvl.training.sample_pictures import COLUMNS as COLUMNS
+from cmvl.training.sample_pictures import (
+    add_sample_maps,
+    check_sample_maps,
+    legend_lines,
+    member_of,
+    render_grid,
+    spread_over_images,
+)
 
 
 class SamplePredictions(pl.Callback):
-    """Keeps the first `count` samples of the first validation batch of each loader (each task of a multitask)
-    and, at the end of every `every_n_epochs`-th validation epoch, draws them (global rank 0 only)."""
+    """Keeps `count` samples of the first validation batch of each loader (each task of a multitask), one per
+    distinct image first, and, at the end of every `every_n_epochs`-th validation epoch, draws them (global rank 0
+    only). With `attention`, each sample's image shows the Grad-CAM map of its prediction (cmvl.explain)."""
 
-    def __init__(self, out_dir: str | Path, *, count: int = 8, every_n_epochs: int = 1) -> None:
+    def __init__(
+        self, out_dir: str | Path, *, count: int = 8, every_n_epochs: int = 1, attention: bool = False
+    ) -> None:
         self.out_dir, self.count, self.every_n_epochs = Path(out_dir), count, every_n_epochs
+        self.attention = attention
         self._panels: list[tuple[torch.Tensor, SampleNote]] = []
+        self._legends: list[str] = []  # the marks of the tasks drawn (Task.sample_legend)
+        self._special_ids: list[int] = []  # the tokenizer's special tokens: no words of a text, no maps
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.attention:  # refused before the first step when the fusion has no maps
+            datamodule = trainer.datamodule
+            check_sample_maps(pl_module.task, pl_module.model, image_size=int(datamodule.image_cfg["size"]))
+            self._special_ids = list(datamodule.tokenizer.all_special_ids)
 
     def _due(self, trainer: pl.Trainer) -> bool:
         return (
@@ -70,7 +55,20 @@ class SamplePredictions(pl.Callback):
         )
 
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._panels = []
+        self._panels, self._legends = [], []
+
+    def _notes(self, pl_module: pl.LightningModule, outputs: TensorRecord, batch: Batch) -> list[SampleNote]:
+        """The samples to draw of a batch: `count` of them spread over its distinct images, with their maps."""
+        notes = spread_over_images(pl_module.task.sample_notes(outputs, batch, len(batch)), self.count)
+        legend = member_of(pl_module.task, batch).sample_legend
+        self._legends += [legend] if legend else []
+        if self.attention:
+            add_sample_maps(pl_module.task, pl_module.model, batch, notes, self._special_ids)
+        return notes
+
+    def _draw(self) -> Image.Image:
+        """The picture of the kept samples, with the legend of their marks."""
+        return render_grid(self._panels, legend_lines(self._panels, self._legends))
 
     def on_validation_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: TensorRecord | None, batch: Batch,
@@ -78,13 +76,13 @@ class SamplePredictions(pl.Callback):
     ) -> None:  # fmt: skip
         if batch_idx != 0 or outputs is None or not self._due(trainer):
             return
-        for note in pl_module.task.sample_notes(outputs, batch, self.count):
+        for note in self._notes(pl_module, outputs, batch):
             self._panels.append((batch.images[note.image_row].detach().cpu(), note))
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self._panels or not self._due(trainer):
             return
-        picture = render_grid(self._panels)
+        picture = self._draw()
         self._panels = []
         with atomic_write(self.out_dir / f"epoch{trainer.current_epoch:03d}.png", "wb") as f:
             picture.save(f, format="PNG")
