@@ -94,7 +94,7 @@ class DetectionTask(Task):
 
     name = "detection"
     table_kind = "objects"
-    epochs = 30  # default budget (trainer.max_epochs=null), measured in the README
+    epochs = 6  # default budget (trainer.max_epochs=null), measured in the README
     allows_random_crop = False
     families = (DetectorModel,)
 
