@@ -24,6 +24,7 @@ READ_KEYS = (
     "dataset.karpathy_file",
     "dataset.image_pattern",
     "dataset.missing_images",
+    "dataset.class_label",  # shapes: which classes table (shape | color | color_shape)
     "data.eval_batch_size",
     "data.num_workers",
     "data.pin_memory",
@@ -47,6 +48,7 @@ TASK_EVAL_OPTIONS = {
     "cmvl.tasks.retrieval.RetrievalTask": ("top_k", "rerank_k"),
     "cmvl.tasks.tagging.TaggingTask": ("threshold", "top_k"),
     "cmvl.tasks.grounding.GroundingTask": ("iou_threshold",),
+    "cmvl.tasks.classification.ClassificationTask": ("top_k",),
 }
 TASK_EVAL_PATTERNS = ("attack*", "zero_shot*")  # any task's robustness / zero-shot options
 

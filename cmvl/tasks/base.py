@@ -207,6 +207,13 @@ class Task(ABC):
         overrides this is one `cmvl predict` runs (`can_predict`)."""
         raise ConfigError(f"cmvl predict does not run task={self.name} yet (no predict_results)")
 
+    def epoch_pictures(self, metric: Metric) -> dict[str, Any]:
+        """Pictures of a whole validation epoch (name → PIL image; classification: its confusion matrix), drawn from
+        the metric's state over every process, so every process calls this; written beside the sample pictures as
+        `<name>_epoch<N>.png`. None by default."""
+        del metric
+        return {}
+
     def final_predictions(self, metric: Metric) -> Any | None:
         """Predictions that need the whole split (retrieval rankings), from the metric's gathered state; None
         means the per-batch `predictions` are the result."""

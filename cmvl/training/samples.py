@@ -80,14 +80,25 @@ class SamplePredictions(pl.Callback):
             self._panels.append((batch.images[note.image_row].detach().cpu(), note))
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # The task's pictures of the whole epoch (a confusion matrix) read the validation metric, which the
+        # LightningModule's own hook (run after the callbacks') resets; every process gathers its state.
+        epoch_due = (
+            self.count > 0 and not trainer.sanity_checking and (trainer.current_epoch + 1) % self.every_n_epochs == 0
+        )
+        pictures = pl_module.task.epoch_pictures(pl_module.val_metric) if epoch_due else {}
+        for name, picture in pictures.items() if trainer.is_global_zero else ():
+            self._save(trainer, picture, f"{name}_epoch{trainer.current_epoch:03d}.png", f"val/{name}")
         if not self._panels or not self._due(trainer):
             return
         picture = self._draw()
         self._panels = []
-        with atomic_write(self.out_dir / f"epoch{trainer.current_epoch:03d}.png", "wb") as f:
+        self._save(trainer, picture, f"epoch{trainer.current_epoch:03d}.png", "val/samples")
+
+    def _save(self, trainer: pl.Trainer, picture: Image.Image, file_name: str, key: str) -> None:
+        with atomic_write(self.out_dir / file_name, "wb") as f:
             picture.save(f, format="PNG")
         for logger in trainer.loggers:
             if isinstance(logger, pl.loggers.TensorBoardLogger):
-                logger.experiment.add_image("val/samples", np.asarray(picture), trainer.global_step, dataformats="HWC")
+                logger.experiment.add_image(key, np.asarray(picture), trainer.global_step, dataformats="HWC")
             elif isinstance(logger, pl.loggers.WandbLogger):
-                logger.log_image(key="val/samples", images=[picture], step=trainer.global_step)
+                logger.log_image(key=key, images=[picture], step=trainer.global_step)
