@@ -151,11 +151,15 @@ def build_index(
     if not paths:
         raise DataError(f"images={images}: no image files in it (looked for .jpg, .png, .webp, ... at any depth)")
     manifest = _start_manifest(run, root, out, overwrite=overwrite)
-    indexed = {p for shard in manifest["shards"] for p in read_shard_paths(out, shard)}
+    shards = [read_shard_files(out, shard) for shard in manifest["shards"]]
+    indexed = {p for files in shards for p in files.column("path").to_pylist()}
     todo = [p for p in paths if p not in indexed]
     gone = len(indexed - set(paths))
-    if gone:
-        log.warning(f"{gone} indexed image(s) are no longer in {root}; overwrite=true rebuilds the index without them")
+    changed = [p for files in shards for p in changed_since_indexed(root, files)]
+    stale = [f"{gone} no longer in {root}"] if gone else []
+    stale += [f"{len(changed)} changed since they were embedded ({', '.join(changed[:3])})"] if changed else []
+    if stale:
+        log.warning(f"indexed images: {' and '.join(stale)}; overwrite=true builds the index again")
     if indexed:
         log.info(f"index {out}: {len(indexed)} image(s) already embedded, {len(todo)} to go")
     skipped = _embed_into_shards(retrieval, root, out, todo, manifest, batch_size, shard_size, num_workers)
@@ -301,17 +305,39 @@ def _valid_shard_entry(shard: Any) -> bool:
     )
 
 
-def read_shard_paths(index: Path, shard: dict[str, Any]) -> list[str]:
-    """The image paths of one shard (its parquet file), or one line why they cannot be read."""
+def read_shard_files(index: Path, shard: dict[str, Any]) -> pa.Table:
+    """One shard's parquet table (path, bytes, mtime_ns of each row's file), or one line why it cannot be read."""
     try:
-        table = pq.read_table(index / f"{shard['name']}.parquet", columns=["path"])
+        table = pq.read_table(index / f"{shard['name']}.parquet")
     except (OSError, pa.ArrowException) as err:
         raise corrupt(index, f"{shard['name']}.parquet: {str(err).splitlines()[0]}") from None
-    if table.num_rows != shard["count"] or not pa.types.is_string(table.schema.field("path").type):
+    types = {name: table.schema.field(name).type for name in table.column_names}
+    if types != {"path": pa.string(), "bytes": pa.int64(), "mtime_ns": pa.int64()}:
+        raise corrupt(index, f"{shard['name']}.parquet has the columns {types}, not path, bytes and mtime_ns")
+    if table.num_rows != shard["count"]:
         raise corrupt(
             index, f"{shard['name']}.parquet holds {table.num_rows} paths, the manifest says {shard['count']}"
         )
-    return table.column("path").to_pylist()
+    return table
+
+
+def read_shard_paths(index: Path, shard: dict[str, Any]) -> list[str]:
+    """The image paths of one shard, relative to the indexed folder."""
+    return read_shard_files(index, shard).column("path").to_pylist()
+
+
+def changed_since_indexed(root: Path, files: pa.Table) -> list[str]:
+    """The indexed files (a shard table's rows) still under `root` whose size or modification time is not what it
+    was when they were embedded: their embeddings describe an older picture."""
+    changed = []
+    for path, size, mtime in zip(*(files.column(c).to_pylist() for c in ("path", "bytes", "mtime_ns")), strict=True):
+        try:
+            stat = (root / path).stat()
+        except OSError:
+            continue  # gone: counted apart
+        if (stat.st_size, stat.st_mtime_ns) != (size, mtime):
+            changed.append(path)
+    return changed
 
 
 def read_shard_embeddings(index: Path, shard: dict[str, Any]) -> np.ndarray:

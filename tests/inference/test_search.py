@@ -152,7 +152,7 @@ def test_a_stopped_index_continues_without_embedding_again(retrieval, val_index,
     assert (again.images, again.embedded, sum(embedded)) == (20, 0, 20)  # nothing left to embed
 
 
-def test_unreadable_images_are_skipped_and_listed(retrieval, tiny_world, tmp_path):
+def test_unreadable_images_are_skipped_and_listed_and_changed_ones_named(retrieval, tiny_world, tmp_path, capsys):
     folder = tmp_path / "photos"
     (folder / "nested").mkdir(parents=True)
     good = sorted((tiny_world / "val").glob("*.jpg"))[:3]
@@ -167,6 +167,14 @@ def test_unreadable_images_are_skipped_and_listed(retrieval, tiny_world, tmp_pat
     manifest = read_manifest(tmp_path / "index")
     assert manifest["skipped"] == report.skipped and manifest["complete"]
     assert open_index(tmp_path / "index").paths == [good[0].name, f"nested/{good[1].name}", "nested/third.PNG"]
+    (folder / "broken.jpg").unlink()
+    shutil.copy(good[2], folder / good[0].name)  # another picture under an indexed name
+    shutil.copy(good[2], folder / "added.jpg")
+    capsys.readouterr()
+    again = build_index(retrieval.run, folder, tmp_path / "index")
+    assert (again.images, again.embedded, again.skipped) == (4, 1, [])  # only the new file is embedded
+    warning = capsys.readouterr().err
+    assert f"indexed images: 1 changed since they were embedded ({good[0].name});" in warning
     empty, only_broken = tmp_path / "empty", tmp_path / "only_broken"
     empty.mkdir()
     only_broken.mkdir()
