@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 from cmvl.batch import Batch
 from cmvl.data.images import build_transform
 from cmvl.errors import ConfigError, UserError
-from cmvl.inference.inputs import ImageInput, image_size, known_token_count, open_input_image, run_texts
+from cmvl.inference.inputs import ImageInput, image_size, known_token_counts, open_input_image, run_texts
 from cmvl.inference.requests import TEXT_FIELDS, Request, RequestError, image_identity
 from cmvl.progress import track
 from cmvl.run import Run
@@ -84,10 +84,11 @@ def predicting_task(run: Run, name: str | None) -> Task:
     return task
 
 
-def request_text(run: Run, task: Task, request: Request) -> str | None:
+def request_text(task: Task, request: Request) -> str | None:
     """The text of `request` that `task` reads (None for an image-only task), or a `RequestError` naming it: a text
-    the task does not take, a missing, empty or wholly unknown one."""
-    where = f"{request.origin}: " if request.origin else ""
+    the task does not take, a missing or an empty one (`predict_requests` then refuses one whose every token the
+    tokenizer does not know, tokenising all requests' texts in one call)."""
+    where = _where(request)
     wanted = task.predict_input
     extra = sorted(set(request.texts) - {wanted})
     if extra:
@@ -100,9 +101,11 @@ def request_text(run: Run, task: Task, request: Request) -> str | None:
         raise RequestError(f"{where}task={task.name} needs {wanted}=TEXT")
     if not text.strip():
         raise RequestError(f"{where}{wanted} is empty")
-    if known_token_count(run, text) == 0:
-        raise RequestError(f"{where}{wanted} {text!r:.60}: none of its words is in the model's vocabulary")
     return text
+
+
+def _where(request: Request) -> str:
+    return f"{request.origin}: " if request.origin else ""
 
 
 class _DecodedImages(Dataset):
@@ -140,9 +143,14 @@ def predict_requests(
         try:
             if isinstance(request, RequestError):
                 raise request
-            texts[i] = request_text(run, task, request)
+            texts[i] = request_text(task, request)
         except UserError as err:
             outcomes[i] = _failure(err, settings)
+    if task.predict_input is not None:
+        for i, known in zip(list(texts), known_token_counts(run, list(texts.values()))):
+            if not known:
+                reason = f"{task.predict_input} {texts.pop(i)!r:.60}: none of its words is in the model's vocabulary"
+                outcomes[i] = _failure(RequestError(_where(requests[i]) + reason), settings)
     # Requests grouped by image (first-seen order), so that a batch holds as few distinct images as it can.
     groups: dict[object, list[int]] = {}
     for i in texts:
@@ -157,7 +165,7 @@ def predict_requests(
         ready = []
         for i in chunk:
             if isinstance(decoded[image_of[i]], str):
-                where = f"{requests[i].origin}: " if requests[i].origin else ""
+                where = _where(requests[i])
                 outcomes[i] = _failure(RequestError(where + decoded[image_of[i]].removeprefix(where)), settings)
             else:
                 ready.append(i)

@@ -9,6 +9,7 @@ images; each keeps where it came from (`origin`), so a bad one is named by its l
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,5 +98,6 @@ def folder_requests(folder: Path, *, texts: dict[str, str]) -> list[Request]:
 
 
 def image_identity(image: ImageInput) -> object:
-    """What makes two requests' images the same one (decoded and encoded once): the resolved file, or the object."""
-    return ("file", str(Path(image).resolve())) if isinstance(image, str | Path) else ("object", id(image))
+    """What makes two requests' images the same one (decoded and encoded once): the file's absolute path (no file
+    system calls: two links to one file are two images, decoded twice), or the object."""
+    return ("file", os.path.abspath(image)) if isinstance(image, str | Path) else ("object", id(image))
