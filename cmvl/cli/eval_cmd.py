@@ -21,7 +21,9 @@ next to the checkpoint, or into out=DIR.""",
   dataset.root=/data/x   read the data from another place
   data.num_workers=0
   task.beam_size=5       a task's evaluation option (decoding, re-ranking, scoring thresholds)
-Overrides that change the model (model.*, vision.*, text.*, fusion.*), the task or only training are refused.""",
+Overrides that change the model (model.*, vision.*, text.*, fusion.*), the task or only training are refused.
+Zero-shot classification with a retrieval checkpoint (class embeddings averaged over prompt templates):
+  task=zeroshot classes=[circle,square,triangle] templates=builtin|FILE [dataset=image_folder dataset.root=DIR]""",
 )
 
 
@@ -35,8 +37,10 @@ def eval_command(args: list[str]) -> None:
 
         check_writable_dir(parsed["out"], "out=")
     from cmvl.evaluation import evaluate_checkpoint
+    from cmvl.evaluation.zeroshot import evaluate_zeroshot, is_zeroshot
 
-    result = evaluate_checkpoint(parsed["ckpt"], overrides=parsed.overrides, out_dir=parsed["out"])
+    evaluate = evaluate_zeroshot if is_zeroshot(parsed.overrides) else evaluate_checkpoint
+    result = evaluate(parsed["ckpt"], overrides=parsed.overrides, out_dir=parsed["out"])
     for key, value in result["metrics"].items():
         print(f"{key} = {value:.6f}")
     files, counts = result["predictions_file"], result["num_predictions"]
