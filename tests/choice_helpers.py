@@ -76,6 +76,8 @@ def offline_overrides(cfg: DictConfig, dirs: dict[str, str], folders: dict[str, 
     vision_target = str(OmegaConf.select(cfg, "vision.encoder._target_", default=""))
     fills["vision.encoder.name"] = dirs["vit"] if vision_target == HUB_NAME_TARGETS["vision.encoder"] else "resnet18"
     overrides, buildable = [], True
+    if OmegaConf.select(cfg, "vision.encoder.pretrained", default=None) == "torchvision":  # a download: random init
+        overrides.append("vision.encoder.pretrained=false")
     for key, value in fills.items():
         if _missing(cfg, key):
             overrides.append(f"{key}={value}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -56,6 +57,7 @@ def validate_config(cfg: DictConfig, *, check_task: bool = True, check_devices: 
     source = _source_class(cfg.dataset, trusted)
     if source is None:
         return
+    _check_source_settings(cfg.dataset, source)
     splits = source.splits_for(OmegaConf.to_container(cfg.dataset, resolve=True))
     if splits is not None and cfg.dataset.split not in splits:
         raise ConfigError(f"dataset.split={cfg.dataset.split}: must be one of {', '.join(splits)}")
@@ -66,6 +68,20 @@ def validate_config(cfg: DictConfig, *, check_task: bool = True, check_devices: 
                 f"task={_task_name(node)} needs '{needs}' annotations, which dataset={source.name} does not "
                 f"provide; datasets that do: {', '.join(_datasets_providing(needs, trusted)) or 'none'}"
             )
+
+
+def _check_source_settings(node: DictConfig, source: type) -> None:
+    """Every key of `dataset` is an argument of its Source class: a key another dataset takes (a recipe's
+    `dataset.split_scheme` after `dataset=shapes`) would otherwise fail inside Hydra's instantiate, as a traceback."""
+    parameters = inspect.signature(source.__init__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    unknown = next((str(k) for k in node if not str(k).startswith("_") and str(k) not in parameters), None)
+    if unknown is not None:
+        takes = sorted(k for k in parameters if k != "self")
+        raise ConfigError(
+            f"dataset.{unknown}: dataset={source.name} has no such setting (it takes: {', '.join(takes)})"
+        )
 
 
 def _keys(node, prefix: str = ""):

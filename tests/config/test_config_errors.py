@@ -75,6 +75,8 @@ VALUE_CASES = [
     (["data.image.mean=[0.5,0.5]"], ["data.image.mean="]),
     (["data.image.std=[0.2,0,0.2]"], ["data.image.std=", "> 0"]),
     (["data.image.std=[0.2,-1,0.2]"], ["data.image.std="]),
+    # a key another dataset takes (a recipe's, kept after dataset=...) is not an argument of this one's Source
+    (["+dataset.split_scheme=karpathy"], ["dataset.split_scheme", "dataset=shapes has no such setting", "num_images"]),
     # Hydra's override parser
     (["question=What's"], ["question=What's", 'question="What\'s"']),
     (["model.dim=[1,2"], ["model.dim=[1,2", "quote"]),

@@ -122,11 +122,36 @@ class HFVisionEncoder(nn.Module):
         return feature_tokens(self.model(pixel_values=images_BCHW).last_hidden_state, grid)
 
 
+def _torchvision_vit(name: str, image_size: int, resized: dict[str, int]) -> torchvision.models.VisionTransformer:
+    """torchvision's ViT `name` (random init) with the sizes in `resized` replaced; the others are the named model's,
+    read off a copy built on the meta device (no memory, no weights)."""
+    if not resized:
+        return getattr(torchvision.models, name)(image_size=image_size)
+    with torch.device("meta"):
+        named = getattr(torchvision.models, name)(image_size=image_size)
+    block = named.encoder.layers[0]
+    sizes = {
+        "num_layers": len(named.encoder.layers),
+        "hidden_dim": named.hidden_dim,
+        "num_heads": block.self_attention.num_heads,
+        "mlp_dim": block.mlp[0].out_features,
+        **resized,
+    }
+    bad = next((f"{k}={v}" for k, v in sizes.items() if not isinstance(v, int) or v < 1), None)
+    if bad is not None:
+        raise ConfigError(f"vision.encoder: {bad} must be a positive integer")
+    if sizes["hidden_dim"] % sizes["num_heads"]:
+        raise ConfigError(f"vision.encoder: width {sizes['hidden_dim']} is not divisible by heads {sizes['num_heads']}")
+    return torchvision.models.VisionTransformer(image_size=image_size, patch_size=named.patch_size, **sizes)
+
+
 class TorchvisionViTEncoder(nn.Module):
     """torchvision ViT (`vit_b_16`, `vit_b_32`, `vit_l_16`, …): the encoder's output tokens, CLS first.
 
     `pretrained`: false, ``torchvision`` (the library's ImageNet weights, online only; 224 px) or a weights file.
-    Random-init models may use another `image_size` (a multiple of the patch size).
+    Random-init models may use another `image_size` (a multiple of the patch size) and other sizes (`layers`,
+    `width`, `heads`, `mlp_width`; None = the named model's): the named architecture at a size a test or a quick
+    trial affords.
     """
 
     def __init__(
@@ -136,14 +161,25 @@ class TorchvisionViTEncoder(nn.Module):
         pretrained: bool | str = False,
         freeze: str | int = "none",
         image_size: int = 224,
+        layers: int | None = None,
+        width: int | None = None,
+        heads: int | None = None,
+        mlp_width: int | None = None,
     ) -> None:
         super().__init__()
         if not name.startswith("vit_") or not hasattr(torchvision.models, name):
             raise ConfigError(f"vision.encoder.name: torchvision has no ViT '{name}'")
+        sizes = {"num_layers": layers, "hidden_dim": width, "num_heads": heads, "mlp_dim": mlp_width}
+        resized = {key: value for key, value in sizes.items() if value is not None}
         if pretrained == "torchvision":
+            if resized:
+                raise ConfigError(
+                    "vision.encoder: layers / width / heads / mlp_width change the architecture, so torchvision's "
+                    f"weights for {name} do not fit; leave them null with pretrained=torchvision"
+                )
             net = getattr(torchvision.models, name)(weights="DEFAULT")
         else:
-            net = getattr(torchvision.models, name)(image_size=image_size)
+            net = _torchvision_vit(name, image_size, resized)
             if isinstance(pretrained, str):
                 load_weights_file(net, resolve_pretrained(pretrained), "vision.encoder")
         net.heads = nn.Identity()
