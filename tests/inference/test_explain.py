@@ -127,3 +127,30 @@ def test_fusions_without_text_to_image_attention_are_refused_and_merged_has_roll
         tiny_run.model.fusion = original
     with pytest.raises(UserError, match="knows none of its words"):
         explain(tiny_run, image=val_image, text="zzzqqq xxyyzz", method="gradcam")
+
+
+def test_grounding_maps_explain_the_pointed_cell_and_retrieval_maps_the_match(tiny_run, val_image):
+    from cmvl.explain.relevance import batch_relevance, encode_for_maps, word_token_mask
+    from cmvl.inference.inputs import run_images, run_texts
+    from cmvl.tasks.grounding import GroundingTask
+    from cmvl.tasks.retrieval import RetrievalTask
+
+    ids, mask = run_texts(tiny_run, ["the red circle"])
+    vision, text = encode_for_maps(tiny_run.model, run_images(tiny_run, [val_image]), ids, mask)
+    words = word_token_mask(ids, mask, list(tiny_run.tokenizer.all_special_ids))
+    torch.manual_seed(0)
+    for task in (GroundingTask(), RetrievalTask(itm=True)):
+        tiny_run.model.heads[task.name] = task.build_head(32).eval()  # an untrained head of that task
+        try:
+            maps = batch_relevance(task, tiny_run.model, vision, text, words, "gradcam")
+        finally:
+            del tiny_run.model.heads[task.name]
+        assert maps.question_maps.shape == (1, 4, 4) and (maps.question_maps >= 0).all()
+        assert maps.question_maps.max() > 0
+        if isinstance(task, GroundingTask):
+            x0, y0, x1, y1 = maps.output.boxes[0].tolist()
+            assert 0 <= x0 <= x1 <= 1 and 0 <= y0 <= y1 <= 1 and maps.output.titles[0].startswith("box (")
+        else:
+            assert maps.output.titles[0].startswith("match logit ")
+    with pytest.raises(ConfigError, match="task=retrieval without task.itm"):
+        batch_relevance(RetrievalTask(), tiny_run.model, vision, text, words, "gradcam")
