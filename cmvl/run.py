@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from cmvl.errors import ConfigError
+from cmvl.models.compression import COMPRESSION_KEY, prepare_compressed_model
 from cmvl.training.checkpoint_schema import CHECKPOINT_KEY, STATE_PREFIX, schema_version
 from cmvl.training.restore import model_weights as model_weights  # also a name of cmvl.run
 from cmvl.training.restore import restore_task as restore_task
@@ -141,7 +142,8 @@ def run_config(checkpoint: dict[str, Any], overrides: list[str], *, device: torc
 def restore_run(path: Path, checkpoint: dict[str, Any], cfg: DictConfig, *, device: torch.device) -> Run:
     """The run of a loaded `checkpoint` (read from `path`) under its config `cfg` (`run_config`)."""
     task, tokenizer = restore_task(cfg, checkpoint, path)
-    model = restore_model(cfg, task, tokenizer, checkpoint["state_dict"], path)
+    compression = checkpoint[CHECKPOINT_KEY].get(COMPRESSION_KEY)  # written by cmvl compress
+    model = restore_model(cfg, task, tokenizer, checkpoint["state_dict"], path, compression=compression)
     model.to(device).eval()
     return Run(
         config=cfg,
@@ -167,15 +169,20 @@ def restore_model(
     tokenizer: PreTrainedTokenizerFast,
     state_dict: dict[str, torch.Tensor],
     path: Path | str,
+    *,
+    compression: dict[str, Any] | None = None,
 ) -> ModelFamily:
     """The model `cfg` builds for `task`, with the checkpoint's weights (all of them, and nothing else: a weight
-    that does not fit is one line naming the checkpoint)."""
+    that does not fit is one line naming the checkpoint). `compression`: what `cmvl compress` made of the model
+    (int8 layers, pruned shapes), rebuilt before the weights load."""
     from cmvl.training.build import build_model
     from cmvl.training.checkpoints import state_dict_errors
 
     model = build_model(without_weight_sources(cfg), task, tokenizer)
     # Weights outside the model keep their full name, so a crafted extra entry is reported as unexpected.
     weights = {k.removeprefix(STATE_PREFIX) if k.startswith(STATE_PREFIX) else k: v for k, v in state_dict.items()}
+    if compression is not None:
+        prepare_compressed_model(model, compression, weights)
     with state_dict_errors(path):
         model.load_state_dict(weights)
     return model

@@ -44,6 +44,8 @@ SECTIONS: tuple[tuple[str, type | tuple[type, ...], bool], ...] = (
 )
 # Counters a run only ever counts up from 0 (a negative one would make the resumed run's loops start before it).
 NON_NEGATIVE = ("global_step", "epoch")
+# The metadata entry of a `cmvl export format=safetensors` file that holds the run's cmvl section (JSON).
+SAFETENSORS_RUN_KEY = "cmvl_run"
 # Config sections every run has, as mappings (the model is built from them; a missing one is a crafted file).
 CONFIG_SECTIONS = ("task", "model", "data", "text", "vision", "fusion", "trainer", "dataset")
 
@@ -53,7 +55,9 @@ def load_checkpoint(path: str | Path, *, mmap: bool = False) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        checkpoint = _read_safetensors(path) if path.suffix == ".safetensors" else _torch_load(path, mmap)
+    except CheckpointError:
+        raise
     except Exception as err:  # noqa: BLE001 - unpickling arbitrary bytes can raise anything (IndexError, KeyError …)
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"not a readable checkpoint: {path} ({reason[:200]})") from None
@@ -64,6 +68,33 @@ def load_checkpoint(path: str | Path, *, mmap: bool = False) -> dict[str, Any]:
     if problem:
         raise CheckpointError(f"not a valid cmvl checkpoint: {path}: {problem}; use a checkpoint cmvl train wrote")
     return checkpoint
+
+
+def _torch_load(path: Path, mmap: bool) -> Any:
+    """`torch.load(weights_only=True)`; a file of int8 weights (`cmvl compress`) holds torchao's tensor classes,
+    which torchao adds to the safe loader's allowed globals when it is imported: then it is read again."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as err:  # noqa: BLE001 - see load_checkpoint
+        if "torchao." not in str(err):
+            raise
+    import torchao.quantization  # noqa: F401 - registers its tensor classes as safe globals
+
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+
+
+def _read_safetensors(path: Path) -> dict[str, Any]:
+    """A `cmvl export format=safetensors` file as a checkpoint: its weights (no pickle) and, from the file's
+    metadata, the cmvl section (config, tokenizer, task state) as JSON."""
+    import json
+
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        record = json.loads((f.metadata() or {}).get(SAFETENSORS_RUN_KEY, "null"))
+        if not isinstance(record, dict):
+            raise CheckpointError(f"not a cmvl safetensors file (no '{SAFETENSORS_RUN_KEY}' metadata): {path}")
+        return {**record, "state_dict": {k: f.get_tensor(k) for k in f.keys()}}
 
 
 def structure_problem(checkpoint: dict[str, Any]) -> str | None:
