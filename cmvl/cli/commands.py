@@ -94,6 +94,18 @@ COMMANDS: tuple[Command, ...] = (
         "run=DIR [out=PNG]",
         "training curves (loss, validation metrics, learning rate) of a run as a PNG",
     ),
+    Command(
+        "export",
+        "cmvl.cli.export_cmd:export_command",
+        "ckpt=PATH format=onnx|torch_export|safetensors out=DIR",
+        "a model for ONNX Runtime / torch.export / safetensors, parity-checked, with cmvl_export.json",
+    ),
+    Command(
+        "compress",
+        "cmvl.cli.compress_cmd:compress_command",
+        "ckpt=PATH method=int8_dynamic|int8_weight_only|int8_static|prune out=DIR",
+        "int8 or pruned model with a side-by-side report (accuracy, size, latency)",
+    ),
 )
 _BY_NAME = {c.name: c for c in COMMANDS}
 assert len(_BY_NAME) == len(COMMANDS), "a command named twice"
