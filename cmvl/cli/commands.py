@@ -98,7 +98,7 @@ COMMANDS: tuple[Command, ...] = (
         "export",
         "cmvl.cli.export_cmd:export_command",
         "ckpt=PATH format=onnx|torch_export|safetensors out=DIR",
-        "a model for ONNX Runtime / torch.export / safetensors, parity-checked, with cmvl_export.json",
+        "an ONNX / torch.export / safetensors model, parity-checked, with cmvl_export.json",
     ),
     Command(
         "compress",
