@@ -41,6 +41,12 @@ COMMANDS: tuple[Command, ...] = (
         "evaluate a checkpoint: metrics.json + predictions in the official format",
     ),
     Command(
+        "generate",
+        "cmvl.cli.generate_cmd:generate_command",
+        "ckpt=PATH prompt=TEXT|prompts=FILE [n=16] [seed=0] [out=PNG]",
+        "images drawn from text by a task=generation checkpoint, as one PNG grid",
+    ),
+    Command(
         "explain",
         "cmvl.cli.explain_cmd:explain_command",
         "ckpt=PATH image=FILE question=TEXT out=DIR [method=gradcam]",

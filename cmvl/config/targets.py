@@ -42,6 +42,7 @@ SOURCE = Kind("a cmvl data Source", ("cmvl.data.sources.base.Source",))
 ENCODER = Kind("a torch.nn.Module encoder", ("torch.nn.Module",))
 FUSION = Kind("a cmvl Fusion", ("cmvl.models.fusion.base.Fusion",))
 MODEL_FAMILY = Kind("a cmvl model family", ("cmvl.models.families.base.ModelFamily",))
+GENERATOR = Kind("a cmvl image generator", ("cmvl.models.generators.base.ImageGenerator",))
 TOKENIZER = Kind("a cmvl tokenizer builder", ("cmvl.data.text.TrainedWordPiece", "cmvl.data.text.PretrainedTokenizer"))
 OPTIMIZER = Kind("a torch.optim.Optimizer", ("torch.optim.Optimizer",), ("torch.optim",))
 LOGGER = Kind("a Lightning Logger", ("pytorch_lightning.loggers.Logger",), ("pytorch_lightning.loggers",))
@@ -69,6 +70,7 @@ LOCATIONS: dict[str, Kind] = {
     "text.tokenizer": TOKENIZER,
     "fusion": FUSION,
     "model": MODEL_FAMILY,  # the family's class; it builds its parts from their own locations above
+    "generator": GENERATOR,  # the image generator of the `generator` family (generator=cvae|diffusion)
     "optim.optimizer": OPTIMIZER,
     "logger.*": LOGGER,
     "callbacks.*": CALLBACK,

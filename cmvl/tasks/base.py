@@ -31,8 +31,9 @@ class SplitTargets(ABC):
 
 @dataclass
 class SampleNote:
-    """What a sample-predictions picture shows for one sample: its image (`image_row` into `batch.images`),
-    lines of text (input, prediction, truth) and boxes (xyxy in [0, 1] of the shown image) with their colours."""
+    """What a sample-predictions picture shows for one sample: its image (`image_row` into `batch.images`, or
+    `image`), lines of text (input, prediction, truth) and boxes (xyxy in [0, 1] of the shown image) with their
+    colours."""
 
     image_row: int
     lines: list[str]
@@ -40,6 +41,7 @@ class SampleNote:
     verdict: str | None = None  # the prediction against the truth, marked by the frame: a key of VERDICT_COLOURS
     row: int | None = None  # the sample's row in the batch (its text): where a map of the image is computed from
     heat: torch.Tensor | None = None  # H×W relevance of the image's grid cells, drawn over it (samples.attention)
+    image: torch.Tensor | None = None  # a picture of the task's own (uint8 3×H×W, e.g. a generated one) shown instead
 
 
 VERDICT_COLOURS = {"right": "green", "partly right": "orange", "wrong": "red"}  # sample pictures' frames

@@ -77,7 +77,8 @@ class SamplePredictions(pl.Callback):
         if batch_idx != 0 or outputs is None or not self._due(trainer):
             return
         for note in self._notes(pl_module, outputs, batch):
-            self._panels.append((batch.images[note.image_row].detach().cpu(), note))
+            image = batch.images[note.image_row] if note.image is None else note.image
+            self._panels.append((image.detach().cpu(), note))
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # The task's pictures of the whole epoch (a confusion matrix) read the validation metric, which the

@@ -76,6 +76,7 @@ def test_every_choice_composes_validates_and_builds(group, choice, stand_ins, fo
     if cfg.dataset._target_.endswith("ShapesSource"):
         overrides += SHAPES_WORLD
     overrides += _task_for_the_dataset(cfg)
+    overrides += _task_for_the_model(cfg) if group == "model" else []
     fills, buildable = offline_overrides(cfg, stand_ins, folders)
     overrides += [*fills, f"paths.output_dir={tmp_path}"]
     # Validated as a user would run it; a GPU-only choice is refused in one line on a machine without one, and is
@@ -99,6 +100,18 @@ def _task_for_the_dataset(cfg: DictConfig) -> list[str]:
         if getattr(get_class(compose_config([f"task={choice}"]).task._target_), "table_kind", None) in source.kinds:
             return [f"task={choice}"]
     raise AssertionError(f"no task reads a table of {cfg.dataset._target_} ({sorted(source.kinds)})")
+
+
+def _task_for_the_model(cfg: DictConfig) -> list[str]:
+    """A model family choice is checked with the default task if it runs on that family, else with the first task
+    that does (model=generator runs task=generation only)."""
+    family = get_class(cfg.model._target_)
+    if issubclass(family, get_class(cfg.task._target_).families):
+        return []
+    for choice in GROUPS["task"]:
+        if issubclass(family, get_class(compose_config([f"task={choice}"]).task._target_).families):
+            return [f"task={choice}"]
+    raise AssertionError(f"no task runs on model family {cfg.model._target_}")
 
 
 def _vision(cfg: DictConfig) -> None:
@@ -172,6 +185,17 @@ def _callbacks(cfg: DictConfig) -> None:
         assert isinstance(instantiate(node, **monitor_arguments(node, "val/vqa/acc", "max")), pl.Callback)
 
 
+def _generator(cfg: DictConfig) -> None:
+    generator = instantiate(cfg.generator, image_size=16, dim=cfg.model.dim)
+    cond = Tokens(torch.randn(2, 3, cfg.model.dim), torch.tensor([[True, True, True], [True, False, False]]))
+    losses = generator.losses(torch.rand(2, 3, 16, 16) * 2 - 1, cond)
+    losses.loss.mean().backward()
+    assert losses.loss.shape == (2,) and torch.isfinite(losses.loss).all()
+    uncond = Tokens(torch.randn(2, 1, cfg.model.dim), torch.ones(2, 1, dtype=torch.bool))
+    images = generator.sample(cond, uncond, generator=torch.Generator().manual_seed(0), steps=2)
+    assert images.shape == (2, 3, 16, 16) and images.abs().max() <= 1
+
+
 def _experiment(cfg: DictConfig) -> None:
     _task(cfg)
     _text(cfg)
@@ -189,6 +213,7 @@ BUILDERS = {
     "logger": _logger,
     "callbacks": _callbacks,
     "experiment": _experiment,
+    "generator": _generator,
 }
 # Groups whose choices are composed and pre-flight-checked only: a search space (its every value is composed by
 # pre-flight) and the model family (built with its task's heads and data state by the training tests).
