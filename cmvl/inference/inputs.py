@@ -68,14 +68,6 @@ def run_texts(run: Run, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tenso
 def known_token_count(run: Run, text: str) -> int:
     """How many of `text`'s tokens the run's tokenizer knows (neither padding, special, nor unknown tokens): 0 means
     the model would read nothing of it, which callers refuse in one line."""
-    return known_token_counts(run, [text])[0]
-
-
-def known_token_counts(run: Run, texts: Sequence[str]) -> list[int]:
-    """`known_token_count` of each of `texts`, tokenised in one call (many requests' texts at once)."""
+    ids = np.asarray(run.tokenizer(text, add_special_tokens=False)["input_ids"], dtype=np.int64)
     unknown = run.tokenizer.unk_token_id
-    counts = []
-    for ids in run.tokenizer(list(texts), add_special_tokens=False)["input_ids"] if texts else []:
-        ids = np.asarray(ids, dtype=np.int64)
-        counts.append(int((ids != unknown).sum()) if unknown is not None else len(ids))
-    return counts
+    return int((ids != unknown).sum()) if unknown is not None else len(ids)

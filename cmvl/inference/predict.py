@@ -21,13 +21,15 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from cmvl.batch import Batch
 from cmvl.data.images import build_transform
+from cmvl.data.text import TokenizedTexts
 from cmvl.errors import ConfigError, UserError
-from cmvl.inference.inputs import ImageInput, image_size, known_token_counts, open_input_image, run_texts
+from cmvl.inference.inputs import ImageInput, image_size, open_input_image
 from cmvl.inference.requests import TEXT_FIELDS, Request, RequestError, image_identity
 from cmvl.progress import track
 from cmvl.run import Run
@@ -146,11 +148,11 @@ def predict_requests(
             texts[i] = request_text(task, request)
         except UserError as err:
             outcomes[i] = _failure(err, settings)
-    if task.predict_input is not None:
-        for i, known in zip(list(texts), known_token_counts(run, list(texts.values()))):
-            if not known:
-                reason = f"{task.predict_input} {texts.pop(i)!r:.60}: none of its words is in the model's vocabulary"
-                outcomes[i] = _failure(RequestError(_where(requests[i]) + reason), settings)
+    tokens = _tokenized(run, task, texts)
+    special = np.asarray(run.tokenizer.all_special_ids, dtype=np.int64)  # padding, unknown, [CLS], ...
+    for i in [i for i in texts if tokens is not None and np.isin(tokens.ids(i), special).all()]:
+        reason = f"{task.predict_input} {texts.pop(i)!r:.60}: none of its words is in the model's vocabulary"
+        outcomes[i] = _failure(RequestError(_where(requests[i]) + reason), settings)
     # Requests grouped by image (first-seen order), so that a batch holds as few distinct images as it can.
     groups: dict[object, list[int]] = {}
     for i in texts:
@@ -170,7 +172,7 @@ def predict_requests(
             else:
                 ready.append(i)
         if ready:
-            batch = _batch(run, task, ready, texts, image_of, decoded)
+            batch = _batch(run, task, ready, tokens, texts, image_of, decoded)
             for i, result in zip(ready, _run_batch(run, task, batch, settings)):
                 outcomes[i] = result
     return outcomes  # every request has its outcome now
@@ -212,10 +214,40 @@ def _decoded_images(run: Run, images: list[ImageInput], settings: PredictSetting
     return _ImageStream(loader)
 
 
+@dataclass
+class _RequestTokens:
+    """The requests' texts tokenised in one call and truncated as evaluation tokenises a split (`TokenizedTexts`),
+    padded per batch as an evaluation batch is."""
+
+    tokens: TokenizedTexts
+    row_of: dict[int, int]  # request → row of `tokens`
+
+    def ids(self, i: int) -> np.ndarray:
+        return self.tokens.row(self.row_of[i])
+
+    def pad(self, requests: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.tokens.pad([self.ids(i) for i in requests])
+
+
+def _tokenized(run: Run, task: Task, texts: dict[int, str | None]) -> _RequestTokens | None:
+    """The texts of the requests (None for an image-only task)."""
+    if task.predict_input is None:
+        return None
+    tokens = TokenizedTexts(run.tokenizer, list(texts.values()), int(run.config.text.max_length))
+    return _RequestTokens(tokens, {i: k for k, i in enumerate(texts)})
+
+
 def _batch(
-    run: Run, task: Task, rows: list[int], texts: dict[int, str | None], image_of: dict[int, int], decoded: dict
+    run: Run,
+    task: Task,
+    rows: list[int],
+    tokens: _RequestTokens | None,
+    texts: dict[int, str | None],
+    image_of: dict[int, int],
+    decoded: dict,
 ) -> Batch:
-    """The `Batch` of requests `rows` (their images decoded in `decoded`: group → (pixels, size))."""
+    """The `Batch` of requests `rows` (their images decoded in `decoded`: group → (pixels, size)), padded as an
+    evaluation batch is."""
     groups = list(dict.fromkeys(image_of[i] for i in rows))
     row_of_group = {g: r for r, g in enumerate(groups)}
     image_index = torch.tensor([row_of_group[image_of[i]] for i in rows], dtype=torch.int64)
@@ -230,7 +262,7 @@ def _batch(
     )
     if task.predict_input is not None:
         batch.texts = [texts[i] for i in rows]
-        batch.input_ids, batch.attention_mask = run_texts(run, batch.texts)
+        batch.input_ids, batch.attention_mask = tokens.pad(rows)
     return batch.to(run.device)
 
 
