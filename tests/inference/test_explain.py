@@ -111,7 +111,9 @@ def test_a_missing_image_is_one_line(finished_tiny_run, tmp_path):
 def test_fusions_without_text_to_image_attention_are_refused_and_merged_has_rollout(tiny_run, val_image):
     from cmvl.inference.explain import explain
     from cmvl.models.fusion.concat import ConcatFusion
+    from cmvl.models.fusion.graph import GraphFusion
     from cmvl.models.fusion.merged import MergedFusion
+    from cmvl.models.fusion.residual import GatedResidualFusion
 
     original = tiny_run.model.fusion
     try:
@@ -123,6 +125,10 @@ def test_fusions_without_text_to_image_attention_are_refused_and_merged_has_roll
         assert rolled.question_map.shape == (4, 4) and rolled.question_map.max() > 0
         grad = explain(tiny_run, image=val_image, text="What color is the circle?", method="gradcam")
         assert not np.allclose(grad.question_map, rolled.question_map)
+        for fusion in (GraphFusion(dim=32, heads=2), GatedResidualFusion(dim=32, heads=2)):
+            tiny_run.model.fusion = fusion.eval()
+            other = explain(tiny_run, image=val_image, text="What color is the circle?", method="gradcam")
+            assert other.question_map.shape == (4, 4) and other.question_map.max() > 0
     finally:
         tiny_run.model.fusion = original
     with pytest.raises(UserError, match="knows none of its words"):
