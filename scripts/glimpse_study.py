@@ -6,7 +6,8 @@ For each checkpoint: VQA accuracy (min(1, matching answers / 3)) on all question
 spatial-relation ones (the question names a relation of `cmvl.data.shapes.questions.RELATIONS`: left of, right of,
 above, below); with `fusion=stn_glimpse`, the mean IoU of each glimpse box (`fusion.glimpse_boxes()`) with the box
 around the objects the question names ("the red circle"), over the questions that name at least one object, and
-the mean glimpse area (1.0 = the whole image, as at initialisation). Prints one line per checkpoint, JSON.
+the mean glimpse area (1.0 = the whole image, as at initialisation); `whole_image_iou` is the IoU the identity
+glimpse (the whole image) would score on the same questions. Prints one line per checkpoint, JSON.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def study(checkpoint: str, split: str) -> dict:
     qa = {row["question_id"]: row for row in datamodule.table("qa", split).to_pylist()}
     objects = {row["image"]: row for row in datamodule.table("objects", split).to_pylist()}
     fusion = run.model.fusion
-    scores, relation_scores, ious, areas = [], [], [], []
+    scores, relation_scores, ious, areas, whole_image = [], [], [], [], []
     for batch in datamodule.eval_dataloaders(split)[run.task.name]:
         outputs = run.task.eval_forward(run.model, batch)
         boxes = fusion.glimpse_boxes().tolist() if hasattr(fusion, "glimpse_boxes") else None
@@ -68,6 +69,7 @@ def study(checkpoint: str, split: str) -> dict:
                 areas += [(b[2] - b[0]) * (b[3] - b[1]) for b in boxes[i]]
                 if named is not None:
                     ious += [box_iou(b, named) for b in boxes[i]]
+                    whole_image.append(box_iou([0.0, 0.0, 1.0, 1.0], named))
     result = {
         "checkpoint": checkpoint,
         "fusion": run.config.fusion._target_.rsplit(".", 1)[-1],
@@ -78,6 +80,7 @@ def study(checkpoint: str, split: str) -> dict:
     }
     if ious:
         result.update(glimpse_iou=statistics.fmean(ious), glimpse_area=statistics.fmean(areas), iou_boxes=len(ious))
+        result["whole_image_iou"] = statistics.fmean(whole_image)
     return result
 
 
