@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +21,7 @@ from cmvl.errors import ConfigError, DataError
 from cmvl.metrics.classification import ClassificationMetrics
 from cmvl.models.families.vl_fusion import VisionLanguageModel
 from cmvl.tasks.base import SampleNote, SplitTargets, Task
+from cmvl.tasks.retrieval import DualEncoderHead
 
 HEADS = ("linear", "text")
 
@@ -50,17 +50,6 @@ class ClassTargets(SplitTargets):
         return ClassTargetsBatch(
             torch.from_numpy(self.image_id[idx]), torch.from_numpy(self.label[idx]), self.image[idx].tolist()
         )
-
-
-class TextEmbeddingHead(nn.Module):
-    """Image and class-name embeddings in one space (projections of the pooled tokens), compared by cosine
-    similarity times a learnt scale (CLIP's parametrisation: exp(θ), capped at 100)."""
-
-    def __init__(self, dim: int, embed_dim: int, temperature: float, learn_temperature: bool) -> None:
-        super().__init__()
-        self.image_proj = nn.Linear(dim, embed_dim)
-        self.text_proj = nn.Linear(dim, embed_dim)
-        self.log_scale = nn.Parameter(torch.tensor(math.log(1 / temperature)), requires_grad=learn_temperature)
 
 
 def cosine_logits(image_emb: torch.Tensor, class_emb: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -135,7 +124,8 @@ class ClassificationTask(Task):
 
     def build_head(self, dim: int) -> nn.Module:
         if self.head == "text":
-            return TextEmbeddingHead(dim, self.embed_dim, self.temperature, self.learn_temperature)
+            # The retrieval task's head without matching: image and class-name projections, a learnt scale.
+            return DualEncoderHead(dim, self.embed_dim, self.temperature, self.learn_temperature, itm=False)
         return nn.Linear(dim, len(self.classes))
 
     def forward(self, model: VisionLanguageModel, batch: Batch) -> ClassLogits:

@@ -18,7 +18,7 @@ from cmvl.errors import ConfigError, DataError
 from cmvl.metrics.classification import ClassificationMetrics
 from cmvl.models.families.vl_fusion import VisionLanguageModel
 from cmvl.tasks.base import Task
-from cmvl.tasks.classification import ClassLogits, ClassTargets, class_predictions, table_classes
+from cmvl.tasks.classification import ClassLogits, ClassTargets, class_predictions, cosine_logits, table_classes
 
 # Prompt templates in the spirit of CLIP's ImageNet ensemble, in words a caption-trained text encoder may know:
 # generic phrasings ("a photo of a {}.") and the plain name, as CLIP's and OpenCLIP's shorter lists have them.
@@ -120,9 +120,9 @@ class ZeroShotTask(Task):
 
     def forward(self, model: VisionLanguageModel, batch: Batch) -> ClassLogits:
         head = model.heads[self.head]
-        images = F.normalize(head.image_proj(model.encode_images(batch.images).pooled_mean()).float(), dim=-1)
+        images = head.image_proj(model.encode_images(batch.images).pooled_mean())
         scale = head.log_scale.exp().clamp(max=100.0)
-        return ClassLogits((scale * images @ self.class_embeddings(model, batch).T)[batch.image_index])
+        return ClassLogits(cosine_logits(images, self.class_embeddings(model, batch), scale)[batch.image_index])
 
     def loss(self, outputs: ClassLogits, batch: Batch) -> torch.Tensor:
         raise TypeError("zero-shot classification is evaluated, not trained")
