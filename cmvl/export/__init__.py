@@ -21,6 +21,8 @@ from cmvl.export.formats import FORMATS, MODEL_FILES, ONNX_EXPORTERS, write_onnx
 from cmvl.export.graph import ExportableModel, example_inputs
 from cmvl.export.manifest import MANIFEST_NAME, TOKENIZER_NAME, build_manifest, tokenizer_json
 from cmvl.export.staging import check_new_folder, staged_folder
+from cmvl.models.compression import COMPRESSION_KEY, INT8_METHODS
+from cmvl.training.checkpoint_schema import CHECKPOINT_KEY
 
 if TYPE_CHECKING:
     from cmvl.batch import Batch
@@ -28,6 +30,7 @@ if TYPE_CHECKING:
 
 __all__ = ["FORMATS", "ONNX_EXPORTERS", "export_run", "first_batches", "parity_inputs", "validation_batches"]
 DEFAULT_TOLERANCE = 1e-4
+INT8_UNEXPORTABLE = ("onnx", "safetensors")
 
 
 def export_run(
@@ -49,6 +52,7 @@ def export_run(
     if exporter not in ONNX_EXPORTERS:
         raise UserError(f"export: exporter={exporter}: choose one of {', '.join(ONNX_EXPORTERS)}")
     check_new_folder(out, "export")
+    _refuse_int8(checkpoint, export_format)
     graph = ExportableModel(run.model.cpu().eval(), run.task).eval()
     batches = validation_batches(run, parity_batches)
     inputs = parity_inputs(batches, graph.takes_text)
@@ -63,6 +67,16 @@ def export_run(
         manifest = build_manifest(run, graph.signature, export_format=export_format, files=files, parity=parity)
         write_json_atomic(staging / MANIFEST_NAME, manifest)
     return manifest
+
+
+def _refuse_int8(checkpoint: dict[str, Any], export_format: str) -> None:
+    """torchao's int8 layers are tensor subclasses that neither ONNX exporter traces and safetensors cannot store."""
+    compression = checkpoint[CHECKPOINT_KEY].get(COMPRESSION_KEY) or {}
+    if export_format in INT8_UNEXPORTABLE and compression.get("method") in INT8_METHODS:
+        raise UserError(
+            f"export: format={export_format} of a {compression['method']} (torchao int8) checkpoint is not "
+            "supported; export the float checkpoint, or write an int8 ONNX model with cmvl compress method=int8_static"
+        )
 
 
 def _write_model(

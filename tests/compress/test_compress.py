@@ -63,6 +63,14 @@ def test_int8_checkpoint_loads_safely_and_cmvl_eval_scores_it(int8_dir, tmp_path
     assert scores["metrics"]["val/vqa/acc"] == pytest.approx(report["compressed"]["metrics"]["acc"], abs=1e-6)
 
 
+def test_an_int8_checkpoint_is_not_exported_to_onnx(int8_dir, tmp_path):
+    result = cli_in_process(
+        "export", f"ckpt={int8_dir / 'model.ckpt'}", "format=onnx", f"out={tmp_path / 'o'}", cwd=tmp_path
+    )
+    assert_one_line_error(result, "int8_dynamic (torchao int8) checkpoint is not supported", "method=int8_static")
+    assert not (tmp_path / "o").exists()
+
+
 def test_structured_pruning_removes_heads_and_channels_and_reloads(checkpoint, tmp_path):
     report = _compress(checkpoint, tmp_path / "pruned", "method=prune", "prune.amount=0.5", "prune.finetune_epochs=1")
     assert report["compressed"]["parameters"] < report["original"]["parameters"]
