@@ -156,3 +156,21 @@ def test_the_detector_family_runs_a_multitask_with_detection():
     assert family_problem(joint, DetectorModel) is None
     assert "model=vl_fusion does not fit" in family_problem(joint, VisionLanguageModel)
     assert np.isin(["vision", "text", "fusion"], sorted(joint.parts)).all()
+
+
+def test_each_grid_token_starts_at_its_own_cell_and_scores_by_query_similarity():
+    from cmvl.models.families.detector import DetectionHead
+    from cmvl.models.tokens import Tokens
+
+    torch.manual_seed(0)
+    head = DetectionHead(8, 16, 0.0)
+    feats = torch.randn(2, 1 + 2 * 3, 8)  # a [CLS]-like token in front of a 2×3 grid, as ViT encoders give
+    grid = Tokens(feats, torch.ones(2, 7, dtype=torch.bool), (2, 3)).grid_tokens()
+    queries = torch.randn(4, 8)
+    found = head(grid, queries)
+    assert found.boxes.shape == (2, 6, 4) and found.logits.shape == (2, 6, 4)
+    cells = [[(col + 0.5) / 3, (row + 0.5) / 2, 1 / 3, 1 / 2] for row in range(2) for col in range(3)]
+    assert torch.allclose(found.boxes[0], torch.tensor(cells), atol=1e-5)  # the box MLP starts at zero: the prior
+    conditioned = head(grid, queries.expand(2, 4, 8))  # per-image (fusion-conditioned) queries, the same here
+    assert torch.allclose(conditioned.logits, found.logits, atol=1e-5)
+    assert not torch.allclose(head(grid, queries.flip(0)).logits, found.logits)
