@@ -64,7 +64,7 @@ class ConditionalVAE(ImageGenerator):
         image_size: int,
         dim: int,
         latent_dim: int = 32,
-        channels: int = 64,
+        channels: int = 32,
         levels: int = 3,
         heads: int = 4,
         kl_weight: float = 1.0,
