@@ -157,3 +157,34 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *needles: str, ex
     for needle in needles:
         assert needle in lines[0], lines[0]
     return lines[0]
+
+
+@contextlib.contextmanager
+def dataset_untouched(monkeypatch: pytest.MonkeyPatch, *watched: Path):
+    """Inside: building a source, reading a table or an image and generating the shapes world raise, and every file
+    opened under `watched` is recorded in the yielded list (which a test asserts empty)."""
+    from cmvl.data.shapes import world
+    from cmvl.data.sources.base import Source
+
+    opened: list[str] = []
+    prefixes, active = [str(w) for w in watched], [True]
+
+    def audit(event: str, args: tuple) -> None:
+        if active[0] and event == "open" and isinstance(args[0], str | bytes | os.PathLike):
+            name = os.fsdecode(args[0])
+            if any(name.startswith(p) for p in prefixes):
+                opened.append(name)
+
+    sys.addaudithook(audit)  # an audit hook cannot be removed: `active` switches it off afterwards
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the dataset was touched")
+
+    monkeypatch.setattr(Source, "table", refuse)
+    monkeypatch.setattr(Source, "open_image", refuse)
+    monkeypatch.setattr(world, "ensure_shapes_world", refuse)
+    monkeypatch.setattr("cmvl.training.build.build_source", refuse)
+    try:
+        yield opened
+    finally:
+        active[0] = False

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,9 +13,8 @@ import pytest
 import torch
 
 import cmvl
-from cmvl.data.sources.base import Source
 from cmvl.errors import CheckpointError, ConfigError
-from tests.conftest import REPO, load_checkpoint_file
+from tests.conftest import REPO, dataset_untouched, load_checkpoint_file
 
 
 @pytest.fixture(scope="module")
@@ -49,31 +47,8 @@ def test_load_run_restores_config_tokenizer_task_and_model(best):
 def test_load_run_reads_no_dataset(best, tmp_path, monkeypatch, tiny_world):
     """Nothing under the world the run was trained on is opened, no source is built and no world is generated,
     even with the dataset's root pointing at a folder that does not exist."""
-    opened: list[str] = []
-    watched = [str(tiny_world), str(tmp_path / "gone")]
-    active = [True]
-
-    def audit(event: str, args: tuple) -> None:
-        if active[0] and event == "open" and isinstance(args[0], str | bytes | os.PathLike):
-            name = os.fsdecode(args[0])
-            if any(name.startswith(w) for w in watched):
-                opened.append(name)
-
-    sys.addaudithook(audit)  # an audit hook cannot be removed: `active` switches it off after the test
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("load_run touched the dataset")
-
-    import cmvl.data.shapes.world as world
-
-    monkeypatch.setattr(Source, "table", refuse)
-    monkeypatch.setattr(Source, "open_image", refuse)
-    monkeypatch.setattr(world, "ensure_shapes_world", refuse)
-    monkeypatch.setattr("cmvl.training.build.build_source", refuse)
-    try:
+    with dataset_untouched(monkeypatch, tiny_world, tmp_path / "gone") as opened:
         run = cmvl.load_run(best, overrides=[f"dataset.root={tmp_path / 'gone'}"])
-    finally:
-        active[0] = False
     assert opened == [] and run.task.answers
     assert not (tmp_path / "gone").exists()
 

@@ -47,6 +47,39 @@ def integer(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
     return convert
 
 
+def choice(options: tuple[str, ...]) -> Callable[[str], str]:
+    """An option type: one of `options`."""
+
+    def convert(text: str) -> str:
+        if text not in options:
+            raise ValueError(f"choose one of {', '.join(options)}")
+        return text
+
+    return convert
+
+
+def positive_float(text: str) -> float:
+    """An option type: a number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError("must be a number > 0") from None
+    if not value > 0:
+        raise ValueError("must be a number > 0")
+    return value
+
+
+def probability(text: str) -> float:
+    """An option type: a number in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError("must be a number in [0, 1]") from None
+    if not 0.0 <= value <= 1.0:
+        raise ValueError("must be a number in [0, 1]")
+    return value
+
+
 def path(text: str) -> Path:
     """An option type: a file or folder path (~ expanded)."""
     if not text:

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from cmvl.cli.args import Option, Spec, integer, parse, path, wants_help
-from cmvl.cli.export_cmd import choice, positive_float
+from cmvl.cli.args import Option, Spec, choice, integer, parse, path, positive_float, wants_help
 
 METHODS = ("int8_dynamic", "int8_weight_only", "int8_static", "prune")  # = cmvl.models.compression.METHODS
 PRUNE_KINDS = ("structured", "unstructured")

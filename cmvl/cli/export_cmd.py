@@ -2,33 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-from cmvl.cli.args import Option, Spec, integer, parse, path, wants_help
+from cmvl.cli.args import Option, Spec, choice, integer, parse, path, positive_float, wants_help
 
 FORMATS = ("onnx", "torch_export", "safetensors")  # = cmvl.export.FORMATS (not imported: --help stays torch-free)
 EXPORTERS = ("dynamo", "torchscript")
-
-
-def choice(options: tuple[str, ...]) -> Callable[[str], str]:
-    """An option type: one of `options`."""
-
-    def convert(text: str) -> str:
-        if text not in options:
-            raise ValueError(f"choose one of {', '.join(options)}")
-        return text
-
-    return convert
-
-
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError("must be a number > 0") from None
-    if not value > 0:
-        raise ValueError("must be a number > 0")
-    return value
 
 
 EXPORT = Spec(

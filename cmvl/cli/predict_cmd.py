@@ -4,31 +4,10 @@ own images, one (printed) or many (`input=requests.jsonl` / `images=DIR`, writte
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from typing import Any
 
-from cmvl.cli.args import Option, Spec, integer, parse, path, wants_help
+from cmvl.cli.args import Option, Spec, choice, integer, parse, path, probability, wants_help
 from cmvl.errors import ConfigError
-
-
-def _choice(*values: str) -> Callable[[str], str]:
-    def convert(text: str) -> str:
-        if text not in values:
-            raise ValueError(f"choose one of {', '.join(values)}")
-        return text
-
-    return convert
-
-
-def _probability(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError("must be a number in [0, 1]") from None
-    if not 0.0 <= value <= 1.0:
-        raise ValueError("must be a number in [0, 1]")
-    return value
-
 
 PREDICT = Spec(
     "predict",
@@ -54,7 +33,7 @@ their probabilities, a caption, tags with scores, a phrase's box. One image= pri
         ),
         Option("top_k", "VQA: how many answers to list, most probable first", integer(1), 5, "K"),
         Option(
-            "threshold", "tagging: the score from which a label is given (default: the run's)", _probability, None, "P"
+            "threshold", "tagging: the score from which a label is given (default: the run's)", probability, None, "P"
         ),
         Option("beam_size", "captioning / generative VQA: beam width (default: the run's)", integer(1), None, "N"),
         Option("out", "JSON-lines file of the records (default: printed)", path, None, "JSONL"),
@@ -62,11 +41,11 @@ their probabilities, a caption, tags with scores, a phrase's box. One image= pri
         Option("batch_size", "requests per forward pass", integer(1), 64, "N"),
         Option("num_workers", "processes decoding images (default: the run's data.num_workers)", integer(0), None, "N"),
         Option("device", "where the model runs: cpu, cuda, cuda:1, mps", str, "cpu", "DEVICE"),
-        Option("precision", "32, or bf16 (bfloat16 autocast, on CPU too)", _choice("32", "bf16"), "32", "32|bf16"),
+        Option("precision", "32, or bf16 (bfloat16 autocast, on CPU too)", choice(("32", "bf16")), "32", "32|bf16"),
         Option(
             "on_error",
             "stop: a bad request ends it in one line; skip: its record holds the error",
-            _choice("stop", "skip"),
+            choice(("stop", "skip")),
             "stop",
             "stop|skip",
         ),

@@ -4,23 +4,20 @@ at any batch size but for near-ties; each image decoded and encoded once; nothin
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
 import cmvl
-from cmvl.data.sources.base import Source
 from cmvl.errors import ConfigError
 from cmvl.inference import predict as predict_module
 from cmvl.inference.predict import PredictSettings, predict, predict_requests
 from cmvl.inference.requests import Request, RequestError
 from cmvl.tasks.prediction import AnswerResult
-from tests.conftest import REPO
+from tests.conftest import REPO, dataset_untouched
 
 NEAR_TIE = 1e-4  # top-two probability gap under which two batchings may rank the two answers either way
 
@@ -139,30 +136,9 @@ def test_prediction_reads_only_the_checkpoint_and_the_image(best, tiny_world, tm
     source is built and no world generated, with the dataset's root pointing at a folder that does not exist."""
     image = tmp_path / "photo.jpg"
     shutil.copy(sorted((tiny_world / "val").glob("*.jpg"))[0], image)
-    opened: list[str] = []
-    watched, active = [str(tiny_world), str(tmp_path / "gone")], [True]
-
-    def audit(event: str, args: tuple) -> None:
-        if active[0] and event == "open" and isinstance(args[0], str | bytes | os.PathLike):
-            if any(os.fsdecode(args[0]).startswith(w) for w in watched):
-                opened.append(os.fsdecode(args[0]))
-
-    sys.addaudithook(audit)  # an audit hook cannot be removed: `active` switches it off after the test
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("prediction touched the dataset")
-
-    import cmvl.data.shapes.world as world
-
-    monkeypatch.setattr(Source, "table", refuse)
-    monkeypatch.setattr(Source, "open_image", refuse)
-    monkeypatch.setattr(world, "ensure_shapes_world", refuse)
-    monkeypatch.setattr("cmvl.training.build.build_source", refuse)
-    try:
+    with dataset_untouched(monkeypatch, tiny_world, tmp_path / "gone") as opened:
         run = cmvl.load_run(best, overrides=[f"dataset.root={tmp_path / 'gone'}"])
         result = predict(run, image, question="what color is the circle?")
-    finally:
-        active[0] = False
     assert opened == [] and isinstance(result, AnswerResult)
 
 
