@@ -44,6 +44,9 @@ NOISE_WARNINGS: tuple[tuple[str, type[Warning]], ...] = (
 NOISE_LOG_LINES = (
     # Lightning 2.6 advertises its cloud logger at every Trainer start
     re.compile(r"💡 Tip: For seamless cloud logging and experiment tracking"),
+    # torch 2.14 deprecates registering Enum classes as pytree constants; torchao does it on import, and transformers
+    # imports torchao whenever it is installed (two lines before any command's own output)
+    re.compile(r"is an Enum subclass and is now natively supported by torch\.compile as an opaque value type"),
 )
 # The loggers Lightning's `rank_zero_info` writes through (whichever package imported last sets it)
 _LIGHTNING_RANK_ZERO_LOGGERS = (
@@ -54,6 +57,7 @@ _LIGHTNING_RANK_ZERO_LOGGERS = (
     "lightning.pytorch.utilities.rank_zero",
 )
 _LIGHTNING_LOGGERS = ("pytorch_lightning", "lightning_fabric", "lightning.pytorch", "lightning.fabric")
+_TORCH_NOISE_LOGGERS = ("torch.utils._pytree",)  # filtered by NOISE_LOG_LINES like Lightning's rank-zero loggers
 
 EVERY_RANK = {"cmvl_every_rank": True}  # `log.warning(..., extra=EVERY_RANK)`: printed by every process
 
@@ -143,8 +147,9 @@ def configure(verbosity: str = DEFAULT_VERBOSITY) -> None:
         logging.getLogger(name).setLevel(lightning_level)
     noisy = verbosity == "debug"
     for name in _LIGHTNING_RANK_ZERO_LOGGERS:  # (... not these, which all its information lines go through)
+        logging.getLogger(name).setLevel(lightning_level)
+    for name in (*_LIGHTNING_RANK_ZERO_LOGGERS, *_TORCH_NOISE_LOGGERS):
         logger = logging.getLogger(name)
-        logger.setLevel(lightning_level)
         (logger.removeFilter if noisy else logger.addFilter)(_NOISE_FILTER)
     for message, category in NOISE_WARNINGS:
         _set_warning_filter(message, category, ignore=not noisy)

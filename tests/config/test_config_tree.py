@@ -23,7 +23,10 @@ from tests.conftest import TINY_TRAINING, TINY_WORLD, assert_one_line_error, cli
     ("override", "needle"),
     [
         ("+experiment=x", "experiment is one of cmvl's config groups"),  # used to add a key and train the defaults
-        ("experiment=nope", "experiment=nope: unknown choice for 'experiment' (choices: caption_minilm"),
+        (
+            "experiment=nope",
+            "experiment=nope: unknown choice for 'experiment' (choices: caption_coco_gpt2, caption_minilm",
+        ),
         ("callbacks=nope", "callbacks=nope: unknown choice for 'callbacks' (choices: early_stopping"),
         ("callbacks=[early_stopping,nope]", "callbacks=nope: unknown choice"),
         ("foo=bar", "'foo' is neither a config group nor a key of cmvl's config"),
