@@ -17,9 +17,10 @@ train: $(STAMP)
 	$(VENV)/bin/cmvl train $(ARGS)
 
 # One pytest worker per core (pytest-xdist); a test file's tests stay on one worker, so its module fixtures
-# (e.g. the resume tests' reference runs) are built once.
+# (e.g. the resume tests' reference runs) are built once. -rs: each skipped test is named with its reason (the web
+# page's browser test skips without chromium).
 test: $(STAMP)
-	$(PY) -m pytest -q -n auto --dist loadfile $(ARGS)
+	$(PY) -m pytest -q -rs -n auto --dist loadfile $(ARGS)
 
 # The built wheel, installed into a fresh virtualenv outside the checkout, trains and evaluates (about a minute).
 check-wheel: $(STAMP)

@@ -31,6 +31,8 @@ missing = sorted(expected - shipped)
 if missing:
     sys.exit(f"check_wheel: the wheel lacks {len(missing)} config files, e.g. {missing[0]}")
 print(f"check_wheel: {Path(wheel).name} carries all {len(expected)} config files")
+if "cmvl/serve/static/index.html" not in zipfile.ZipFile(wheel).namelist():
+    sys.exit("check_wheel: the wheel lacks cmvl/serve/static/index.html (the page of cmvl serve)")
 EOF
 
 echo "check_wheel: installing it into a fresh virtualenv"
