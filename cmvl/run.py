@@ -11,6 +11,7 @@ caller's `extra_target_prefixes=` override may trust packages beyond cmvl's own.
     import cmvl
     run = cmvl.load_run("outputs/.../checkpoints/best.ckpt", device="cuda")
     run.task.answers[:5], run.model, run.checkpoint.global_step
+    run.predict("photo.jpg", question="What color is the circle?").answer   # cmvl/predict/pipeline.py
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from cmvl.errors import ConfigError
 from cmvl.models.compression import COMPRESSION_KEY, prepare_compressed_model
+from cmvl.predict.pipeline import predict as predict_images
 from cmvl.training.checkpoint_schema import CHECKPOINT_KEY, STATE_PREFIX, schema_version
 from cmvl.training.restore import model_weights as model_weights  # also a name of cmvl.run
 from cmvl.training.restore import restore_task as restore_task
@@ -70,6 +72,10 @@ class Run:
     model: ModelFamily  # in eval mode, on `device`
     checkpoint: CheckpointInfo
     device: torch.device
+
+    # `run.predict(image, question=..., queries=..., top_k=...)`: typed results for a user's own images, as
+    # `cmvl predict` gives them (`cmvl.predict.pipeline.predict`, with this run as its first argument).
+    predict = predict_images
 
 
 def load_run(path: str | Path, *, device: str | torch.device = "cpu", overrides: Sequence[str] = ()) -> Run:

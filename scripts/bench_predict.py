@@ -72,8 +72,8 @@ def main() -> None:
 
     import cmvl
     from cmvl.evaluation.score import score_split
-    from cmvl.inference.predict import PredictSettings, predict_requests
-    from cmvl.inference.requests import Request
+    from cmvl.predict.pipeline import PredictSettings, predict_requests
+    from cmvl.predict.requests import Request
     from cmvl.training.build import build_source
 
     overrides = [f"data.num_workers={args.workers}", f"data.eval_batch_size={args.batch_size}"]

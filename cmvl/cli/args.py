@@ -80,6 +80,17 @@ def probability(text: str) -> float:
     return value
 
 
+def text_list(text: str) -> tuple[str, ...]:
+    """An option type: comma-separated texts (`a,b` or `[a, b]`), each stripped and unquoted; none of them empty."""
+    inner = text.strip()
+    if inner.startswith("[") and inner.endswith("]"):
+        inner = inner[1:-1]
+    texts = tuple(unquote(q.strip()) for q in inner.split(","))
+    if not all(texts):
+        raise ValueError("an empty text (give texts separated by commas: red circle,blue square)")
+    return texts
+
+
 def path(text: str) -> Path:
     """An option type: a file or folder path (~ expanded)."""
     if not text:

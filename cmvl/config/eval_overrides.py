@@ -49,6 +49,7 @@ TASK_EVAL_OPTIONS = {
     "cmvl.tasks.tagging.TaggingTask": ("threshold", "top_k"),
     "cmvl.tasks.grounding.GroundingTask": ("iou_threshold",),
     "cmvl.tasks.classification.ClassificationTask": ("top_k",),
+    "cmvl.tasks.detection.DetectionTask": ("queries", "max_detections"),  # queries: [texts] to score it on instead
 }
 TASK_EVAL_PATTERNS = ("attack*", "zero_shot*")  # any task's robustness / zero-shot options
 

@@ -194,9 +194,11 @@ class Task(ABC):
             for i, record in enumerate(records)
         ]
 
-    # -- prediction on a user's inputs (`cmvl predict`, `cmvl.inference.predict`; cmvl/tasks/prediction.py) ------
+    # -- prediction on a user's inputs (`cmvl predict`, `cmvl.predict.pipeline`; cmvl/tasks/prediction.py) ------
     # A batch built from requests has `PredictTargets` as `batch.targets` (no ground truth: the images' sizes only).
     predict_input: str | None = None  # the request field with a sample's text ("question", "phrase"); None: image only
+    predict_queries: bool = False  # True: a request may give its own queries (detection's free-text classes)
+    predict_reads_image: bool = True  # False: a request has no image (generation draws one from its prompt)
 
     def predict_forward(self, model: ModelFamily, batch: Batch, options: PredictOptions) -> TensorRecord:
         """Outputs for a batch of a user's inputs (default: `eval_forward`; a decoding task applies

@@ -21,6 +21,7 @@ from cmvl.errors import ConfigError, DataError
 from cmvl.metrics.classification import ClassificationMetrics
 from cmvl.models.families.vl_fusion import VisionLanguageModel
 from cmvl.tasks.base import SampleNote, SplitTargets, Task
+from cmvl.tasks.prediction import ClassesResult, PredictOptions, ScoredLabel
 from cmvl.tasks.retrieval import DualEncoderHead
 
 HEADS = ("linear", "text")
@@ -162,6 +163,16 @@ class ClassificationTask(Task):
 
     def epoch_pictures(self, metric: ClassificationMetrics) -> dict[str, Image.Image]:
         return {"confusion": confusion_picture(metric.confusion_matrix(), self.classes)}
+
+    # -- prediction on a user's inputs (cmvl/tasks/prediction.py): image only --------------------------------
+    def predict_results(self, outputs: ClassLogits, batch: Batch, options: PredictOptions) -> list[ClassesResult]:
+        """The `options.top_k` (else `task.top_k`) most probable classes, ranked as evaluation's predictions file."""
+        probs = outputs.logits.float().softmax(dim=-1).cpu()
+        top = probs.topk(min(options.top(self.top_k), probs.shape[1]), dim=-1)
+        return [
+            ClassesResult(self.name, [ScoredLabel(self.classes[int(j)], round(float(p), 6)) for p, j in zip(ps, js)])
+            for ps, js in zip(top.values, top.indices)
+        ]
 
 
 def table_classes(table: pa.Table) -> list[str]:

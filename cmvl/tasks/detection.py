@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 from torchvision.ops import box_convert, generalized_box_iou_loss, sigmoid_focal_loss
+from transformers import PreTrainedTokenizerFast
 
 from cmvl.batch import Batch, TensorRecord
 from cmvl.columns import list_column, schema_json
@@ -21,6 +22,7 @@ from cmvl.errors import ConfigError, DataError
 from cmvl.metrics.coco_detection import COCODetectionMetric
 from cmvl.models.families.detector import CONDITIONS, DetectionHead, Detections, DetectorModel
 from cmvl.tasks.base import PREDICTED, TRUE, SampleNote, SplitTargets, Task
+from cmvl.tasks.prediction import Detection, DetectionsResult, PredictOptions, PredictTargets
 
 QUERY_SOURCES = ("categories", "phrases")  # the queries: the dataset's category names, or its objects' phrases
 SAMPLE_BOXES = 5  # at most this many predicted boxes per sample picture
@@ -81,6 +83,17 @@ class DecodedDetections:
     score: torch.Tensor  # D float32
 
 
+def _query_list(queries: Any) -> list[str]:
+    """The texts of `task.queries=[...]`, or one line saying why they are none."""
+    texts = [str(q).strip() for q in queries]
+    if not texts or not all(texts):
+        raise ConfigError(f"task.queries={list(queries)}: give non-empty texts (task.queries=[red circle,square])")
+    repeated = next((q for k, q in enumerate(texts) if q in texts[:k]), None)
+    if repeated is not None:
+        raise ConfigError(f"task.queries: {repeated!r} is given twice")
+    return texts
+
+
 def _boxes_column(table: pa.Table) -> np.ndarray:
     return np.asarray(table.column("boxes").combine_chunks().flatten().flatten(), dtype=np.float32).reshape(-1, 4)
 
@@ -89,8 +102,10 @@ class DetectionTask(Task):
     """Detects the objects that text queries name: `queries=categories` is closed-set detection over the dataset's
     categories; `queries=phrases` uses each object's phrase (shapes: "red circle"). `heldout_queries` are left out
     of training (no loss on them) and scored apart at evaluation (`heldout_AP50`, beside `seen_AP50`): the
-    open-vocabulary measure. Training: Hungarian matching of grid-token detections to the targets on focal + L1 +
-    GIoU costs (DETR / OWL-ViT), the same terms as the loss."""
+    open-vocabulary measure. At evaluation, `queries=[red circle, square]` (a list) scores a trained checkpoint on
+    those texts instead of its own (each names the objects whose category or phrase it is); the ones it never
+    trained on are scored apart as `heldout_*`, the others as `seen_*`. Training: Hungarian matching of grid-token
+    detections to the targets on focal + L1 + GIoU costs (DETR / OWL-ViT), the same terms as the loss."""
 
     name = "detection"
     table_kind = "objects"
@@ -101,7 +116,7 @@ class DetectionTask(Task):
     def __init__(
         self,
         *,
-        queries: str = "categories",
+        queries: str | list[str] = "categories",
         heldout_queries: list[str] | None = None,
         condition: str = "none",
         class_weight: float = 2.0,
@@ -114,13 +129,17 @@ class DetectionTask(Task):
         head_hidden_mult: int = 2,
         dropout: float = 0.0,
     ) -> None:
-        if queries not in QUERY_SOURCES:
-            raise ConfigError(f"task.queries={queries}: choose one of {', '.join(QUERY_SOURCES)}")
+        self.eval_queries = None if isinstance(queries, str) else _query_list(queries)
+        if self.eval_queries is None and queries not in QUERY_SOURCES:
+            raise ConfigError(
+                f"task.queries={queries}: choose one of {', '.join(QUERY_SOURCES)} (or, at cmvl eval, a list of texts)"
+            )
         if condition not in CONDITIONS:
             raise ConfigError(f"task.condition={condition}: choose one of {', '.join(CONDITIONS)}")
         if max_detections < 1:
             raise ConfigError(f"task.max_detections={max_detections}: must be at least 1")
-        self.query_source, self.condition = queries, condition
+        self.query_source = "phrases" if self.eval_queries is not None else queries  # free texts are named in results
+        self.condition = condition
         self.heldout = [str(q).strip() for q in heldout_queries or []]
         self.class_weight, self.l1_weight, self.giou_weight = class_weight, l1_weight, giou_weight
         self.focal_alpha, self.focal_gamma = focal_alpha, focal_gamma
@@ -134,6 +153,11 @@ class DetectionTask(Task):
 
     # -- what the task learns from the data -------------------------------------------------------------------
     def fit(self, train_table: pa.Table) -> None:
+        if self.eval_queries is not None:
+            raise ConfigError(
+                "task.queries=[...]: a list of texts evaluates a trained checkpoint on them (cmvl eval); train with "
+                "task.queries=categories or phrases"
+            )
         categories = schema_json(train_table, "categories")
         if categories is None:
             raise DataError("the objects table names no categories (schema metadata 'categories')")
@@ -162,12 +186,35 @@ class DetectionTask(Task):
             raise ConfigError("task.heldout_queries holds every query: nothing is left to train on")
 
     def state_dict(self) -> dict[str, Any]:
-        return {"categories": list(self.categories), "queries": list(self.queries), "query_ids": list(self.query_ids)}
+        return {
+            "categories": list(self.categories),
+            "queries": list(self.queries),
+            "query_ids": list(self.query_ids),
+            "query_source": self.query_source,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.categories, self.queries = list(state["categories"]), list(state["queries"])
         self.query_ids = [int(i) for i in state["query_ids"]]
         self._check_heldout()
+        trained_source = state.get("query_source")  # absent in checkpoints written before it was saved
+        if self.eval_queries is None and trained_source not in (None, self.query_source):
+            raise ConfigError(
+                f"task.queries={self.query_source}: this checkpoint was trained on task.queries={trained_source}; "
+                f"to evaluate it on other texts give them as a list (task.queries=[red circle,square])"
+            )
+        if self.eval_queries is not None:  # the evaluated texts replace the checkpoint's; never-trained ones held out
+            trained = {q for q, t in zip(self.queries, self.trained_queries) if t}
+            self.queries, self.query_ids = list(self.eval_queries), list(range(1, len(self.eval_queries) + 1))
+            self.heldout = [q for q in self.queries if q not in trained]
+
+    def bind_tokenizer(self, tokenizer: PreTrainedTokenizerFast) -> None:
+        """Refuses, in one line, an evaluated text (`queries=[...]`) the model cannot read: every token unknown."""
+        unknown = tokenizer.unk_token_id
+        for query in self.eval_queries or []:
+            ids = tokenizer(query, add_special_tokens=False)["input_ids"]
+            if not ids or (unknown is not None and all(i == unknown for i in ids)):
+                raise ConfigError(f"task.queries: none of the words of {query!r} is in the model's vocabulary")
 
     @property
     def trained_queries(self) -> list[bool]:
@@ -197,6 +244,12 @@ class DetectionTask(Task):
                 if query in index:
                     objects.append(k)
                     answers.append(index[query])
+        unscored = sorted(set(self.eval_queries or []) - {self.queries[a] for a in answers})
+        if unscored:
+            raise DataError(
+                f"task.queries: {', '.join(map(repr, unscored))} names no object of this split (neither its "
+                f"category nor its phrase): it cannot be scored"
+            )
         objects_np = np.asarray(objects, dtype=np.int64)
         image_of_object = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
         image_of_target = image_of_object[objects_np]
@@ -291,7 +344,7 @@ class DetectionTask(Task):
                 "seen": [i for i, t in zip(self.query_ids, trained) if t],
                 "heldout": [i for i, t in zip(self.query_ids, trained) if not t],
             }
-        return COCODetectionMetric(categories, groups)
+        return COCODetectionMetric(categories, {name: ids for name, ids in groups.items() if ids})
 
     def validation_keys(self) -> list[str]:
         groups = ("seen", "heldout") if self.heldout else ()
@@ -368,3 +421,21 @@ class DetectionTask(Task):
                 )
             )
         return notes
+
+    # -- prediction on a user's inputs (cmvl/tasks/prediction.py): an image and free-text queries -------------
+    predict_queries = True  # a request may name its own queries (default: the checkpoint's `queries`)
+
+    def predict_results(self, outputs: Detections, batch: Batch, options: PredictOptions) -> list[DetectionsResult]:
+        """Each image's detections as evaluation decodes them (the same boxes and scores as its results file), those
+        scored at least `options.threshold` (else `task.sample_threshold`), at most `options.top_k` (else
+        `task.max_detections`), best first."""
+        targets: PredictTargets = batch.targets
+        found = self.decode(outputs, targets)
+        threshold = self.sample_threshold if options.threshold is None else float(options.threshold)
+        top_k, queries = options.top(self.max_detections), list(batch.queries.texts)
+        kept: list[list[Detection]] = [[] for _ in range(len(targets.image_size))]
+        columns = (found.row.tolist(), found.query.tolist(), found.xywh.tolist(), found.score.tolist())
+        for row, query, box, score in zip(*columns):
+            if score >= threshold and len(kept[row]) < top_k:
+                kept[row].append(Detection(queries[query], round(score, 6), tuple(round(v, 2) for v in box)))
+        return [DetectionsResult(self.name, mine, queries, threshold) for mine in kept]

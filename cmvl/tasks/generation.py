@@ -23,6 +23,7 @@ from cmvl.errors import ConfigError
 from cmvl.models.families.generator import TextToImageModel
 from cmvl.models.generators.base import GeneratorLosses, Progress, no_progress
 from cmvl.tasks.base import SampleNote, SplitTargets, Task
+from cmvl.tasks.prediction import GeneratedImage, PredictOptions
 
 
 @dataclass
@@ -44,6 +45,11 @@ class GenerationOutputs(TensorRecord):
     losses: GeneratorLosses  # per caption
     images: torch.Tensor | None  # S×3×H×W uint8: images drawn for the captions `rows` (None: none drawn)
     rows: torch.Tensor  # S int64: the batch rows drawn, the first caption of each of the batch's first S images
+
+
+@dataclass
+class DrawnImages(TensorRecord):
+    images: torch.Tensor  # B×3×H×W uint8: one image per prompt of a prediction batch
 
 
 def first_row_of_each_image(image_index: torch.Tensor) -> torch.Tensor:
@@ -156,6 +162,23 @@ class GenerationTask(Task):
             {"image_id": int(image_id), "caption": caption, "loss": round(loss, 6)}
             for image_id, caption, loss in zip(batch.targets.image_id.tolist(), batch.texts, losses)
         ]
+
+    # -- prediction on a user's prompts (cmvl/tasks/prediction.py): text in, an image out ----------------------
+    predict_input = "prompt"
+    predict_reads_image = False
+
+    def predict_forward(self, model: TextToImageModel, batch: Batch, options: PredictOptions) -> DrawnImages:
+        """Each prompt drawn on its own (its padding trimmed) from the noise of `options.seed`, as `cmvl generate`
+        draws it: an image depends on its prompt and the seed only, not on the batch it came in."""
+        drawn = []
+        for row in range(len(batch)):
+            real = batch.attention_mask[row].bool()
+            ids, mask = batch.input_ids[row][real].unsqueeze(0), batch.attention_mask[row][real].unsqueeze(0)
+            drawn.append(model.generate(ids, mask, generator=torch.Generator().manual_seed(options.seed)))
+        return DrawnImages(torch.cat(drawn))
+
+    def predict_results(self, outputs: DrawnImages, batch: Batch, options: PredictOptions) -> list[GeneratedImage]:
+        return [GeneratedImage(self.name, text, pixels.cpu()) for text, pixels in zip(batch.texts, outputs.images)]
 
 
 def prompt_problem(tokenizer: PreTrainedTokenizerFast, prompt: str) -> str | None:

@@ -4,7 +4,8 @@ batch that has no ground truth, and the typed results each task returns.
 A task takes part in prediction through two hooks of `Task` (cmvl/tasks/base.py): `predict_input`, the request
 field that carries a sample's text ("question", "phrase"; None for an image-only task), and `predict_results`,
 which turns the outputs of `predict_forward` into one result per sample. A task without `predict_results` is
-refused by `cmvl predict` in one line.
+refused by `cmvl predict` in one line. A task whose queries are free text (detection: `predict_queries`) also
+takes a request's own `queries`; otherwise a batch carries the task's own (`Task.query_texts`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
+from PIL import Image
 
 from cmvl.batch import TensorRecord
 
@@ -21,9 +23,15 @@ from cmvl.batch import TensorRecord
 class PredictOptions:
     """How results are made; None = the task's own setting from the checkpoint's config."""
 
-    top_k: int = 5  # VQA: how many answers are listed, most probable first
-    threshold: float | None = None  # tagging: the score from which a label is given (task.threshold)
+    top_k: int | None = None  # how many answers / classes / boxes are listed, best first (None: VQA 5, ...)
+    threshold: float | None = None  # tagging / detection: the score from which a label / box is given
+
+    def top(self, default: int) -> int:
+        """`top_k`, or the task's `default` where none was given."""
+        return default if self.top_k is None else self.top_k
+
     beam_size: int | None = None  # captioning, generative VQA: beam width (task.beam_size)
+    seed: int = 0  # generation: the seed of the noise every prompt's image starts from
 
 
 @dataclass
@@ -54,6 +62,11 @@ class Result:
     def lines(self) -> list[str]:
         """The result as `cmvl predict` prints it."""
         raise NotImplementedError
+
+    def drawn_boxes(self) -> list[tuple[tuple[float, float, float, float], str]] | None:
+        """The boxes `draw=` draws on the image (x, y, w, h in its pixels, with their labels); None: a result of a
+        task that gives no boxes."""
+        return None
 
 
 @dataclass(frozen=True)
@@ -107,6 +120,74 @@ class BoxResult(Result):
     def lines(self) -> list[str]:
         x, y, w, h = self.box
         return [f"box x={x:g} y={y:g} w={w:g} h={h:g} (pixels) for {self.phrase!r}"]
+
+    def drawn_boxes(self) -> list[tuple[tuple[float, float, float, float], str]]:
+        return [(self.box, self.phrase)]
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One detected object: its query's text, the model's probability and its box (x, y, w, h in pixels of the
+    image as given, the COCO results format)."""
+
+    label: str
+    score: float
+    box: tuple[float, float, float, float]
+
+
+@dataclass(frozen=True)
+class DetectionsResult(Result):
+    """Detection: the boxes scored at or above the threshold, best first (at most top_k), for the queries asked."""
+
+    detections: list[Detection] = field(default_factory=list)
+    queries: list[str] = field(default_factory=list)
+    threshold: float = 0.0
+
+    def lines(self) -> list[str]:
+        rows = [
+            f"{d.score:.4f}  {d.label}  x={d.box[0]:g} y={d.box[1]:g} w={d.box[2]:g} h={d.box[3]:g}"
+            for d in self.detections
+        ]
+        return rows or [f"(no box scores {self.threshold} or more for {', '.join(self.queries)})"]
+
+    def drawn_boxes(self) -> list[tuple[tuple[float, float, float, float], str]]:
+        return [(d.box, f"{d.label} {d.score:.2f}") for d in self.detections]
+
+
+@dataclass(frozen=True)
+class GeneratedImage(Result):
+    """Generation: the image drawn for the prompt (`pixels`, uint8 3×H×W) and, once a command wrote it, its file."""
+
+    prompt: str = ""
+    pixels: torch.Tensor | None = field(default=None, repr=False, compare=False)
+    path: str | None = None
+
+    @property
+    def image(self) -> Image.Image:
+        return Image.fromarray(self.pixels.permute(1, 2, 0).cpu().numpy())
+
+    def to_json(self) -> dict[str, Any]:
+        return {"task": self.task, "prompt": self.prompt, "image": self.path}
+
+    def lines(self) -> list[str]:
+        return [f"{self.path or '(not written)'}  {self.prompt!r}"]
+
+
+@dataclass(frozen=True)
+class ClassesResult(Result):
+    """Classification: the most probable classes, best first, with their softmax probabilities."""
+
+    classes: list[ScoredLabel] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return self.classes[0].label
+
+    def to_json(self) -> dict[str, Any]:
+        return {"task": self.task, "label": self.label, "classes": [asdict(c) for c in self.classes]}
+
+    def lines(self) -> list[str]:
+        return [_scored(c) for c in self.classes]
 
 
 def _scored(item: ScoredLabel) -> str:

@@ -282,7 +282,7 @@ class VQATask(Task):
         """The `options.top_k` most probable vocabulary answers (the first is evaluation's), or the written one."""
         if isinstance(outputs, GeneratedText):
             return [AnswerResult(self.name, [ScoredLabel(a, None)]) for a in self.framing.decode(outputs.tokens)]
-        return [AnswerResult(self.name, row) for row in top_scored(self.answers, outputs.logits, options.top_k)]
+        return [AnswerResult(self.name, row) for row in top_scored(self.answers, outputs.logits, options.top(5))]
 
     def loss(self, outputs: AnswerLogits | TeacherForced, batch: Batch) -> torch.Tensor:
         if isinstance(outputs, TeacherForced):

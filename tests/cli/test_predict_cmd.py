@@ -29,7 +29,7 @@ def photos(tiny_world, tmp_path_factory) -> Path:
 
 
 def test_one_image_prints_the_top_answers_end_to_end(best, photos):
-    from cmvl.inference.predict import predict
+    from cmvl.predict.pipeline import predict
     from cmvl.run import load_run
 
     result = run_cli(
@@ -103,7 +103,10 @@ def test_a_folder_of_images_with_one_question(best, photos, tmp_path):
         (["image={photos}/a.jpg", "phrase=the circle"], ["task=vqa takes no phrase="]),
         (["image={photos}/a.jpg", "question=what?", "task=caption"], ["task=caption", "tasks are vqa"]),
         (["image={photos}/a.jpg", "images={photos}", "question=what?"], ["give one of", "image= and images="]),
-        (["image={photos}/a.jpg", "question=what?", "draw=box.png"], ["draw= draws a grounding box"]),
+        (["image={photos}/a.jpg", "question=what?", "draw=box.png"], ["draw= draws boxes", "task=vqa gives none"]),
+        (["image={photos}/a.jpg", "question=what?", "queries=red circle"], ["task=vqa takes no queries="]),
+        (["image={photos}/a.jpg", "queries=red circle,,square"], ["queries=", "an empty text"]),
+        (["image={photos}/a.jpg", "query=circle", "queries=a,b"], ["query=TEXT or queries=A,B"]),
         (["images={photos}/more/c.jpg", "question=what?"], ["images=", "not a folder"]),
         (["input={photos}/none.jsonl"], ["input=", "no such file"]),
         (["image={photos}/a.jpg", "question=what?", "precision=fp8"], ["precision=fp8", "32, bf16"]),

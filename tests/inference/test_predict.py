@@ -13,9 +13,9 @@ from PIL import Image
 
 import cmvl
 from cmvl.errors import ConfigError
-from cmvl.inference import predict as predict_module
-from cmvl.inference.predict import PredictSettings, predict, predict_requests
-from cmvl.inference.requests import Request, RequestError
+from cmvl.predict import pipeline as predict_module
+from cmvl.predict.pipeline import PredictSettings, predict, predict_requests
+from cmvl.predict.requests import Request, RequestError
 from cmvl.tasks.prediction import AnswerResult
 from tests.conftest import REPO, dataset_untouched
 

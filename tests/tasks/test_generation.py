@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import pytest
 import torch
+from PIL import Image
 
 from cmvl.config.compose import compose_config
 from cmvl.config.instantiate import build_task, instantiate
@@ -219,3 +221,47 @@ def test_a_preempted_generation_run_resumes_exactly(generation_run, tmp_path):
     assert final["global_step"] == reference["global_step"] == 6
     assert same_training_state(final, reference)
     assert torch.equal(final["state_dict"]["model.generator.steps_seen"], torch.tensor(6))
+
+
+def test_predict_draws_each_prompt_as_cmvl_generate_does_and_writes_its_pngs(generation_run, tmp_path):
+    import cmvl
+    from cmvl.predict.requests import RequestError
+    from cmvl.tasks.generation import generate_images
+    from cmvl.tasks.prediction import GeneratedImage
+
+    best = generation_run / "checkpoints" / "best.ckpt"
+    run = cmvl.load_run(best)
+    prompts = ["a red circle", "two blue squares left of a triangle"]
+    drawn = run.predict(prompt=prompts, seed=3)  # one batch: each prompt is still drawn as if alone
+    alone = generate_images(run.model, run.tokenizer, prompts, n=1, seed=3, max_length=int(run.config.text.max_length))
+    assert all(isinstance(r, GeneratedImage) for r in drawn)
+    assert all(torch.equal(r.pixels, image[0]) for r, image in zip(drawn, alone))
+    assert not torch.equal(run.predict(prompt=prompts[0], seed=4).pixels, drawn[0].pixels)
+    with pytest.raises(RequestError, match="task=generation reads no image"):
+        run.predict(REPO / "README.md", prompt=prompts[0])
+    with pytest.raises(RequestError, match="prompt is empty"):
+        run.predict(prompt=" ")
+    requests = tmp_path / "prompts.jsonl"
+    requests.write_text(
+        json.dumps({"prompt": prompts[0], "id": 5}) + "\n" + json.dumps({"image": "a.png", "prompt": "a square"}) + "\n"
+    )
+    out = tmp_path / "drawn"
+    args = [f"ckpt={best}", f"input={requests}", "seed=3", f"out={out}", "on_error=skip"]
+    assert cli_in_process("predict", *args, cwd=tmp_path).returncode == 0
+    records = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert records[0] == {"prompt": prompts[0], "id": 5, "task": "generation", "image": "000000.png"}
+    assert "line 2: task=generation reads no image" in records[1]["error"] and sorted(os.listdir(out)) == [
+        "000000.png",
+        "predictions.jsonl",
+    ]
+    assert Image.open(out / "000000.png").tobytes() == drawn[0].image.tobytes()
+    refused = cli_in_process("predict", f"ckpt={best}", f"prompt={prompts[0]}", cwd=tmp_path)
+    assert (
+        refused.returncode == 2
+        and "give out=DIR" in refused.stderr
+        and sorted(os.listdir(tmp_path))
+        == [
+            "drawn",
+            "prompts.jsonl",
+        ]
+    )

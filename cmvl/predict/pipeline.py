@@ -2,16 +2,15 @@
 `predict_forward` → one typed result per request (`cmvl/tasks/prediction.py`), in the requests' order.
 
 Requests are grouped by image, so each distinct image is decoded and encoded once however many questions it has;
-images are decoded exactly as evaluation decodes them (`cmvl.inference.inputs`), optionally in DataLoader workers,
+images are decoded exactly as evaluation decodes them (`cmvl.predict.images`), optionally in DataLoader workers,
 and only the checkpoint is read (no dataset). A request that cannot be predicted stops the run with one line naming
 it (`on_error="stop"`) or becomes a `Failure` record (`on_error="skip"`).
 
     run = cmvl.load_run("best.ckpt")
-    predict(run, "a.jpg", question="What color is the circle?").answers[:3]      # one image, or a list of them
+    run.predict("a.jpg", question="What color is the circle?").answers[:3]      # one image, or a list of them
     predict_requests(run, [Request("a.jpg", {"question": "What color is the circle?"})], PredictSettings())
 
-`predict(run, ...)` is a function of this package rather than a method of `Run`: `cmvl.run` restores runs and knows
-nothing of what uses them (the one-way imports of tests/test_import_graph.py: inference imports `cmvl.run`).
+`Run.predict` is `predict` below (`cmvl.run` imports this module; nothing here imports `cmvl.run`).
 """
 
 from __future__ import annotations
@@ -23,16 +22,18 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from cmvl.batch import Batch
+from cmvl.batch import Batch, TextQueries
+from cmvl.data.datamodule import tokenize_queries
 from cmvl.data.images import build_transform
 from cmvl.data.text import TokenizedTexts
 from cmvl.errors import ConfigError, UserError
-from cmvl.inference.inputs import ImageInput, image_size, open_input_image
-from cmvl.inference.requests import TEXT_FIELDS, Request, RequestError, image_identity
+from cmvl.predict import RestoredRun
+from cmvl.predict.images import ImageInput, image_size, open_input_image
+from cmvl.predict.requests import TEXT_FIELDS, Request, RequestError, image_identity
 from cmvl.progress import track
-from cmvl.run import Run
 from cmvl.tasks.base import Task, can_predict
 from cmvl.tasks.prediction import PredictOptions, PredictTargets, Result
 
@@ -56,7 +57,7 @@ class PredictSettings:
             raise ConfigError(f"precision={self.precision}: choose one of {', '.join(PRECISIONS)}")
         if self.on_error not in ON_ERROR:
             raise ConfigError(f"on_error={self.on_error}: choose one of {', '.join(ON_ERROR)}")
-        if self.batch_size < 1 or self.num_workers < 0 or self.options.top_k < 1:
+        if self.batch_size < 1 or self.num_workers < 0 or self.options.top(1) < 1:
             raise ConfigError("batch_size and top_k must be >= 1, num_workers >= 0")
 
 
@@ -70,7 +71,7 @@ class Failure:
         return {"error": self.error}
 
 
-def predicting_task(run: Run, name: str | None) -> Task:
+def predicting_task(run: RestoredRun, name: str | None) -> Task:
     """The task of `run` that answers requests: the run's own, or the multitask member `name`; one line when that
     task does not exist or cmvl cannot predict with it."""
     members = {member.name: member for member in run.task.members()}
@@ -106,6 +107,34 @@ def request_text(task: Task, request: Request) -> str | None:
     return text
 
 
+def request_queries(task: Task, request: Request) -> tuple[str, ...] | None:
+    """The queries of the batch that predicts `request`: its own (a task with free-text queries: detection), else the
+    task's (`Task.query_texts`: class names, the checkpoint's detection queries), None for a task without; a
+    `RequestError` naming it for queries its task does not take, an empty or a repeated one."""
+    where = _where(request)
+    if request.queries and not task.predict_queries:
+        raise RequestError(f"{where}task={task.name} takes no queries= (task=detection looks for free-text queries)")
+    if not request.queries:
+        own = task.query_texts()
+        return None if own is None else tuple(own)
+    queries = tuple(q.strip() for q in request.queries)
+    if not all(queries):
+        raise RequestError(f"{where}a query is empty (queries={','.join(request.queries)})")
+    repeated = next((q for k, q in enumerate(queries) if q in queries[:k]), None)
+    if repeated is not None:
+        raise RequestError(f"{where}query {repeated!r} is given twice")
+    return queries
+
+
+def request_image(task: Task, request: Request) -> None:
+    """A `RequestError` naming `request` when it has no image and its task reads one, or one its task does not
+    read (generation draws from the prompt alone)."""
+    if request.image is None and task.predict_reads_image:
+        raise RequestError(f'{_where(request)}needs "image": a path to an image file (image=FILE)')
+    if request.image is not None and not task.predict_reads_image:
+        raise RequestError(f"{_where(request)}task={task.name} reads no image: it draws one from prompt=TEXT")
+
+
 def _where(request: Request) -> str:
     return f"{request.origin}: " if request.origin else ""
 
@@ -114,7 +143,7 @@ class _DecodedImages(Dataset):
     """Item i: the i-th distinct image as the model reads it (uint8 pixels, and its width and height as given), or
     the one line saying why it could not be read."""
 
-    def __init__(self, run: Run, images: list[ImageInput]) -> None:
+    def __init__(self, run: RestoredRun, images: list[ImageInput]) -> None:
         self.images = images
         self.transform = build_transform(image_size=image_size(run), train=False)
 
@@ -122,6 +151,9 @@ class _DecodedImages(Dataset):
         return len(self.images)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, tuple[int, int]] | str:
+        if self.images[i] is None:  # the requests of a task that reads no image (generation): a blank one
+            side = self.transform(Image.new("RGB", (1, 1))).shape[-1]
+            return torch.zeros((3, side, side), dtype=torch.uint8), (0, 0)
         try:
             image = open_input_image(self.images[i])
         except UserError as err:
@@ -130,7 +162,7 @@ class _DecodedImages(Dataset):
 
 
 def predict_requests(
-    run: Run,
+    run: RestoredRun,
     requests: Sequence[Request | RequestError],
     settings: PredictSettings = PredictSettings(),
     *,
@@ -141,11 +173,14 @@ def predict_requests(
     task = predicting_task(run, settings.task)
     outcomes: list[Result | Failure | None] = [None] * len(requests)
     texts: dict[int, str | None] = {}
+    query_sets: dict[int, tuple[str, ...] | None] = {}
     for i, request in enumerate(requests):
         try:
             if isinstance(request, RequestError):
                 raise request
-            texts[i] = request_text(task, request)
+            request_image(task, request)
+            query_sets[i] = request_queries(task, request)
+            texts[i] = request_text(task, request)  # last: a request in `texts` is one to predict
         except UserError as err:
             outcomes[i] = _failure(err, settings)
     tokens = _tokenized(run, task, texts)
@@ -153,16 +188,27 @@ def predict_requests(
     for i in [i for i in texts if tokens is not None and np.isin(tokens.ids(i), special).all()]:
         reason = f"{task.predict_input} {texts.pop(i)!r:.60}: none of its words is in the model's vocabulary"
         outcomes[i] = _failure(RequestError(_where(requests[i]) + reason), settings)
-    # Requests grouped by image (first-seen order), so that a batch holds as few distinct images as it can.
+    queries = _tokenized_queries(run, {query_sets[i] for i in texts} - {None})
+    for i in [i for i in texts if isinstance(queries.get(query_sets[i]), str)]:
+        del texts[i]
+        outcomes[i] = _failure(RequestError(_where(requests[i]) + queries[query_sets[i]]), settings)
+    # Requests grouped by query set, then by image (first-seen orders): a batch holds one query set (the batch's
+    # `queries`) and as few distinct images as it can; an image asked with two query sets is decoded twice.
     groups: dict[object, list[int]] = {}
-    for i in texts:
-        groups.setdefault(image_identity(requests[i].image), []).append(i)
-    order = [i for members in groups.values() for i in members]
+    set_order = list(dict.fromkeys(query_sets[i] for i in texts))
+    for i in sorted(texts, key=lambda i: set_order.index(query_sets[i])):
+        groups.setdefault((query_sets[i], image_identity(requests[i].image)), []).append(i)
     images = _decoded_images(run, [requests[members[0]].image for members in groups.values()], settings)
     image_of = {i: g for g, members in enumerate(groups.values()) for i in members}
-    starts = range(0, len(order), settings.batch_size)
-    for start in track(starts, total=len(starts), description="predicting") if progress else starts:
-        chunk = order[start : start + settings.batch_size]
+    by_set: dict[tuple[str, ...] | None, list[int]] = {}
+    for (query_set, _), members in groups.items():
+        by_set.setdefault(query_set, []).extend(members)
+    chunks = [
+        order[start : start + settings.batch_size]
+        for order in by_set.values()
+        for start in range(0, len(order), settings.batch_size)
+    ]
+    for chunk in track(chunks, total=len(chunks), description="predicting") if progress else chunks:
         decoded = {g: images.get(g) for g in dict.fromkeys(image_of[i] for i in chunk)}
         ready = []
         for i in chunk:
@@ -173,6 +219,7 @@ def predict_requests(
                 ready.append(i)
         if ready:
             batch = _batch(run, task, ready, tokens, texts, image_of, decoded)
+            batch.queries = queries.get(query_sets[ready[0]])
             for i, result in zip(ready, _run_batch(run, task, batch, settings)):
                 outcomes[i] = result
     return outcomes  # every request has its outcome now
@@ -202,7 +249,7 @@ class _ImageStream:
         return self.kept[g]
 
 
-def _decoded_images(run: Run, images: list[ImageInput], settings: PredictSettings) -> _ImageStream:
+def _decoded_images(run: RestoredRun, images: list[ImageInput], settings: PredictSettings) -> _ImageStream:
     workers = settings.num_workers if len(images) > 1 else 0
     loader = DataLoader(
         _DecodedImages(run, images),
@@ -229,7 +276,7 @@ class _RequestTokens:
         return self.tokens.pad([self.ids(i) for i in requests])
 
 
-def _tokenized(run: Run, task: Task, texts: dict[int, str | None]) -> _RequestTokens | None:
+def _tokenized(run: RestoredRun, task: Task, texts: dict[int, str | None]) -> _RequestTokens | None:
     """The texts of the requests (None for an image-only task)."""
     if task.predict_input is None:
         return None
@@ -237,8 +284,24 @@ def _tokenized(run: Run, task: Task, texts: dict[int, str | None]) -> _RequestTo
     return _RequestTokens(tokens, {i: k for k, i in enumerate(texts)})
 
 
+def _tokenized_queries(run: RestoredRun, query_sets: set[tuple[str, ...]]) -> dict[tuple[str, ...], TextQueries | str]:
+    """Each query set tokenised as evaluation tokenises a split's queries (`tokenize_queries`), on the run's device,
+    or the one line saying which of its queries the model cannot read (every token special or unknown)."""
+    special = torch.tensor(run.tokenizer.all_special_ids, dtype=torch.int64)
+    tokenized: dict[tuple[str, ...], TextQueries | str] = {}
+    for query_set in query_sets:
+        found = tokenize_queries(run.tokenizer, list(query_set), int(run.config.text.max_length))
+        unread = [q for q, ids in zip(query_set, found.input_ids) if torch.isin(ids, special).all()]
+        tokenized[query_set] = (
+            f"query {unread[0]!r:.60}: none of its words is in the model's vocabulary"
+            if unread
+            else found.to(run.device)
+        )
+    return tokenized
+
+
 def _batch(
-    run: Run,
+    run: RestoredRun,
     task: Task,
     rows: list[int],
     tokens: _RequestTokens | None,
@@ -266,7 +329,7 @@ def _batch(
     return batch.to(run.device)
 
 
-def _run_batch(run: Run, task: Task, batch: Batch, settings: PredictSettings) -> list[Result]:
+def _run_batch(run: RestoredRun, task: Task, batch: Batch, settings: PredictSettings) -> list[Result]:
     autocast = (
         torch.autocast(run.device.type, dtype=torch.bfloat16)
         if settings.precision == "bf16"
@@ -278,23 +341,33 @@ def _run_batch(run: Run, task: Task, batch: Batch, settings: PredictSettings) ->
 
 
 def predict(
-    run: Run,
-    image: ImageInput | Sequence[ImageInput],
+    run: RestoredRun,
+    image: ImageInput | Sequence[ImageInput] | None = None,
     *,
     question: str | Sequence[str] | None = None,
     phrase: str | Sequence[str] | None = None,
+    prompt: str | Sequence[str] | None = None,
+    queries: Sequence[str] = (),
     task: str | None = None,
-    top_k: int = 5,
+    top_k: int | None = None,
     threshold: float | None = None,
     beam_size: int | None = None,
     precision: str = "32",
     batch_size: int = 64,
+    seed: int = 0,
 ) -> Result | list[Result]:
     """The result for one image (a path or a PIL image), or the list of results for a list of images;
-    `question` / `phrase`: one text for every image, or one per image. A bad input raises its `UserError`."""
-    many = isinstance(image, list | tuple)
-    images = list(image) if many else [image]
-    given = {name: value for name, value in zip(TEXT_FIELDS, (question, phrase)) if value is not None}
+    `question` / `phrase`: one text for every image, or one per image; `queries`: detection's texts to find in every
+    image (default: the checkpoint's). `top_k` / `threshold`: None, the task's own. A generator takes no image:
+    `prompt` (one, or a list: one result each) is drawn from the noise of `seed`. A bad input raises its
+    `UserError`."""
+    if isinstance(queries, str):
+        queries = [queries]
+    if image is None and prompt is None:
+        raise ConfigError("predict: give an image (a path or a PIL image), or a generator's prompt=")
+    many = isinstance(image if image is not None else prompt, list | tuple)
+    images = (list(image) if many else [image]) if image is not None else [None] * (len(prompt) if many else 1)
+    given = {name: value for name, value in zip(TEXT_FIELDS, (question, phrase, prompt)) if value is not None}
     per_image = {}
     for name, value in given.items():
         values = [value] * len(images) if isinstance(value, str) else list(value)
@@ -302,12 +375,17 @@ def predict(
             raise ConfigError(f"{name}: {len(values)} texts for {len(images)} images (give one, or one per image)")
         per_image[name] = values
     requests = [
-        Request(im, {name: values[k] for name, values in per_image.items()}, origin=f"image {k}" if many else "")
+        Request(
+            im,
+            {name: values[k] for name, values in per_image.items()},
+            origin=f"image {k}" if many else "",
+            queries=tuple(queries),
+        )
         for k, im in enumerate(images)
     ]
     settings = PredictSettings(
         task=task,
-        options=PredictOptions(top_k=top_k, threshold=threshold, beam_size=beam_size),
+        options=PredictOptions(top_k=top_k, threshold=threshold, beam_size=beam_size, seed=seed),
         batch_size=batch_size,
         precision=precision,
     )

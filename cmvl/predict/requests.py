@@ -1,6 +1,7 @@
-"""Prediction requests: one image and, for a task that reads text, its question or phrase. They come from keys of
-the command line, a JSON-lines file (one object per line: `{"image": "a.jpg", "question": "..."}`) or a folder of
-images; each keeps where it came from (`origin`), so a bad one is named by its line.
+"""Prediction requests: one image and, for a task that reads text, its question or phrase; for detection, the
+queries to look for (`{"image": "a.jpg", "queries": ["red circle", "square"]}`, or one `"query"`). They come from
+keys of the command line, a JSON-lines file (one object per line: `{"image": "a.jpg", "question": "..."}`) or a
+folder of images; each keeps where it came from (`origin`), so a bad one is named by its line.
 
     requests = read_jsonl(Path("requests.jsonl"))        # image paths relative to the file's folder
     requests = folder_requests(Path("photos/"), text_field="question", text="What is left of the circle?")
@@ -15,23 +16,25 @@ from pathlib import Path
 from typing import Any
 
 from cmvl.errors import DataError, UserError
-from cmvl.inference.inputs import ImageInput
+from cmvl.predict.images import ImageInput
 
 # The request fields that carry a sample's text (each task reads at most one: `Task.predict_input`); any other
 # field of a JSON line (an id of the user's) is copied into its record unchanged.
-TEXT_FIELDS = ("question", "phrase")
+TEXT_FIELDS = ("question", "phrase", "prompt")
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 
 
 @dataclass(frozen=True)
 class Request:
     """One sample to predict: `image` (a file or a PIL image), `texts` (the text fields it gives: question, phrase),
-    `origin` (how a message names it: "requests.jsonl line 3") and `fields` (what its output record repeats)."""
+    `origin` (how a message names it: "requests.jsonl line 3"), `fields` (what its output record repeats) and
+    `queries` (detection: the texts to find; empty: the checkpoint's own). A generator's request has no image."""
 
-    image: ImageInput
+    image: ImageInput | None
     texts: dict[str, str] = field(default_factory=dict)
     origin: str = ""
     fields: dict[str, Any] = field(default_factory=dict)
+    queries: tuple[str, ...] = ()
 
 
 class RequestError(UserError):
@@ -71,30 +74,38 @@ def jsonl_request(line: str, *, origin: str, folder: Path) -> Request:
     if not isinstance(record, dict):
         raise RequestError(f'{origin}: a request is a JSON object like {{"image": "a.jpg"}}, not {line.strip():.40}')
     image = record.get("image")
-    if not isinstance(image, str) or not image.strip():
-        raise RequestError(f'{origin}: needs "image": a path to an image file')
+    if (not isinstance(image, str) or not image.strip()) and not ("prompt" in record and image is None):
+        raise RequestError(f'{origin}: needs "image": a path to an image file (or only a generator\'s "prompt")')
     texts = {}
     for name in TEXT_FIELDS:
         if name in record:
             if not isinstance(record[name], str):
                 raise RequestError(f'{origin}: "{name}" must be a string, not {type(record[name]).__name__}')
             texts[name] = record[name]
-    path = Path(image).expanduser()
-    return Request(image=path if path.is_absolute() else folder / path, texts=texts, origin=origin, fields=record)
+    queries = record.get("queries", [record["query"]] if "query" in record else [])
+    if "query" in record and "queries" in record:
+        raise RequestError(f'{origin}: give "query" or "queries", not both')
+    if not isinstance(queries, list) or not all(isinstance(q, str) for q in queries):
+        raise RequestError(f'{origin}: "queries" must be a list of strings, "query" a string')
+    path = None if image is None else Path(image).expanduser()
+    return Request(
+        image=path if path is None or path.is_absolute() else folder / path,
+        texts=texts,
+        origin=origin,
+        fields=record,
+        queries=tuple(queries),
+    )
 
 
-def folder_requests(folder: Path, *, texts: dict[str, str]) -> list[Request]:
-    """One request per image file under `folder` (recursively, by file suffix, in path order), each with `texts`;
-    `DataError` when the folder is missing or holds no image."""
+def folder_requests(folder: Path, *, texts: dict[str, str], queries: tuple[str, ...] = ()) -> list[Request]:
+    """One request per image file under `folder` (recursively, by file suffix, in path order), each with `texts`
+    and `queries`; `DataError` when the folder is missing or holds no image."""
     if not folder.is_dir():
         raise DataError(f"images={folder}: {'not a folder' if folder.exists() else 'no such folder'}")
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not files:
         raise DataError(f"images={folder}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    return [
-        Request(image=p, texts=dict(texts), origin=str(p), fields={"image": str(p.relative_to(folder)), **texts})
-        for p in files
-    ]
+    return [Request(p, dict(texts), str(p), {"image": str(p.relative_to(folder)), **texts}, queries) for p in files]
 
 
 def image_identity(image: ImageInput) -> object:
