@@ -126,6 +126,8 @@ PROBABILITY = number(0, 1)
 NON_NEGATIVE = number(0)
 POSITIVE = number(0, open_min=True)
 FREEZE = either(one_of("none", "all"), integer(0))
+# LoRA's target_modules: names of linear layers; null (or []) = peft's default for the architecture
+LORA_TARGETS = either(one_of(None), sequence_of(Rule(lambda v: isinstance(v, str) and bool(v), "a module name")))
 # Lightning's limit_*_batches: an int is a number of batches, a float a share of the epoch.
 BATCH_LIMIT = Rule(
     lambda v: v is None or (_is_int(v) and v >= 0) or (isinstance(v, float) and 0 <= v <= 1),
@@ -254,6 +256,24 @@ VALUE_RULES: dict[str, Rule | Callable[[], Rule]] = {
     "text.encoder.dropout": DROPOUT,
     "text.encoder.freeze": FREEZE,
     "text.encoder.pretrained": BOOL,
+    "adversarial.steps": COUNT,
+    "adversarial.step_size": POSITIVE,
+    "adversarial.norm_bound": number(0, open_min=True, null="no bound"),
+    "adversarial.kl_weight": NON_NEGATIVE,
+    "adversarial.start_step": COUNT,
+    # LoRA adapters (cmvl/models/lora.py): text.lora, vision.lora, captioning's task.lm_lora
+    "text.lora.r": integer(1, null="no LoRA"),
+    "text.lora.alpha": POSITIVE,
+    "text.lora.dropout": DROPOUT,
+    "text.lora.target_modules": LORA_TARGETS,
+    "vision.lora.r": integer(1, null="no LoRA"),
+    "vision.lora.alpha": POSITIVE,
+    "vision.lora.dropout": DROPOUT,
+    "vision.lora.target_modules": LORA_TARGETS,
+    "task.lm_lora.r": integer(1, null="no LoRA"),
+    "task.lm_lora.alpha": POSITIVE,
+    "task.lm_lora.dropout": DROPOUT,
+    "task.lm_lora.target_modules": LORA_TARGETS,
     "text.tokenizer.vocab_size": POSITIVE_INT,
     "text.tokenizer.lowercase": BOOL,
     # fusion

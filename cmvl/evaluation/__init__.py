@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from cmvl.evaluation.attacks import split_attack_overrides
 from cmvl.evaluation.results import write_results
 from cmvl.evaluation.score import SplitScores, score_split
 from cmvl.run import restore_run, run_config
@@ -27,8 +28,10 @@ def evaluate_checkpoint(
     import torch
 
     ckpt_path = Path(ckpt_path)
+    attack, overrides = split_attack_overrides(overrides)  # attack=pgd attack.eps=2/255: not config keys
     checkpoint = load_checkpoint(ckpt_path)
     cfg = run_config(checkpoint, list(overrides))
     run = restore_run(ckpt_path, checkpoint, cfg, device=torch.device("cpu"))
-    scores = score_split(run, cfg.dataset.split)
-    return write_results(scores, Path(out_dir) if out_dir else ckpt_path.parent, checkpoint=ckpt_path)
+    scores = score_split(run, cfg.dataset.split, attack=attack)
+    extra = {"attack": attack.describe()} if attack is not None else {}
+    return write_results(scores, Path(out_dir) if out_dir else ckpt_path.parent, checkpoint=ckpt_path, extra=extra)

@@ -18,9 +18,11 @@ def predictions_file(out_dir: Path, task: str, split: str) -> Path:
     return out_dir / f"predictions_{task}_{split}.json"
 
 
-def write_results(scores: SplitScores, out_dir: Path, *, checkpoint: Path) -> dict[str, Any]:
+def write_results(
+    scores: SplitScores, out_dir: Path, *, checkpoint: Path, extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Writes `predictions_<task>_<split>.json` for each task and `metrics.json` into `out_dir` (each file
-    atomically); returns what metrics.json holds."""
+    atomically); returns what metrics.json holds (`extra`: more of it, e.g. the attack's settings)."""
     files, counts = {}, {}
     for name, predictions in scores.predictions.items():
         path = predictions_file(out_dir, name, scores.split)
@@ -33,6 +35,7 @@ def write_results(scores: SplitScores, out_dir: Path, *, checkpoint: Path) -> di
         # One task: its file and count; several: task → file / count.
         "predictions_file": _single_or_all(files),
         "num_predictions": _single_or_all(counts),
+        **(extra or {}),
     }
     write_json_atomic(out_dir / METRICS_FILE, result)
     return result

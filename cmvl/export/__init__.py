@@ -22,6 +22,7 @@ from cmvl.export.graph import ExportableModel, example_inputs
 from cmvl.export.manifest import MANIFEST_NAME, TOKENIZER_NAME, build_manifest, tokenizer_json
 from cmvl.export.staging import check_new_folder, staged_folder
 from cmvl.models.compression import COMPRESSION_KEY, INT8_METHODS
+from cmvl.models.lora import config_without_lora, merge_lora
 from cmvl.training.checkpoint_schema import CHECKPOINT_KEY
 
 if TYPE_CHECKING:
@@ -53,6 +54,9 @@ def export_run(
         raise UserError(f"export: exporter={exporter}: choose one of {', '.join(ONNX_EXPORTERS)}")
     check_new_folder(out, "export")
     _refuse_int8(checkpoint, export_format)
+    if merge_lora(run.model):  # LoRA adapters folded into their base weights: the exported model is a plain one
+        section = checkpoint[CHECKPOINT_KEY]
+        checkpoint = {**checkpoint, CHECKPOINT_KEY: {**section, "config": config_without_lora(section["config"])}}
     graph = ExportableModel(run.model.cpu().eval(), run.task).eval()
     batches = validation_batches(run, parity_batches)
     inputs = parity_inputs(batches, graph.takes_text)

@@ -19,6 +19,7 @@ from transformers import (
 from cmvl.errors import ConfigError
 from cmvl.models.caption_decoder import TextDecoder
 from cmvl.models.freeze import apply_freeze
+from cmvl.models.lora import apply_lora
 from cmvl.models.pretrained import resolve_pretrained
 from cmvl.models.remote_code import refuse_remote_code, refuse_remote_config
 from cmvl.models.tokens import Tokens
@@ -62,6 +63,7 @@ class PretrainedLMDecoder(TextDecoder):
         conditioning: str,
         vocab_size: int,
         freeze: str | int = "none",
+        lora: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         config = lm.config
@@ -80,6 +82,7 @@ class PretrainedLMDecoder(TextDecoder):
         self.max_positions = int(getattr(config, "max_position_embeddings", None) or 2048)
         self.vocab_size = vocab_size
         apply_freeze(lm, freeze, "task.lm")
+        apply_lora(lm, lora, "task.lm_lora")  # adapters (task.lm_lora.r): the LM's other weights stop learning
         for name, module in lm.named_modules():  # the new cross-attention layers learn even in frozen blocks
             if name.rsplit(".", 1)[-1] in NEW_CROSS_ATTENTION:
                 module.requires_grad_(True)
@@ -148,10 +151,19 @@ class PretrainedLM:
     it and take the weights from the checkpoint: no download, no hub access.
     """
 
-    def __init__(self, name: str | None, conditioning: str, *, pretrained: bool, freeze: str | int) -> None:
+    def __init__(
+        self,
+        name: str | None,
+        conditioning: str,
+        *,
+        pretrained: bool,
+        freeze: str | int,
+        lora: dict[str, Any] | None = None,
+    ) -> None:
         if conditioning not in CONDITIONINGS:
             raise ConfigError(f"task.lm_conditioning={conditioning}: choose one of {', '.join(CONDITIONINGS)}")
         self.name, self.conditioning, self.pretrained, self.freeze = name, conditioning, pretrained, freeze
+        self.lora = lora
         self.path: str | None = None  # where the weights are read from (training only)
         self.config: PretrainedConfig | None = None
 
@@ -189,5 +201,5 @@ class PretrainedLM:
         assert self.config is not None, "bind_tokenizer() first"
         lm = build_lm(self.path or "", self.config, pretrained=self.pretrained and self.path is not None)
         return PretrainedLMDecoder(
-            lm=lm, dim=dim, conditioning=self.conditioning, vocab_size=vocab_size, freeze=self.freeze
+            lm=lm, dim=dim, conditioning=self.conditioning, vocab_size=vocab_size, freeze=self.freeze, lora=self.lora
         )

@@ -90,6 +90,7 @@ class CaptionTask(Task):
         lm_conditioning: str = "cross_attention",
         lm_pretrained: bool = True,
         lm_freeze: str | int = "none",
+        lm_lora: dict[str, Any] | None = None,
         lstm: dict[str, Any] | None = None,
     ) -> None:
         if meteor not in METEOR_CHOICES:
@@ -98,7 +99,7 @@ class CaptionTask(Task):
             raise ConfigError(f"task.decoder={decoder}: choose one of {', '.join(DECODERS)}")
         self.decoder = decoder
         self.lstm = LSTMOptions.from_config(lstm)
-        self.lm = PretrainedLM(lm, lm_conditioning, pretrained=lm_pretrained, freeze=lm_freeze)
+        self.lm = PretrainedLM(lm, lm_conditioning, pretrained=lm_pretrained, freeze=lm_freeze, lora=lm_lora)
         self.layers, self.heads, self.max_length = layers, heads, max_length
         self.label_smoothing, self.beam_size, self.length_penalty = label_smoothing, beam_size, length_penalty
         self.meteor, self.dropout = meteor, dropout

@@ -20,6 +20,7 @@ from cmvl.data.workers import resolve_num_workers
 from cmvl.errors import ConfigError
 from cmvl.models.families.base import ModelFamily, Recipe
 from cmvl.tasks.base import Task, family_problem
+from cmvl.training.adversarial import build_adversary
 from cmvl.training.lit_module import VLLitModule
 from cmvl.training.nonfinite import NonFiniteGuard
 
@@ -91,6 +92,7 @@ def build_lit_module(cfg: DictConfig, datamodule: VLDataModule) -> VLLitModule:
         optim=optim,
         run_state=run_state,
         nonfinite=NonFiniteGuard(**OmegaConf.to_container(cfg.get("nonfinite_loss") or {}, resolve=True)),
+        adversary=build_adversary(OmegaConf.to_container(cfg.get("adversarial") or {}, resolve=True), datamodule.task),
     )
 
 

@@ -12,6 +12,7 @@ import torch
 from cmvl.batch import Batch, TensorRecord
 from cmvl.models.families.base import ModelFamily
 from cmvl.tasks.base import Task
+from cmvl.training.adversarial import Adversary
 from cmvl.training.checkpoint_schema import CHECKPOINT_KEY, SCHEMA_KEY, SCHEMA_VERSION, upgrade_checkpoint
 from cmvl.training.lightning_compat import logs_this_step
 from cmvl.training.nonfinite import NonFiniteGuard
@@ -27,12 +28,15 @@ class VLLitModule(pl.LightningModule):
         optim: dict[str, Any],
         run_state: dict[str, Any],
         nonfinite: NonFiniteGuard | None = None,
+        adversary: Adversary | None = None,
     ) -> None:
         super().__init__()
         self.model, self.task = model, task
         self.optim_cfg = optim
         self.run_state = run_state  # plain containers: resolved config + data state; saved in every checkpoint
         self.nonfinite = nonfinite or NonFiniteGuard()
+        self.adversary = adversary  # `adversarial.steps` > 0: perturbed forwards in the training loss
+        self.attack: Any = None  # `cmvl eval attack=…` (cmvl/evaluation/attacks.py): test steps score attacked inputs
         self.skipping_step = False  # this step's loss was not finite somewhere: the optimizer step is skipped
         self.epoch_loss: tuple[int, torch.Tensor | float, int] = (-1, 0.0, 0)  # (epoch, sum, steps) of training loss
         self.val_metric = task.make_metric()
@@ -54,8 +58,11 @@ class VLLitModule(pl.LightningModule):
         return batch.to(device, non_blocking=True)
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
-        outputs = self.task.forward(self.model, batch)
-        loss = self.task.loss(outputs, batch)
+        if self.adversary is not None and self.adversary.active(self.global_step):
+            outputs, loss = self.adversary.outputs_and_loss(self.model, self.task, batch)
+        else:
+            outputs = self.task.forward(self.model, batch)
+            loss = self.task.loss(outputs, batch)
         self.skipping_step = self.nonfinite.should_skip(self, loss, batch_idx)
         if self.skipping_step:
             # Every process still runs the backward pass of this graph (a zero loss), so DDP's gradient all-reduce
@@ -107,7 +114,10 @@ class VLLitModule(pl.LightningModule):
             )
 
     def test_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> None:
-        outputs = self.task.eval_forward(self.model, batch)
+        if self.attack is not None:
+            outputs = self.attack.eval_outputs(self.model, self.task, batch)
+        else:
+            outputs = self.task.eval_forward(self.model, batch)
         if self.score_test:
             self.task.update_metric(self.test_metric, outputs, batch)
         self.test_predictions.setdefault(batch.task, []).extend(self.task.predictions(outputs, batch))

@@ -20,6 +20,7 @@ from cmvl.config.budget import fill_budget
 from cmvl.config.callbacks import callback_nodes, has_lr_monitor, monitor_arguments
 from cmvl.errors import UserError
 from cmvl.log import get_logger
+from cmvl.models.lora import lora_summary
 from cmvl.run_files import METRICS_CSV, SAMPLES_DIR, SUMMARY_FILE
 from cmvl.sweeps.jobs import finished_summary, in_sweep, relaunch_ranks_as_single_run, resume_mode
 from cmvl.training import slurm
@@ -167,6 +168,8 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
         datamodule = build_datamodule(cfg, tokenizer_builder=init_tokenizer_builder(cfg, initial) if initial else None)
     datamodule.prepare()
     lit = build_lit_module(cfg, datamodule)
+    for line in lora_summary(lit.model):  # text.lora / vision.lora / task.lm_lora: what trains
+        log.info(line)
     if initial:
         load_initial_weights(lit.model, initial)
     loggers = build_loggers(cfg)

@@ -3,6 +3,8 @@ tagging and their multitask)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -11,9 +13,11 @@ from cmvl.models.fusion.base import Fusion
 from cmvl.models.tokens import FusionOutput, Tokens
 
 
-def normalize_images(images_uint8: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """uint8 B×3×H×W → float, scaled to [0, 1] and standardised per channel."""
-    return (images_uint8.float().div_(255) - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
+def normalize_images(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 B×3×H×W → float, scaled to [0, 1] and standardised per channel. Float images are taken as already in
+    [0, 1]: the entry of image-space attacks (`cmvl eval attack=pgd`), which perturb pixels before normalisation."""
+    scaled = images.float().div_(255) if images.dtype == torch.uint8 else images
+    return (scaled - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
 
 
 class VisionLanguageModel(ModelFamily):
@@ -43,6 +47,9 @@ class VisionLanguageModel(ModelFamily):
         self.vision_proj = None if vision is None else nn.Sequential(nn.Linear(vision.out_dim, dim), nn.LayerNorm(dim))
         self.text_proj = None if text is None else nn.Sequential(nn.Linear(text.out_dim, dim), nn.LayerNorm(dim))
         self.heads = nn.ModuleDict(heads)
+        # Adversarial perturbations (cmvl/training/adversarial.py): when set, a callable (site, tokens) → tokens that
+        # the projected vision and text tokens pass through, on their way to fusion and the heads.
+        self.perturbation: Callable[[str, Tokens], Tokens] | None = None
 
     @classmethod
     def from_recipe(cls, recipe: Recipe) -> VisionLanguageModel:
@@ -79,12 +86,15 @@ class VisionLanguageModel(ModelFamily):
     def encode_images(self, images: torch.Tensor) -> Tokens:
         """uint8 images U×3×H×W → vision tokens at `model.dim` (with the encoder's grid, where it has one)."""
         v = self.part("vision")(normalize_images(images, self.image_mean, self.image_std))
-        return v.with_feats(self.vision_proj(v.feats))
+        return self._perturbed("vision", v.with_feats(self.vision_proj(v.feats)))
 
     def encode_texts(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Tokens:
         """Token ids B×L → text tokens at `model.dim`."""
         t = self.part("text")(input_ids, attention_mask)
-        return t.with_feats(self.text_proj(t.feats))
+        return self._perturbed("text", t.with_feats(self.text_proj(t.feats)))
+
+    def _perturbed(self, site: str, tokens: Tokens) -> Tokens:
+        return tokens if self.perturbation is None else self.perturbation(site, tokens)
 
     def forward(
         self,

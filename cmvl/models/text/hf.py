@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from cmvl.errors import ConfigError
 from cmvl.models.freeze import apply_freeze
+from cmvl.models.lora import apply_lora
 from cmvl.models.remote_code import load_auto_model
 from cmvl.models.tokens import Tokens
 
@@ -25,6 +28,7 @@ class HFTextEncoder(nn.Module):
         pretrained: bool = True,
         freeze: str | int = "none",
         max_length: int = 32,
+        lora: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         model = load_auto_model(name, pretrained=pretrained, key="text.encoder.name")
@@ -39,6 +43,7 @@ class HFTextEncoder(nn.Module):
         self.out_dim = getattr(config, "hidden_size", None) or getattr(config, "d_model", None) or config.n_embd
         self.max_length = max_length
         apply_freeze(model, freeze, "text.encoder")
+        apply_lora(model, lora, "text.lora")  # adapters (text.lora.r): the other weights stop learning
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Tokens:
         hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state

@@ -7,6 +7,7 @@ transformers give their output tokens as they are (CLS first where the model has
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 import torchvision
@@ -14,6 +15,7 @@ from torch import nn
 
 from cmvl.errors import ConfigError
 from cmvl.models.freeze import apply_freeze
+from cmvl.models.lora import apply_lora
 from cmvl.models.pretrained import resolve_pretrained
 from cmvl.models.remote_code import load_auto_model
 from cmvl.models.tokens import Tokens
@@ -106,7 +108,9 @@ class HFVisionEncoder(nn.Module):
     directory, `pkg://package/subdir` or a hub name. For a full CLIP/SigLIP checkpoint the vision tower is used.
     Tokens = `last_hidden_state` (B×N×D; for CNN-style models, the B×C×H×W map as a grid)."""
 
-    def __init__(self, *, name: str, pretrained: bool = True, freeze: str | int = "none") -> None:
+    def __init__(
+        self, *, name: str, pretrained: bool = True, freeze: str | int = "none", lora: dict[str, Any] | None = None
+    ) -> None:
         super().__init__()
         model = load_auto_model(name, pretrained=pretrained, key="vision.encoder.name")
         if hasattr(model, "vision_model"):  # CLIPModel / SiglipModel: keep the image tower only
@@ -115,6 +119,7 @@ class HFVisionEncoder(nn.Module):
         config = getattr(model.config, "vision_config", model.config)
         self.out_dim = getattr(config, "hidden_size", None) or config.hidden_sizes[-1]
         apply_freeze(self.model, freeze, "vision.encoder")
+        apply_lora(self.model, lora, "vision.lora")  # adapters (vision.lora.r): the other weights stop learning
 
     def forward(self, images_BCHW: torch.Tensor) -> Tokens:
         config = getattr(self.model.config, "vision_config", self.model.config)
