@@ -153,7 +153,9 @@ def _predict(keys: dict[str, Any], overrides: list[str]) -> None:
         workers = resolve_num_workers(run.config.data.num_workers, accelerator=run.config.trainer.accelerator)
     settings = PredictSettings(
         task=keys["task"],
-        options=PredictOptions(top_k=keys["top_k"], threshold=keys["threshold"], beam_size=keys["beam_size"]),
+        options=PredictOptions(
+            top_k=keys["top_k"], threshold=keys["threshold"], beam_size=keys["beam_size"], seed=keys["seed"]
+        ),
         batch_size=keys["batch_size"],
         precision=keys["precision"],
         on_error="stop" if single else keys["on_error"],
