@@ -40,6 +40,8 @@ NOISE_WARNINGS: tuple[tuple[str, type[Warning]], ...] = (
     # a run without validation (limit_val_batches=0): cmvl's monitor is the task's own metric, never the user's typo,
     # and the run's end says "no validation score was logged"
     (r"`ModelCheckpoint\(monitor='(val|test)/[^']*'\)` could not find the monitored key", UserWarning),
+    # trainer=fsdp: the cross-attention block returns what its attention retrieved (a view); the fusion only reads it
+    (r"FSDP2-wrapped module \(FSDP_CrossBlock\) returned a view tensor", UserWarning),
 )
 NOISE_LOG_LINES = (
     # Lightning 2.6 advertises its cloud logger at every Trainer start

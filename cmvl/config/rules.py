@@ -161,7 +161,7 @@ CMVL_SETS = {
     "plugins": "cmvl sets its own checkpoint I/O and cluster plugins",
     "default_root_dir": "cmvl uses the run directory; set hydra.run.dir (or paths.output_dir) instead",
 }
-CMVL_TRAINER_KEYS = ("requeue",)  # cmvl's own settings under trainer. (popped before the Trainer is built)
+CMVL_TRAINER_KEYS = ("requeue", "fsdp")  # cmvl's own settings under trainer. (popped before the Trainer is built)
 
 
 def _trainer_parameters() -> tuple[str, ...]:
@@ -363,6 +363,10 @@ VALUE_RULES: dict[str, Rule | Callable[[], Rule]] = {
     ),
     "trainer.accelerator": _accelerators,
     "trainer.strategy": _strategies,
+    "trainer.fsdp.blocks": sequence_of(Rule(lambda v: isinstance(v, str), "a module class name")),
+    "trainer.fsdp.mixed_precision": one_of("auto", "bf16", "fp16", None),
+    "trainer.fsdp.activation_checkpointing": BOOL,
+    "trainer.fsdp.reshard_after_forward": BOOL,
     "trainer.num_nodes": POSITIVE_INT,
     "trainer.max_epochs": integer(1, special={-1: "no limit"}, null="the task's default budget"),
     "trainer.min_epochs": integer(0, null="none"),

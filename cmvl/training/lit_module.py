@@ -131,6 +131,13 @@ class VLLitModule(pl.LightningModule):
             optimizer.zero_grad(set_to_none=True)
             self.skipping_step = False
 
+    def configure_model(self) -> None:
+        # trainer=fsdp (cmvl/training/fsdp.py): the strategy shards the model's blocks and this module here, before
+        # the optimizer is built over the sharded parameters; other strategies have no `shard` and change nothing.
+        shard = getattr(self.trainer.strategy, "shard", None)
+        if shard is not None:
+            shard(self)
+
     def configure_optimizers(self) -> dict[str, Any]:
         cfg = self.optim_cfg
         build_optimizer = cfg["optimizer"]

@@ -30,6 +30,7 @@ from cmvl.training.checkpoints import refuse_unrestorable
 from cmvl.training.csv_logger import ResumableCSVLogger
 from cmvl.training.curves import plot_curves
 from cmvl.training.final_validation import validate_unless_current
+from cmvl.training.fsdp import pop_fsdp_settings
 from cmvl.training.init_from import check_init_with_resume, load_initial_weights, read_initial_weights
 from cmvl.training.init_from import tokenizer_builder as init_tokenizer_builder
 from cmvl.training.lightning_compat import (
@@ -48,6 +49,7 @@ from cmvl.training.resume import RNGStateCallback, find_resume_checkpoint
 from cmvl.training.resume_settings import check_loop_settings
 from cmvl.training.run_dir import claim_run_dir
 from cmvl.training.samples import SamplePredictions
+from cmvl.training.torchrun import check_torchrun_world
 
 log = get_logger(__name__)
 
@@ -179,6 +181,8 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
                 logger.resume_from(int(checkpoint["global_step"]))
     trainer_args = OmegaConf.to_container(cfg.trainer, resolve=True)
     requeue_on_stop = bool(trainer_args.pop("requeue", False))  # cmvl's setting, not a Trainer argument
+    pop_fsdp_settings(trainer_args)  # strategy=fsdp: the block-sharded strategy its `fsdp` section describes
+    check_torchrun_world(trainer_args.get("devices"), trainer_args.get("num_nodes", 1))
     plugins: list[Any] = [AtomicCheckpointIO()]
     if SLURMEnvironment.detect():  # cmvl saves and requeues on SLURM's signal (trainer.requeue), never Lightning
         plugins.append(SLURMEnvironment(auto_requeue=False))
