@@ -29,7 +29,8 @@ from omegaconf.errors import OmegaConfBaseException
 from cmvl.errors import ConfigError
 from cmvl.models.compression import COMPRESSION_KEY, prepare_compressed_model
 from cmvl.predict.pipeline import predict as predict_images
-from cmvl.training.checkpoint_schema import CHECKPOINT_KEY, STATE_PREFIX, schema_version
+from cmvl.training.checkpoint_schema import CHECKPOINT_KEY, schema_version
+from cmvl.training.ema import restored_weights
 from cmvl.training.restore import model_weights as model_weights  # also a name of cmvl.run
 from cmvl.training.restore import restore_task as restore_task
 
@@ -179,14 +180,14 @@ def restore_model(
     compression: dict[str, Any] | None = None,
 ) -> ModelFamily:
     """The model `cfg` builds for `task`, with the checkpoint's weights (all of them, and nothing else: a weight
-    that does not fit is one line naming the checkpoint). `compression`: what `cmvl compress` made of the model
-    (int8 layers, pruned shapes), rebuilt before the weights load."""
+    that does not fit is one line naming the checkpoint; of a run trained with `ema.decay`, the moving average).
+    `compression`: what `cmvl compress` made of the model (int8 layers, pruned shapes), rebuilt before the weights
+    load."""
     from cmvl.training.build import build_model
     from cmvl.training.checkpoints import state_dict_errors
 
     model = build_model(without_weight_sources(cfg), task, tokenizer)
-    # Weights outside the model keep their full name, so a crafted extra entry is reported as unexpected.
-    weights = {k.removeprefix(STATE_PREFIX) if k.startswith(STATE_PREFIX) else k: v for k, v in state_dict.items()}
+    weights = restored_weights(state_dict)  # the moving average's (ema.decay) when saved, else the raw weights
     if compression is not None:
         prepare_compressed_model(model, compression, weights)
     with state_dict_errors(path):

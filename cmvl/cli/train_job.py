@@ -25,6 +25,7 @@ register_config_searchpath()  # $CMVL_CONFIG_DIR's choices (hydra.searchpath in 
 @hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     """Trains one run; returns `optimized_metric` at the best checkpoint's epoch (what a sweeper optimises)."""
+    from cmvl.distill import load_teacher
     from cmvl.sweeps.jobs import sweeper_value
     from cmvl.training.checkpoints import state_dict_errors
     from cmvl.training.train import run_training
@@ -32,7 +33,7 @@ def main(cfg: DictConfig) -> float | None:
     configure(cfg.get("verbosity", DEFAULT_VERBOSITY))
     try:
         with state_dict_errors(lambda: resumed_checkpoint(cfg)):
-            summary = run_training(cfg)
+            summary = run_training(cfg, load_teacher=load_teacher)
     except UserError as err:
         log.error(one_line(err))
         sys.exit(err.exit_code)

@@ -212,6 +212,11 @@ VALUE_RULES: dict[str, Rule | Callable[[], Rule]] = {
     "verbosity": one_of("quiet", "info", "debug"),
     "model.dim": POSITIVE_INT,
     "model.dropout": DROPOUT,
+    "ema.decay": number(0, 1, open_min=True, open_max=True, null="no moving average"),
+    "distill.teacher": Rule(lambda v: v is None or (isinstance(v, str) and v.strip() != ""), "a checkpoint path"),
+    "distill.temperature": POSITIVE,
+    "distill.alpha": PROBABILITY,
+    "distill.feature_weight": NON_NEGATIVE,
     # data
     "data.batch_size": POSITIVE_INT,
     "data.eval_batch_size": POSITIVE_INT,

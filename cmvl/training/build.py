@@ -21,6 +21,7 @@ from cmvl.errors import ConfigError
 from cmvl.models.families.base import ModelFamily, Recipe
 from cmvl.tasks.base import Task, family_problem
 from cmvl.training.adversarial import build_adversary
+from cmvl.training.distillation import Distiller, DistillSettings, Teacher
 from cmvl.training.lit_module import VLLitModule
 from cmvl.training.nonfinite import NonFiniteGuard
 
@@ -79,20 +80,31 @@ def build_model(cfg: DictConfig, task: Task, tokenizer: PreTrainedTokenizerFast)
     return model.train()
 
 
-def build_lit_module(cfg: DictConfig, datamodule: VLDataModule) -> VLLitModule:
+def build_lit_module(cfg: DictConfig, datamodule: VLDataModule, *, teacher: Teacher | None = None) -> VLLitModule:
+    """The training module of `cfg`; `teacher`: the one `distill.teacher` names (`cmvl.distill.load_teacher`)."""
     run_state = {"config": OmegaConf.to_container(cfg, resolve=True), "data_state": datamodule.data_state()}
     optim = {
         "optimizer": instantiate(cfg.optim.optimizer),
         "weight_decay": cfg.optim.weight_decay,
         "scheduler": OmegaConf.to_container(cfg.optim.scheduler, resolve=True),
     }
+    model = build_model(cfg, datamodule.task, datamodule.tokenizer)
+    distill = cfg.get("distill") or {}
     return VLLitModule(
-        model=build_model(cfg, datamodule.task, datamodule.tokenizer),
+        model=model,
         task=datamodule.task,
         optim=optim,
         run_state=run_state,
         nonfinite=NonFiniteGuard(**OmegaConf.to_container(cfg.get("nonfinite_loss") or {}, resolve=True)),
         adversary=build_adversary(OmegaConf.to_container(cfg.get("adversarial") or {}, resolve=True), datamodule.task),
+        ema_decay=(cfg.get("ema") or {}).get("decay"),
+        distiller=Distiller(
+            teacher,
+            model,
+            DistillSettings(distill.temperature, distill.alpha, distill.feature_weight),
+        )
+        if teacher is not None
+        else None,
     )
 
 

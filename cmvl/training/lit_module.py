@@ -14,6 +14,8 @@ from cmvl.models.families.base import ModelFamily
 from cmvl.tasks.base import Task
 from cmvl.training.adversarial import Adversary
 from cmvl.training.checkpoint_schema import CHECKPOINT_KEY, SCHEMA_KEY, SCHEMA_VERSION, upgrade_checkpoint
+from cmvl.training.distillation import Distiller
+from cmvl.training.ema import weight_average
 from cmvl.training.lightning_compat import logs_this_step
 from cmvl.training.nonfinite import NonFiniteGuard
 from cmvl.training.optim import build_scheduler, param_groups, set_total_steps
@@ -29,6 +31,8 @@ class VLLitModule(pl.LightningModule):
         run_state: dict[str, Any],
         nonfinite: NonFiniteGuard | None = None,
         adversary: Adversary | None = None,
+        ema_decay: float | None = None,
+        distiller: Distiller | None = None,
     ) -> None:
         super().__init__()
         self.model, self.task = model, task
@@ -45,6 +49,14 @@ class VLLitModule(pl.LightningModule):
         self.score_test = True  # evaluation of a split without annotations only predicts
         self.test_values: dict[str, torch.Tensor] = {}  # the test metric's values, after `trainer.test`
         self.val_history: list[dict[str, float]] = []
+        # `ema.decay`: the moving average of the weights (cmvl/training/ema.py), which validation scores
+        self.ema = weight_average(model, ema_decay) if ema_decay is not None else None
+        self.distiller = distiller  # `distill.teacher`: a plain object, so the teacher is no submodule (not saved)
+
+    @property
+    def evaluated_model(self) -> ModelFamily:
+        """The weights validation scores: the moving average when `ema.decay` is on, else the model's own."""
+        return self.ema.module if self.ema is not None else self.model
 
     @property
     def monitor(self) -> str:
@@ -63,6 +75,8 @@ class VLLitModule(pl.LightningModule):
         else:
             outputs = self.task.forward(self.model, batch)
             loss = self.task.loss(outputs, batch)
+        if self.distiller is not None:
+            loss = self.distiller.loss(loss, outputs, batch)
         self.skipping_step = self.nonfinite.should_skip(self, loss, batch_idx)
         if self.skipping_step:
             # Every process still runs the backward pass of this graph (a zero loss), so DDP's gradient all-reduce
@@ -94,7 +108,7 @@ class VLLitModule(pl.LightningModule):
             )
 
     def validation_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> TensorRecord:
-        outputs = self.task.eval_forward(self.model, batch)
+        outputs = self.task.eval_forward(self.evaluated_model, batch)
         self.task.update_metric(self.val_metric, outputs, batch)
         return outputs  # seen by callbacks (sample pictures), not kept by Lightning
 
@@ -102,7 +116,7 @@ class VLLitModule(pl.LightningModule):
         """The task's metric values; in the precision context of the evaluation steps, since computing may run the
         model (retrieval's re-ranking)."""
         with self.trainer.precision_plugin.forward_context():
-            return self.task.compute_metric(metric, self.model)
+            return self.task.compute_metric(metric, self.evaluated_model)
 
     def on_validation_epoch_end(self) -> None:
         values = {self.task.metric_key("val", k): v for k, v in self._compute(self.val_metric).items()}
@@ -115,9 +129,9 @@ class VLLitModule(pl.LightningModule):
 
     def test_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         if self.attack is not None:
-            outputs = self.attack.eval_outputs(self.model, self.task, batch)
+            outputs = self.attack.eval_outputs(self.evaluated_model, self.task, batch)
         else:
-            outputs = self.task.eval_forward(self.model, batch)
+            outputs = self.task.eval_forward(self.evaluated_model, batch)
         if self.score_test:
             self.task.update_metric(self.test_metric, outputs, batch)
         self.test_predictions.setdefault(batch.task, []).extend(self.task.predictions(outputs, batch))
@@ -130,6 +144,13 @@ class VLLitModule(pl.LightningModule):
         if self.skipping_step:  # parameters without a gradient: no update, no weight decay, no optimizer state change
             optimizer.zero_grad(set_to_none=True)
             self.skipping_step = False
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        # Here, not in `on_train_batch_end`: callbacks' batch-end hooks (step checkpoints, preemption) run before the
+        # module's, and must save the average that includes this step.
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
 
     def configure_model(self) -> None:
         # trainer=fsdp (cmvl/training/fsdp.py): the strategy shards the model's blocks and this module here, before
@@ -175,6 +196,10 @@ class VLLitModule(pl.LightningModule):
                 torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
             return
         self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
+    def on_fit_start(self) -> None:
+        if self.distiller is not None:
+            self.distiller.to(self.device)
 
     def on_train_start(self) -> None:
         # After the checkpoint (if any) is restored and the train loader is set up; see optim.WarmupCosine.

@@ -35,6 +35,8 @@ LOOP_SETTINGS: dict[str, str] = {
     "fusion": "the fusion's parameters",
     "task": "the task's heads and loss",
     "optim": "the optimizer and schedule, which continue from the checkpoint's state",
+    "ema": "the moving average of the weights, which continues from the checkpoint's",
+    "distill": "the training loss (its teacher and weights)",
 }
 
 # Keys inside those sections that a resume may change: budget, evaluation-only settings, and what the checkpoint

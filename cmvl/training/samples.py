@@ -63,7 +63,7 @@ class SamplePredictions(pl.Callback):
         legend = member_of(pl_module.task, batch).sample_legend
         self._legends += [legend] if legend else []
         if self.attention:
-            add_sample_maps(pl_module.task, pl_module.model, batch, notes, self._special_ids)
+            add_sample_maps(pl_module.task, pl_module.evaluated_model, batch, notes, self._special_ids)
         return notes
 
     def _draw(self) -> Image.Image:

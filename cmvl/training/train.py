@@ -5,6 +5,7 @@ from __future__ import annotations
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from pytorch_lightning.plugins.environments import SLURMEnvironment
 from cmvl.atomic_file import write_json_atomic
 from cmvl.config.budget import fill_budget
 from cmvl.config.callbacks import callback_nodes, has_lr_monitor, monitor_arguments
-from cmvl.errors import UserError
+from cmvl.errors import ConfigError, UserError
 from cmvl.log import get_logger
 from cmvl.models.lora import lora_summary
 from cmvl.run_files import METRICS_CSV, SAMPLES_DIR, SUMMARY_FILE
@@ -29,6 +30,7 @@ from cmvl.training.checkpoint_io import AtomicCheckpointIO
 from cmvl.training.checkpoints import refuse_unrestorable
 from cmvl.training.csv_logger import ResumableCSVLogger
 from cmvl.training.curves import plot_curves
+from cmvl.training.distillation import Teacher
 from cmvl.training.final_validation import validate_unless_current
 from cmvl.training.fsdp import pop_fsdp_settings
 from cmvl.training.init_from import check_init_with_resume, load_initial_weights, read_initial_weights
@@ -149,7 +151,9 @@ class StepCheckpoint(ModelCheckpoint):
             save_last(self, trainer, candidates)
 
 
-def run_training(cfg: DictConfig) -> dict[str, Any]:
+def run_training(cfg: DictConfig, *, load_teacher: Callable[..., Teacher] | None = None) -> dict[str, Any]:
+    """One training job. `load_teacher(cfg, task, tokenizer)`: the teacher of `distill.teacher`
+    (`cmvl.distill.load_teacher`, which the training package does not import: it restores runs with `cmvl.run`)."""
     fill_budget(cfg)  # trainer.max_epochs=null: the task's default budget, saved as a number with the run
     _run_dir_lock = claim_run_dir(cfg)  # held while this run lasts; refuses a clash before anything is written
     out_dir = Path(cfg.paths.output_dir)
@@ -169,7 +173,8 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
     else:
         datamodule = build_datamodule(cfg, tokenizer_builder=init_tokenizer_builder(cfg, initial) if initial else None)
     datamodule.prepare()
-    lit = build_lit_module(cfg, datamodule)
+    teacher = _teacher(cfg, datamodule, load_teacher)
+    lit = build_lit_module(cfg, datamodule, teacher=teacher)
     for line in lora_summary(lit.model):  # text.lora / vision.lora / task.lm_lora: what trains
         log.info(line)
     if initial:
@@ -223,6 +228,14 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
         _print_summary(summary)
         _plot_curves(out_dir)
     return summary
+
+
+def _teacher(cfg: DictConfig, datamodule: Any, load_teacher: Callable[..., Teacher] | None) -> Teacher | None:
+    if not (cfg.get("distill") or {}).get("teacher"):
+        return None
+    if load_teacher is None:
+        raise ConfigError("distill.teacher: the teacher is loaded by cmvl train (cmvl.distill.load_teacher)")
+    return load_teacher(cfg, datamodule.task, datamodule.tokenizer)
 
 
 def _requeue(out_dir: Path) -> None:
