@@ -29,6 +29,8 @@ def _config(task: str):
         ("retrieval", "task.rerank_k=4"),
         ("tagging", "task.threshold=0.3"),
         ("grounding", "task.iou_threshold=0.7"),
+        ("detection", "task.queries=[red circle,square]"),  # texts to score a trained detector on
+        ("detection", "task.max_detections=10"),
         ("multitask", "task.tasks.caption.beam_size=1"),
     ],
 )
@@ -50,6 +52,8 @@ def test_evaluation_options_pass(task, override):
         ("vqa", "data.batch_size=4"),
         ("caption", "task.layers=4"),
         ("retrieval", "task.embed_dim=64"),
+        ("detection", "task.heldout_queries=[square]"),  # what training left out: fixed by the checkpoint
+        ("detection", "task.condition=fusion"),
         ("multitask", "task.tasks.vqa.head_hidden_mult=4"),
         ("multitask", "task.weights.vqa=2.0"),
     ],
