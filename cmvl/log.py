@@ -42,6 +42,8 @@ NOISE_WARNINGS: tuple[tuple[str, type[Warning]], ...] = (
     (r"`ModelCheckpoint\(monitor='(val|test)/[^']*'\)` could not find the monitored key", UserWarning),
     # trainer=fsdp: the cross-attention block returns what its attention retrieved (a view); the fusion only reads it
     (r"FSDP2-wrapped module \(FSDP_CrossBlock\) returned a view tensor", UserWarning),
+    # dataset=webdataset's stream deals each loader worker its own shards, so its length is exact (cmvl.data.streaming)
+    (r"Your `IterableDataset` has `__len__` defined", UserWarning),
 )
 NOISE_LOG_LINES = (
     # Lightning 2.6 advertises its cloud logger at every Trainer start

@@ -4,6 +4,12 @@ copy, and the loader workers' private memory over one epoch (it must not grow). 
 
     .venv/bin/cmvl data shapes out=/tmp/vqa_scale images=82783        # a VQA v2-sized world (~414k questions)
     .venv/bin/python scripts/bench_data.py --world /tmp/vqa_scale
+
+`--shards` instead: dataset=webdataset's stream (`cmvl.data.streaming`, one worker) over a synthetic set of tiny JPEG
+samples in tar shards, written into a temporary folder, against a plain tar-reading loop (tarfile + PIL, the same
+decode and resize) in the same run, with the stream's resident memory at its start, middle and end:
+
+    .venv/bin/python scripts/bench_data.py --shards --samples 1000000
 """
 
 from __future__ import annotations
@@ -130,13 +136,123 @@ def bench_workers(world: Path, workers: int, size: int) -> None:
         print(f"  after batch {i:>5}: " + ", ".join(f"{dirty:.0f} + {clean:.0f} MB" for dirty, clean in private))
 
 
+def write_synthetic_shards(folder: Path, samples: int, shard_size: int) -> list[str]:
+    """`samples` tiny JPEG + caption samples in shards of `shard_size` (webdataset's TarWriter); 256 distinct
+    16×16 images, so writing costs little beside the reading measured."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+    from webdataset import TarWriter
+
+    rng = np.random.default_rng(0)
+    images = []
+    for _ in range(256):
+        buffer = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(buffer, format="JPEG", quality=90)
+        images.append(buffer.getvalue())
+    shards = []
+    for start in range(0, samples, shard_size):
+        path = folder / f"{start // shard_size:06d}.tar"
+        with TarWriter(str(path), encoder=False) as writer:
+            for i in range(start, min(samples, start + shard_size)):
+                writer.write({"__key__": f"{i:09d}", "jpg": images[i % 256], "txt": f"sample {i}".encode()})
+        shards.append(str(path))
+    return shards
+
+
+def plain_tar_loop(shards: list[str], transform) -> int:
+    """The baseline: tarfile reading each shard as a stream, each image decoded by PIL as every cmvl loader decodes
+    (`decode_image`: upright, RGB) and resized alike, so what differs is the stream's own reading and bookkeeping."""
+    import io
+    import tarfile
+
+    from cmvl.data.images import decode_image
+
+    done = 0
+    for shard in shards:
+        with tarfile.open(shard, "r|") as tar:
+            for member in tar:
+                data = tar.extractfile(member).read()
+                if member.name.endswith(".jpg"):
+                    transform(decode_image(io.BytesIO(data), name=member.name))
+                    done += 1
+                else:
+                    data.decode()
+    return done
+
+
+def bench_shards(samples: int, shard_size: int, size: int, shuffle_buffer: int) -> dict[str, float]:
+    """Samples/s of the plain loop and of the stream in one process on one thread, measured in turns (a shard's
+    worth of each, alternately, so a shared machine's changing load falls on both alike), and the stream's RSS in
+    MB at its start, middle and end; printed and returned."""
+    import torch
+
+    from cmvl.data.images import build_transform
+    from cmvl.data.shards import count_samples, decode_sample_image
+    from cmvl.data.streaming import ShardStream, WorkerStream
+
+    torch.set_num_threads(1)  # per core: the resize runs on one thread, as in a loader worker
+    transform = build_transform(image_size=size, train=True)
+    with tempfile.TemporaryDirectory(prefix="cmvl-shards-") as folder:
+        started = time.perf_counter()
+        shards = write_synthetic_shards(Path(folder), samples, shard_size)
+        print(f"wrote {samples:,} samples in {len(shards)} shards in {time.perf_counter() - started:.1f} s")
+        started = time.perf_counter()
+        counts = [count_samples(shard) for shard in shards]
+        print(f"counted them (member headers only) in {time.perf_counter() - started:.1f} s")
+        stream = ShardStream(
+            shards,
+            counts,
+            open_image=lambda data, name: decode_sample_image(data, name=name),
+            transform=transform,
+            batch_size=1,
+            seed=0,
+            shuffle_buffer=shuffle_buffer,
+            max_bad_fraction=0.0,
+        )
+        items = iter(WorkerStream(stream, epoch=0, slot=0))
+        plain_s = stream_s = 0.0
+        plain_n = streamed = 0
+        rss = {"start": rss_mb()}
+        for k, shard in enumerate(shards):
+            started = time.perf_counter()
+            plain_n += plain_tar_loop([shard], transform)
+            plain_s += time.perf_counter() - started
+            started = time.perf_counter()
+            for _ in range(counts[k]):
+                next(items)
+            stream_s += time.perf_counter() - started
+            streamed += counts[k]
+            if k == len(shards) // 2:
+                rss["middle"] = rss_mb()
+        rss["end"] = rss_mb()
+    plain, streaming = plain_n / plain_s, streamed / stream_s
+    print(f"plain tarfile + PIL loop: {plain:,.0f} samples/s (one process, one thread, {size} px)")
+    print(
+        f"dataset=webdataset stream: {streaming:,.0f} samples/s (shuffle_buffer={shuffle_buffer}), "
+        f"{streaming / plain:.1%} of the plain loop"
+    )
+    print("  its resident memory: " + ", ".join(f"{k} {v:.0f} MB" for k, v in rss.items()))
+    return {"plain": plain, "stream": streaming, **{f"rss_{k}": v for k, v in rss.items()}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--world", type=Path, required=True, help="a shapes world written by `cmvl data shapes`")
+    parser.add_argument("--world", type=Path, help="a shapes world written by `cmvl data shapes`")
+    parser.add_argument("--shards", action="store_true", help="the shard-streaming benchmark instead (no world)")
+    parser.add_argument("--samples", type=int, default=1_000_000, help="--shards: synthetic samples")
+    parser.add_argument("--shard-size", type=int, default=10_000, help="--shards: samples per shard")
+    parser.add_argument("--shuffle-buffer", type=int, default=1000, help="--shards: the stream's shuffle buffer")
     parser.add_argument("--repeats", type=int, default=40, help="passes over the real images")
     parser.add_argument("--size", type=int, default=224, help="training image size")
     parser.add_argument("--workers", type=int, default=2, help="loader processes for the epoch of the loader")
     args = parser.parse_args()
+    if args.shards:
+        bench_shards(args.samples, args.shard_size, 32 if args.size == 224 else args.size, args.shuffle_buffer)
+        return
+    if args.world is None:
+        parser.error("--world is required (or --shards)")
     os.environ["CMVL_CACHE_DIR"] = tempfile.mkdtemp(prefix="cmvl-bench-")  # a cold table cache
     bench_table(args.world)
     bench_images(args.repeats, args.size)

@@ -71,6 +71,8 @@ def offline_overrides(cfg: DictConfig, dirs: dict[str, str], folders: dict[str, 
     fills = {
         "dataset.root": folders["empty"],
         "dataset.path": folders.get("hf", folders["empty"]),
+        "dataset.train": folders.get("shards", folders["empty"]),  # dataset=webdataset's shard pattern
+        "dataset.val": folders.get("shards", folders["empty"]),
         "text.encoder.name": dirs["bert-base-uncased"],
     }
     vision_target = str(OmegaConf.select(cfg, "vision.encoder._target_", default=""))

@@ -89,6 +89,12 @@ COMMANDS: tuple[Command, ...] = (
         "write a resized copy of a dataset's images (then train with dataset.images=DIR)",
     ),
     Command(
+        "data shards",
+        "cmvl.cli.data_cmd:shards_command",
+        "out=DIR [shard_size=N] [key=value ...]",
+        "write a captions dataset as image-text tar shards (for dataset=webdataset)",
+    ),
+    Command(
         "sweep report",
         "cmvl.cli.sweep_cmd:report_command",
         "dir=DIR",

@@ -1,8 +1,10 @@
-"""`cmvl data shapes|info|prepare`: write the shapes world, show what a dataset config reads, resize its images.
+"""`cmvl data shapes|info|prepare|shards`: write the shapes world, show what a dataset config reads, resize its
+images, write a captions dataset as tar shards.
 
 cmvl data shapes out=DIR [images=N] [seed=S] [size=PX]
 cmvl data info [dataset=... dataset.root=...]
 cmvl data prepare out=DIR [size=384] [workers=N] [dataset=... dataset.root=...]
+cmvl data shards out=DIR [shard_size=N] [splits=train,val] [dataset=... dataset.root=...]
 """
 
 from __future__ import annotations
@@ -40,6 +42,22 @@ PREPARE = Spec(
         Option("size", "shorter side in pixels (never upscaled)", integer(1), 384, "PX"),
         Option("quality", "JPEG quality", integer(1, 100), 90, "Q"),
         Option("workers", "processes resizing images", integer(1), os.cpu_count() or 1, "N"),
+    ),
+    overrides=DATASET_OVERRIDES,
+)
+
+SHARDS = Spec(
+    "data shards",
+    "Writes a captions dataset as image-text tar shards (img2dataset's layout) for dataset=webdataset.",
+    (
+        Option(
+            "out",
+            "folder to create: <out>/<split>/000000.tar, ... (must not exist yet, or be empty)",
+            path,
+            metavar="DIR",
+        ),
+        Option("shard_size", "samples (caption rows) per shard", integer(1), 10000, "N"),
+        Option("splits", "comma-separated splits to write; default: every split of the dataset", str, "", "S,S"),
     ),
     overrides=DATASET_OVERRIDES,
 )
@@ -110,3 +128,21 @@ def shapes_command(args: list[str]) -> None:
         out.rmdir()  # empty: let the atomic writer create it
     root = ensure_shapes_world(out, spec)
     print(f"shapes world written to {root} ({sum(spec.images.values())} images)")
+
+
+def shards_command(args: list[str]) -> None:
+    if wants_help(args):
+        print(SHARDS.help())
+        return
+    parsed = parse(SHARDS, args)
+    out = parsed["out"]
+    _check_out(out)
+    from cmvl.data.shard_writer import write_shards
+
+    source = _source(parsed.overrides)
+    splits = [s for s in parsed["splits"].split(",") if s] or list(source.splits)
+    written = write_shards(source, out, splits=splits, shard_size=parsed["shard_size"])
+    for split, (samples, pattern) in written.items():
+        print(f"{split}: {samples} samples in {pattern}")
+    keys = " ".join(f"'dataset.{split}=\"{pattern}\"'" for split, (_, pattern) in written.items())
+    print(f"train on them with: dataset=webdataset {keys}")

@@ -287,6 +287,8 @@ class VLDataModule(pl.LightningDataModule):
         return MultiTaskLoader(loaders, sampling=self.task.sampling, weights=self.task.weights, seed=self.seed)
 
     def _train_loader(self, member: Task) -> StatefulDataLoader:
+        if self.source.streams_training:
+            return self._stream_loader(member)
         # Stateful: its position and shuffle state go into the checkpoint, so a resume continues mid-epoch.
         dataset, collate = self.dataset(member, "train", train=True)
         # Shuffling images or single rows: either way the order is a pure function of (seed, epoch).
@@ -313,6 +315,53 @@ class VLDataModule(pl.LightningDataModule):
             collate_fn=collate,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
+            worker_init_fn=self._worker_init,
+        )
+
+    def _stream_loader(self, member: Task) -> StatefulDataLoader:
+        """The training loader of a streamed source (`cmvl.data.streaming`): no sampler, no table."""
+        from cmvl.data.sampling import _world
+        from cmvl.data.streaming import ShardStream, StreamCollator, loader_workers
+
+        assert self.tokenizer is not None, "prepare() first"
+        if self.group_by_image:
+            raise ConfigError(
+                f"data.group_by_image=true: dataset={self.source.name} streams samples through a shuffle buffer, it "
+                "cannot batch an image's rows together; set it to null or false"
+            )
+        world, rank = _world()
+        shards = self.source.train_shards
+        workers = loader_workers(len(shards), world, self.num_workers)
+        crop = self.image_cfg.get("random_crop_scale")
+        stream = ShardStream(
+            shards,
+            self.source.train_counts(),
+            open_image=self.source.open_image_bytes,
+            transform=build_transform(image_size=self.image_cfg["size"], train=True, random_crop_scale=crop),
+            batch_size=self.batch_size,
+            seed=self.seed,
+            shuffle_buffer=self.source.shuffle_buffer,
+            max_bad_fraction=self.max_bad_fraction,
+            world=world,
+            rank=rank,
+            workers=workers,
+        )
+        stream.next_epoch = self.trainer.current_epoch if self.trainer is not None else 0  # a reloaded loader
+        if len(stream) == 0:
+            raise DataError(
+                f"the {member.name} training shards hold {sum(stream.counts)} samples, fewer than one batch for each "
+                f"of {stream.slots} loader slot(s) (data.batch_size={self.batch_size})"
+            )
+        query_texts = member.query_texts()
+        queries = None if query_texts is None else tokenize_queries(self.tokenizer, query_texts, self.text_max_length)
+        return StatefulDataLoader(
+            stream,
+            batch_size=self.batch_size,
+            drop_last=True,
+            num_workers=workers,
+            collate_fn=StreamCollator(member, self.tokenizer, self.text_max_length, queries),
+            pin_memory=self.pin_memory,
+            persistent_workers=workers > 0,
             worker_init_fn=self._worker_init,
         )
 

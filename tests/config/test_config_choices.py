@@ -48,7 +48,22 @@ def stand_ins(tmp_path_factory):
 def folders(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
     (root / "empty").mkdir()
-    return {"empty": str(root / "empty"), "hf": str(_tiny_hf_dataset(root / "hf"))}
+    shards = {"shards": str(_tiny_shard(root / "shard.tar"))}
+    return {"empty": str(root / "empty"), "hf": str(_tiny_hf_dataset(root / "hf")), **shards}
+
+
+def _tiny_shard(path):
+    """One image-text sample in a tar shard (dataset=webdataset)."""
+    import io
+
+    from PIL import Image
+    from webdataset import TarWriter
+
+    image = io.BytesIO()
+    Image.new("RGB", (8, 8), "red").save(image, format="JPEG")
+    with TarWriter(str(path), encoder=False) as writer:
+        writer.write({"__key__": "000000000", "jpg": image.getvalue(), "txt": b"a red square"})
+    return path
 
 
 def _tiny_hf_dataset(folder):
