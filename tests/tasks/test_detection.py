@@ -174,3 +174,21 @@ def test_each_grid_token_starts_at_its_own_cell_and_scores_by_query_similarity()
     conditioned = head(grid, queries.expand(2, 4, 8))  # per-image (fusion-conditioned) queries, the same here
     assert torch.allclose(conditioned.logits, found.logits, atol=1e-5)
     assert not torch.allclose(head(grid, queries.flip(0)).logits, found.logits)
+
+
+def test_a_list_of_queries_is_for_evaluation_only(table):
+    with pytest.raises(ConfigError, match=r"task.queries=\[...\]: a list of texts evaluates a trained checkpoint"):
+        DetectionTask(queries=["red circle"]).fit(table)
+    with pytest.raises(ConfigError, match="give non-empty texts"):
+        DetectionTask(queries=["red circle", " "])
+    with pytest.raises(ConfigError, match="'square' is given twice"):
+        DetectionTask(queries=["square", "square"])
+    trained = DetectionTask()
+    trained.fit(table)
+    asked = DetectionTask(queries=["red circle", "square"])
+    asked.load_state_dict(trained.state_dict())  # as cmvl eval restores it: the texts replace the categories
+    assert asked.queries == ["red circle", "square"] and asked.heldout == ["red circle"]
+    found = asked.targets(table)
+    assert {asked.queries[i] for i in found.labels.tolist()} == {"red circle", "square"}
+    with pytest.raises(ConfigError, match="trained on task.queries=categories"):
+        DetectionTask(queries="phrases").load_state_dict(trained.state_dict())
