@@ -22,6 +22,11 @@ next to the checkpoint, or into out=DIR.""",
   data.num_workers=0
   task.beam_size=5       a task's evaluation option (decoding, re-ranking, scoring thresholds)
 Overrides that change the model (model.*, vision.*, text.*, fusion.*), the task or only training are refused.
+Robust accuracy (VQA, tagging, classification): the split scored again with each batch attacked, reported as
+<metric>/<attack> (val/vqa/acc/pgd):
+  attack=pgd attack.eps=2/255 [attack.steps=10 attack.step_size=X attack.seed=0]   L-inf PGD on the pixels
+  attack=fgsm attack.eps=2/255      one signed-gradient step
+  attack=embedding attack.eps=1.0   the adversarial-training perturbation of the fusion inputs (L2 per sample)
 Zero-shot classification with a retrieval checkpoint (class embeddings averaged over prompt templates):
   task=zeroshot classes=[circle,square,triangle] templates=builtin|FILE [dataset=image_folder dataset.root=DIR]""",
 )

@@ -29,6 +29,7 @@ SMALL = [
     "data.eval_batch_size=8",
     "model.dim=32",
     "vision.encoder.channels=32",
+    "samples.count=0",
 ]
 ENCODER = "model.text.model."  # the minilm BertModel's weights in the checkpoint
 
@@ -36,8 +37,10 @@ ENCODER = "model.text.model."  # the minilm BertModel's weights in the checkpoin
 @pytest.fixture(scope="module")
 def lora_run(tiny_world, tmp_path_factory):
     out = tmp_path_factory.mktemp("lora") / "run"
-    run_training(compose_config([*TINY_WORLD, *SMALL, "text.lora.r=4", f"paths.output_dir={out}"]))
-    return out / "checkpoints" / "last.ckpt"
+    run_training(
+        compose_config([*TINY_WORLD, *SMALL, "text.lora.r=4", "checkpoint.save_last=false", f"paths.output_dir={out}"])
+    )
+    return out / "checkpoints" / "best.ckpt"
 
 
 @pytest.fixture(scope="module")
@@ -107,18 +110,20 @@ def test_export_merges_the_adapters_into_plain_layers(lora_run, restored, tmp_pa
 
 def test_merge_gives_the_same_function_on_a_trained_adapter():
     model = load_auto_model(MINILM, pretrained=True, key="test").eval()
-    apply_lora(model, {"r": 2, "alpha": 8, "target_modules": ["query", "value", "dense"]}, "text.lora")
     torch.manual_seed(0)
+    ids = torch.randint(1000, 2000, (2, 7))
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        pretrained = model(input_ids=ids, attention_mask=mask).last_hidden_state
+    apply_lora(model, {"r": 2, "alpha": 8, "target_modules": ["query", "value", "dense"]}, "text.lora")
     for name, p in model.named_parameters():
         if "lora_B" in name:
             p.data.normal_(0, 0.05)
-    ids = torch.randint(1000, 2000, (2, 7))
-    mask = torch.ones_like(ids)
     with torch.no_grad():
         before = model(input_ids=ids, attention_mask=mask).last_hidden_state
         assert merge_lora(model) and not has_lora(model)
         after = model(input_ids=ids, attention_mask=mask).last_hidden_state
-    assert not torch.allclose(before, load_auto_model(MINILM, pretrained=True, key="t")(ids, mask).last_hidden_state)
+    assert not torch.allclose(before, pretrained)  # the adapters changed the function
     torch.testing.assert_close(after, before, rtol=0, atol=1e-5)
 
 
@@ -127,7 +132,6 @@ def test_merge_gives_the_same_function_on_a_trained_adapter():
     [
         ("text.lora.r=0", "text.lora.r=0: must be a positive integer"),
         ("text.lora.r=-3", "text.lora.r=-3: must be a positive integer"),
-        ("text.lora.alpha=0", "text.lora.alpha=0"),
     ],
 )
 def test_bad_lora_settings_are_one_line(tmp_path, override, needle):
@@ -135,11 +139,18 @@ def test_bad_lora_settings_are_one_line(tmp_path, override, needle):
     assert_one_line_error(result, needle)
 
 
-def test_an_unknown_target_module_is_one_line(tmp_path, tiny_world):
-    result = cli_in_process(
-        "train", *TINY_WORLD, *SMALL, "text.lora.r=4", "text.lora.target_modules=[qkv]", cwd=tmp_path
+def test_an_unknown_target_module_is_one_line(tmp_path):
+    """What `cmvl train` prints (a ConfigError: one line, exit 2): the key, peft's reason, the layers there are."""
+    from transformers import BertConfig, BertModel
+
+    tiny = BertModel(BertConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16))
+    with pytest.raises(ConfigError) as err:
+        apply_lora(tiny, {"r": 4, "target_modules": ["qkv"]}, "text.lora")
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(
+        "text.lora.target_modules=['qkv']: Target modules {'qkv'} not found"
     )
-    assert_one_line_error(result, "text.lora.target_modules=['qkv']", "not found", "query")
+    assert "query" in message and "value" in message
 
 
 def test_apply_lora_refuses_a_bad_rank_given_directly():

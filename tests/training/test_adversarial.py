@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from cmvl.config.compose import compose_config
+from cmvl.errors import ConfigError
 from cmvl.evaluation.attacks import split_attack_overrides
 from cmvl.run import load_run
 from cmvl.training.adversarial import TokenPerturbation, build_adversary, symmetric_kl
@@ -32,6 +33,7 @@ SHORT = [
     "trainer.max_epochs=1",
     "trainer.limit_train_batches=2",
     "trainer.limit_val_batches=1",
+    "samples.count=0",
 ]
 
 
@@ -135,8 +137,19 @@ def test_cmvl_eval_reports_robust_accuracy(runs, tmp_path):
     written = json.loads((tmp_path / "metrics.json").read_text())
     assert written["attack"]["name"] == "pgd" and written["attack"]["eps"] == pytest.approx(2 / 255)
     assert written["metrics"]["val/vqa/acc/pgd"] <= written["metrics"]["val/vqa/acc"] + 1e-9
-    embedding = cli_in_process("eval", f"ckpt={runs['on']}", f"out={tmp_path}", "attack=embedding", cwd=tmp_path)
-    assert embedding.returncode == 0 and "val/vqa/acc/embedding = " in embedding.stdout
+
+
+def test_the_embedding_attack_raises_the_loss_within_its_bound(attacked):
+    run, batch = attacked
+    attack, _ = split_attack_overrides(["attack=embedding", "attack.eps=0.5", "attack.steps=2"])
+    perturbation = attack._embedding_perturbation(run.model, run.task, batch)
+    assert all(float(d.detach().flatten(1).norm(dim=1).max()) <= 0.5 + 1e-5 for d in perturbation.deltas.values())
+    with perturbation.on(run.model), torch.no_grad():
+        raised = float(run.task.loss(run.task.forward(run.model, batch), batch))
+    assert raised > _loss(run, batch)
+    assert (
+        attack.eval_outputs(run.model, run.task, batch).logits.shape == run.task.forward(run.model, batch).logits.shape
+    )
 
 
 @pytest.mark.parametrize(
@@ -161,12 +174,17 @@ def test_bad_attack_settings_are_one_line(runs, tmp_path, overrides, needle):
     [
         (["adversarial.steps=-1"], "adversarial.steps=-1: must be an integer >= 0"),
         (["adversarial.steps=1", "adversarial.step_size=0"], "adversarial.step_size=0"),
-        (["adversarial.steps=1", "task=retrieval"], "task=retrieval has no loss on prediction logits"),
     ],
 )
 def test_bad_adversarial_settings_are_one_line(tiny_world, tmp_path, overrides, needle):
-    world = [o for o in SHORT if not (o.startswith("task.") and "task=retrieval" in overrides)]
-    assert_one_line_error(cli_in_process("train", *world, *overrides, cwd=tmp_path), needle)
+    assert_one_line_error(cli_in_process("train", *SHORT, *overrides, cwd=tmp_path), needle)
+
+
+def test_a_task_without_prediction_logits_is_refused():
+    from cmvl.tasks.retrieval import RetrievalTask
+
+    with pytest.raises(ConfigError, match="adversarial.steps=1: task=retrieval has no loss on prediction logits"):
+        build_adversary({"steps": 1, "step_size": 0.1}, RetrievalTask())
 
 
 def test_older_configs_without_the_section_train_plainly():
