@@ -205,7 +205,8 @@ def _validate(
     for setting, path in {**output_dirs, **checkpoint_dir, **cache_directory()}.items():
         check_writable_dir(path, setting)
     if training:
-        _check_init_from(cfg, {**output_dirs, **checkpoint_dir})
+        for key in ("init_from", "distill.teacher"):  # checkpoints the run reads its weights from
+            _check_source_checkpoint(cfg, key, {**output_dirs, **checkpoint_dir})
         check_hub_names(cfg)
         check_callbacks(cfg, _monitored_keys(cfg))
     if cfg.get("optimized_metric") is not None:
@@ -233,22 +234,22 @@ def _check_trust_from_command_line(cfg: DictConfig, overrides: list[str]) -> Non
         )
 
 
-def _check_init_from(cfg: DictConfig, run_dirs: dict[str, str]) -> None:
-    """`init_from` names a checkpoint file that is there, before the run directory is made (its content is checked
-    when the run reads it), and outside the folders this run writes: `overwrite=true` would delete it before it is
-    read, and a run continuing there is its own run, not one started from it."""
-    init = cfg.get("init_from")
+def _check_source_checkpoint(cfg: DictConfig, key: str, run_dirs: dict[str, str]) -> None:
+    """`key` (`init_from`, `distill.teacher`) names a checkpoint file that is there, before the run directory is
+    made (its content is checked when the run reads it), and outside the folders this run writes: `overwrite=true`
+    would delete it before it is read, and a run continuing there is its own run, not one started from it."""
+    init = OmegaConf.select(cfg, key, default=None)
     if init is None:
         return
     path = Path(str(init)).expanduser()
     if path.is_dir():
-        raise ConfigError(f"init_from={init}: a folder, not a checkpoint file (e.g. its checkpoints/best.ckpt)")
+        raise ConfigError(f"{key}={init}: a folder, not a checkpoint file (e.g. its checkpoints/best.ckpt)")
     if not path.is_file():
-        raise ConfigError(f"init_from={init}: checkpoint not found (no such file)")
+        raise ConfigError(f"{key}={init}: checkpoint not found (no such file)")
     for setting, folder in run_dirs.items():
         if setting != "hydra.sweep.dir=" and path.resolve().is_relative_to(Path(folder).expanduser().resolve()):
             raise ConfigError(
-                f"init_from={init}: inside this run's own folder ({setting}{folder}), which the run writes (and "
+                f"{key}={init}: inside this run's own folder ({setting}{folder}), which the run writes (and "
                 "overwrite=true empties); copy the checkpoint elsewhere or choose another hydra.run.dir"
             )
 

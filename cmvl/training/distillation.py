@@ -125,8 +125,9 @@ class Distiller:
         self.student_features = HeadInput(student.heads[name]) if features else None
         self.teacher_features = HeadInput(self.teacher.heads[name]) if features else None
 
-    def to(self, device: torch.device) -> Distiller:
-        self.teacher.to(device)
+    def to(self, device: torch.device, dtype: torch.dtype) -> Distiller:
+        """The teacher on the student's device, in the student's parameter type (`trainer.precision=bf16-true`)."""
+        self.teacher.to(device=device, dtype=dtype)
         return self
 
     def loss(self, task_loss: torch.Tensor, outputs: TensorRecord, batch: Batch) -> torch.Tensor:

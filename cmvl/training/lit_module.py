@@ -199,7 +199,7 @@ class VLLitModule(pl.LightningModule):
 
     def on_fit_start(self) -> None:
         if self.distiller is not None:
-            self.distiller.to(self.device)
+            self.distiller.to(self.device, next(self.model.parameters()).dtype)
 
     def on_train_start(self) -> None:
         # After the checkpoint (if any) is restored and the train loader is set up; see optim.WarmupCosine.

@@ -216,6 +216,7 @@ def test_distiller_mixes_the_task_loss_with_the_teachers_soft_targets(teacher):
     [
         pytest.param("distill.teacher={missing}", "checkpoint not found", id="missing-file"),
         pytest.param("distill.teacher={text}", "not a readable checkpoint", id="not-a-checkpoint"),
+        pytest.param("distill.teacher={folder}", "a folder, not a checkpoint file", id="a-folder"),
         pytest.param("distill.teacher={teacher} task.top_k=5", "answers differ", id="other-vocabulary"),
         pytest.param("distill.teacher={teacher} task=tagging", "the teacher was trained for task=vqa", id="other-task"),
         pytest.param("distill.teacher={teacher} task=caption", "task=caption is not distilled", id="caption"),
@@ -226,7 +227,7 @@ def test_distiller_mixes_the_task_loss_with_the_teachers_soft_targets(teacher):
 def test_a_teacher_or_setting_that_does_not_fit_is_refused_in_one_line(teacher, tmp_path, setting, needle):
     text = tmp_path / "notes.ckpt"
     text.write_text("not a checkpoint")
-    overrides = setting.format(missing=tmp_path / "none.ckpt", text=text, teacher=teacher).split()
+    overrides = setting.format(missing=tmp_path / "none.ckpt", text=text, teacher=teacher, folder=tmp_path).split()
     world = [o for o in TINY_WORLD if not o.startswith("task.")] if "task" in setting else TINY_WORLD
     run_dir = tmp_path / "run"
     result = cli_in_process("train", *world, *TINY_TRAINING, *overrides, f"hydra.run.dir={run_dir}", cwd=tmp_path)
