@@ -71,6 +71,12 @@ COMMANDS: tuple[Command, ...] = (
         "a trained model on your own images: answers, captions, tags, boxes",
     ),
     Command(
+        "serve",
+        "cmvl.cli.serve_cmd:serve_command",
+        "ckpt=PATH|export=DIR [host=127.0.0.1] [port=8000] [key=value ...]",
+        "an HTTP API answering what predict answers: batched, bounded, /metrics",
+    ),
+    Command(
         "data shapes",
         "cmvl.cli.data_cmd:shapes_command",
         "out=DIR [images=N] [seed=S] [size=PX]",
