@@ -61,7 +61,8 @@ def export_command(args: list[str]) -> None:
     )
     parity = manifest["parity"]
     worst = ", ".join(f"{k} {v:.2e}" for k, v in parity["max_abs_diff"].items())
-    print(f"exported {manifest['task']} as {parsed['format']}: {parsed['out'] / manifest['files']['model']}")
+    models = [parsed["out"] / name for role, name in manifest["files"].items() if role != "tokenizer"]
+    print(f"exported {manifest['task']} as {parsed['format']}: {', '.join(map(str, models))}")
     rows, inputs, tolerance = parity["rows"], parity["inputs"], parity["tolerance"]
     print(f"parity on {rows} rows ({inputs} inputs): max |Δ| {worst} (tolerance {tolerance:g})")
     print(f"client manifest: {parsed['out'] / 'cmvl_export.json'}")

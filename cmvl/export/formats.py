@@ -90,13 +90,32 @@ def write_onnx(
 
 
 def write_safetensors(run: Run, checkpoint: dict, graph: ExportableModel, folder: Path) -> Runner:
+    from cmvl.run import load_run
+
+    path = folder / MODEL_FILES["safetensors"]
+    save_safetensors(run, checkpoint, path)
+    restored = ExportableModel(load_run(path).model, run.task).eval()
+    restored.signature = graph.signature
+
+    def run_restored(inputs: tuple[torch.Tensor, ...]) -> list[np.ndarray]:
+        with torch.no_grad():
+            return [t.numpy() for t in restored(*inputs)]
+
+    return run_restored
+
+
+def save_safetensors(run: Run, checkpoint: dict, path: Path) -> None:
     """The weights as safetensors (no pickle) with the run's cmvl section (config, tokenizer, task state) as JSON in
     the file's metadata: one file that `cmvl.load_run` reads like a checkpoint."""
     from safetensors.torch import save_file
 
-    from cmvl.run import load_run
-
-    weights = {STATE_PREFIX + k: v.detach().contiguous().cpu() for k, v in run.model.state_dict().items()}
+    weights, seen = {}, set()
+    for key, value in run.model.state_dict().items():
+        value = value.detach().contiguous().cpu()
+        # A tied weight (the caption decoder's output layer is its input embedding) is stored under each name:
+        # safetensors refuses tensors that share memory, and loading sets both names to the same values again.
+        weights[STATE_PREFIX + key] = value.clone() if value.data_ptr() in seen else value
+        seen.add(value.data_ptr())
     section = checkpoint[CHECKPOINT_KEY]
     record = {
         CHECKPOINT_KEY: section,
@@ -107,13 +126,18 @@ def write_safetensors(run: Run, checkpoint: dict, graph: ExportableModel, folder
         metadata = {SAFETENSORS_RUN_KEY: json.dumps(record)}
     except TypeError as err:
         raise UserError(f"export format=safetensors: the checkpoint's cmvl section is not JSON ({err})") from None
-    path = folder / MODEL_FILES["safetensors"]
     save_file(weights, str(path), metadata=metadata)
-    restored = ExportableModel(load_run(path).model, run.task).eval()
-    restored.signature = graph.signature
 
-    def run_restored(inputs: tuple[torch.Tensor, ...]) -> list[np.ndarray]:
-        with torch.no_grad():
-            return [t.numpy() for t in restored(*inputs)]
 
-    return run_restored
+def parity_summary(
+    worst: dict[str, float], *, inputs: int, rows: int, tolerance: float, export_format: str
+) -> dict[str, object]:
+    """The parity record of `cmvl_export.json`; an output whose max |Δ| is above `tolerance` is one line."""
+    bad = {k: v for k, v in worst.items() if not v <= tolerance}
+    if bad:
+        name, value = next(iter(bad.items()))
+        raise UserError(
+            f"export: the {export_format} model's {name} differs from PyTorch's by {value:.3g} > {tolerance:g} "
+            "(max |Δ| over the validation batches); nothing was written"
+        )
+    return {"inputs": inputs, "rows": rows, "tolerance": tolerance, "max_abs_diff": worst}

@@ -22,7 +22,8 @@ from cmvl.errors import UserError
 from cmvl.models.families.vl_fusion import VisionLanguageModel
 from cmvl.tasks.base import Task
 
-# The tasks whose evaluation forward is one graph (captioning and written VQA answers decode in a loop: not yet).
+# The tasks whose evaluation forward is one graph (captioning is an encoder and a decoding step, cmvl/export/caption.py;
+# written VQA answers decode in a loop: not yet).
 EXPORTABLE_TASKS = ("vqa", "tagging", "grounding", "retrieval")
 
 

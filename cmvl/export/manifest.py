@@ -23,6 +23,9 @@ DECODING = {
     "tagging": "labels[j] for every j with sigmoid(logits[i, j]) >= threshold",
     "grounding": "box[i] = (cx, cy, w, h) as fractions of the image; x0 = (cx - w/2) * width, ...",
     "retrieval": "similarity = image_emb @ text_emb.T (both L2-normalised); rank by it",
+    "caption": "memory = encoder(images); token = bos_id; for position 0 .. max_length-1: logits, caches = "
+    "decoder_step(token, [position], memory, memory_mask, caches); token = argmax(logits) (pad_id once a row has "
+    "written eos_id); caption = tokenizer.decode(tokens, skip_special_tokens=True).strip()",
 }
 
 
