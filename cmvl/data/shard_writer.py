@@ -1,6 +1,7 @@
 """`cmvl data shards`: any captions dataset written as image-text tar shards in img2dataset's layout (one sample per
-caption row: `<key>.jpg`, `<key>.txt`, `<key>.json`), with webdataset's `TarWriter`. The whole output folder appears
-at once (written in a temporary folder beside it, then renamed): an interrupted run leaves no half shard."""
+caption row: `<key>.jpg`, `<key>.txt`, `<key>.json`), with webdataset's `TarWriter`, and each split's `sizes.json`
+(samples per shard, so a run need not count them). The whole output folder appears at once (written in a temporary
+folder beside it, then renamed): an interrupted run leaves no half shard."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 from cmvl.atomic_file import TEMP_SUFFIX, apply_umask, remove_stale_temps, temp_prefix
+from cmvl.data.shards import SIZES_FILE
 from cmvl.data.sources.base import Source
 from cmvl.errors import DataError
 
@@ -56,7 +58,12 @@ def write_split(source: Source, split: str, folder: Path, shard_size: int) -> tu
                         "json": json.dumps(meta).encode(),
                     }
                 )
-    return len(rows), -(-len(rows) // shard_size)
+    sizes = {
+        SHARD_NAME.format(k): len(rows[k * shard_size : (k + 1) * shard_size])
+        for k in range(-(-len(rows) // shard_size))
+    }
+    (folder / SIZES_FILE).write_text(json.dumps(sizes, indent=1))
+    return len(rows), len(sizes)
 
 
 def shard_pattern(folder: Path, shards: int) -> str:

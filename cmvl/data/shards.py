@@ -123,6 +123,26 @@ def _grouped_members(tar: tarfile.TarFile) -> Iterator[tuple[str, dict[str, tarf
         yield key, members
 
 
+SIZES_FILE = "sizes.json"  # beside the shards: {"<shard file name>": samples, ...} (what cmvl data shards writes)
+
+
+def shard_counts(shards: list[str]) -> list[int]:
+    """Samples per shard: from the `sizes.json` beside a shard where it names that shard, else counted from the
+    shard's member headers."""
+    sizes: dict[Path, dict] = {}
+    counts = []
+    for shard in shards:
+        folder = Path(shard).parent
+        if folder not in sizes:
+            try:
+                sizes[folder] = json.loads((folder / SIZES_FILE).read_text())
+            except (OSError, ValueError):
+                sizes[folder] = {}
+        given = sizes[folder].get(Path(shard).name) if isinstance(sizes[folder], dict) else None
+        counts.append(given if isinstance(given, int) and given >= 0 else count_samples(shard))
+    return counts
+
+
 def count_samples(path: str) -> int:
     """How many samples a shard holds (member headers only: tarfile seeks past the data)."""
     try:

@@ -16,6 +16,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 
 from cmvl.data.images import build_transform
 from cmvl.data.shard_writer import write_shards
+from cmvl.data.shards import count_samples
 from cmvl.data.sources.webdataset_shards import WebDatasetSource
 from cmvl.data.streaming import ShardStream, WorkerStream
 from cmvl.errors import DataError
@@ -96,6 +97,9 @@ def test_shards_hold_img2dataset_samples_and_are_written_whole(shards, tiny_worl
 def test_the_stream_deals_whole_shards_to_every_worker_of_every_process(shards):
     source = _source(shards)
     assert source.splits == ("train", "val") and sum(source.train_counts()) == 300
+    # the counts come from the sizes.json the command wrote, which says what the member headers say
+    sizes = json.loads((Path(source.train_shards[0]).parent / "sizes.json").read_text())
+    assert list(sizes.values()) == source.train_counts() == [count_samples(s) for s in source.train_shards]
     assert source.table("captions", "val").num_rows == 100  # the val table; images stay in the tar
     streams = [_stream(source, world=2, rank=rank, workers=2) for rank in (0, 1)]
     assert len(streams[0]) == 2 * 72  # 300 samples // (4 slots × 8) × 8 per worker

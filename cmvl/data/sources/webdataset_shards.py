@@ -15,7 +15,7 @@ from typing import Any
 import pyarrow as pa
 from PIL import Image
 
-from cmvl.data.shards import count_samples, decode_sample_image, expand_patterns, index_shard, read_located_image
+from cmvl.data.shards import decode_sample_image, expand_patterns, index_shard, read_located_image, shard_counts
 from cmvl.data.sources.base import Source
 from cmvl.data.sources.coco import CAPTIONS_SCHEMA
 from cmvl.errors import ConfigError
@@ -62,9 +62,9 @@ class WebDatasetSource(Source):
         return Path(self.train_shards[0]).parent
 
     def train_counts(self) -> list[int]:
-        """Samples per training shard (member headers only), counted once per process."""
+        """Samples per training shard (`cmvl.data.shards.shard_counts`), once per process."""
         if self._counts is None:
-            self._counts = [count_samples(shard) for shard in self.train_shards]
+            self._counts = shard_counts(self.train_shards)
         return self._counts
 
     def open_image(self, image: str) -> Image.Image:
