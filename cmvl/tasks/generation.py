@@ -64,6 +64,19 @@ def first_row_of_each_image(image_index: torch.Tensor) -> torch.Tensor:
     return torch.tensor(rows, dtype=torch.int64, device=image_index.device)
 
 
+def first_captions(table: pa.Table, per_image: int | None) -> pa.Table:
+    """The rows of `table` that are among the first `per_image` of their image (in table order); all for None."""
+    if per_image is None:
+        return table
+    seen: dict[int, int] = {}
+    keep = []
+    for row, image_id in enumerate(table.column("image_id").to_pylist()):
+        seen[image_id] = seen.get(image_id, 0) + 1
+        if seen[image_id] <= per_image:
+            keep.append(row)
+    return table.take(pa.array(keep, type=pa.int64()))
+
+
 class GenerationLoss(Metric):
     """Means over all captions of a split of the generator's `loss` and `reconstruction` terms (sums and a count:
     exact under DDP)."""
@@ -90,7 +103,8 @@ class GenerationLoss(Metric):
 class GenerationTask(Task):
     """Trains the `generator` family's generator on (caption, image) pairs; the best checkpoint has the lowest
     validation loss. `val_samples`: captions per validation batch drawn as images (the sample pictures), from
-    seed `sample_seed`."""
+    seed `sample_seed`. `captions_per_image`: only each image's first N captions are trained and validated on
+    (None: all)."""
 
     name = "generation"
     table_kind = "captions"
@@ -101,10 +115,16 @@ class GenerationTask(Task):
     families = (TextToImageModel,)
     parts = frozenset({"text", "generator"})
 
-    def __init__(self, *, val_samples: int = 4, sample_seed: int = 0) -> None:
+    def __init__(self, *, val_samples: int = 4, sample_seed: int = 0, captions_per_image: int | None = None) -> None:
         if val_samples < 0:
             raise ConfigError(f"task.val_samples={val_samples}: must be an integer >= 0")
-        self.val_samples, self.sample_seed = val_samples, sample_seed
+        if captions_per_image is not None and captions_per_image < 1:
+            raise ConfigError(f"task.captions_per_image={captions_per_image}: must be an integer >= 1 or null (all)")
+        self.val_samples, self.sample_seed, self.captions_per_image = val_samples, sample_seed, captions_per_image
+
+    def rows(self, table: pa.Table, *, train: bool) -> pa.Table:
+        del train
+        return first_captions(table, self.captions_per_image)
 
     def texts(self, table: pa.Table) -> list[str]:
         return table.column("caption").to_pylist()

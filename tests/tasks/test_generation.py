@@ -8,6 +8,7 @@ import json
 import math
 import os
 
+import pyarrow as pa
 import pytest
 import torch
 from PIL import Image
@@ -17,10 +18,10 @@ from cmvl.config.instantiate import build_task, instantiate
 from cmvl.data.text import TrainedWordPiece
 from cmvl.errors import ConfigError
 from cmvl.models.families.generator import TextToImageModel
-from cmvl.models.generators.cvae import ConditionalVAE
+from cmvl.models.generators.cvae import ConditionalVAE, gaussian_kl
 from cmvl.models.generators.diffusion import TextDiffusion
 from cmvl.models.tokens import Tokens
-from cmvl.tasks.generation import first_row_of_each_image, prompt_problem
+from cmvl.tasks.generation import GenerationTask, first_captions, first_row_of_each_image, prompt_problem
 from cmvl.training.build import build_model
 from cmvl.training.preemption import EXIT_PREEMPTED
 from cmvl.training.train import run_training
@@ -96,7 +97,11 @@ def _red_minus_blue(model: TextToImageModel, tokenizer, caption: str, **options)
 
 
 def test_the_cvae_learns_to_draw_the_colour_its_caption_names():
-    model, tokenizer = _model("generator.channels=8", "generator.levels=2", "generator.kl_warmup_steps=10")
+    # Under the N(0, I) prior the latent is pushed to carry nothing, so only the caption can say the colour: the
+    # decoder's reading of the text in 25 steps (a conditional prior lets the latent carry it too, and takes longer).
+    model, tokenizer = _model(
+        "generator.channels=8", "generator.levels=2", "generator.kl_warmup_steps=10", "generator.prior=standard"
+    )
     _train(model, tokenizer, steps=25, lr=1e-2)
     red, blue = (_red_minus_blue(model, tokenizer, caption) for caption in CAPTIONS)
     assert red > 20 and red - blue > 40  # an untrained (or caption-blind) decoder draws both alike
@@ -115,6 +120,38 @@ def test_the_kl_weight_ramps_up_over_the_warm_up_steps_and_only_training_counts(
     first, second = cvae.losses(images, cond), cvae.losses(images, cond)
     assert int(cvae.steps_seen) == 6 and torch.equal(first.loss, second.loss)  # validation: deterministic, uncounted
     assert "steps_seen" in cvae.state_dict()  # a checkpoint carries the warm-up's position
+
+
+def test_samples_come_from_the_conditional_prior_that_the_kl_measures_against():
+    cvae = ConditionalVAE(image_size=8, dim=8, channels=8, levels=1, heads=2, kl_warmup_steps=0, temperature=0.0)
+    cond = Tokens(torch.randn(2, 3, 8), torch.ones(2, 3, dtype=torch.bool))
+    cvae.eval()
+    with torch.no_grad():
+        first, second = (cvae.sample(cond, cond, generator=torch.Generator().manual_seed(s)) for s in (0, 1))
+        prior_mean, prior_log_var = cvae.prior_stats(cond.pooled_mean())
+        assert torch.equal(first, second) and torch.allclose(first, cvae.decode(prior_mean, cond))  # temperature 0
+        cvae.temperature = 1.0
+        assert not torch.equal(cvae.sample(cond, cond, generator=torch.Generator().manual_seed(0)), first)
+    assert not torch.equal(prior_mean[0], prior_mean[1])  # the prior reads the caption
+    mean, log_var = torch.randn(2, 4), torch.randn(2, 4)
+    assert torch.allclose(gaussian_kl(mean, log_var, mean, log_var), torch.zeros(2, 4))
+    standard_kl = 0.5 * (mean.square() + log_var.exp() - 1 - log_var)
+    assert torch.allclose(gaussian_kl(mean, log_var, torch.zeros(2, 4), torch.zeros(2, 4)), standard_kl)
+    standard = ConditionalVAE(image_size=8, dim=8, channels=8, levels=1, heads=2, prior="standard")
+    assert not hasattr(standard, "prior_net") and not standard.prior_stats(cond.pooled_mean())[0].any()
+    for bad in ({"prior": "learnt"}, {"temperature": -1.0}):
+        with pytest.raises(ConfigError, match="prior must be one of conditional, standard"):
+            ConditionalVAE(image_size=8, dim=8, channels=8, levels=1, heads=2, **bad)
+
+
+def test_captions_per_image_keeps_each_images_first_captions_in_table_order():
+    table = pa.table({"image_id": [1, 1, 2, 1, 2, 2], "caption": list("abcdef")})
+    assert first_captions(table, 2).column("caption").to_pylist() == ["a", "b", "c", "e"]
+    assert first_captions(table, 1).column("caption").to_pylist() == ["a", "c"]
+    assert first_captions(table, None) is table
+    assert GenerationTask(captions_per_image=1).rows(table, train=True).num_rows == 2
+    with pytest.raises(ConfigError, match="captions_per_image=0"):
+        GenerationTask(captions_per_image=0)
 
 
 def test_the_diffusion_model_trains_with_condition_dropout_and_samples_with_guidance():

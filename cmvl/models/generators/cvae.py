@@ -4,8 +4,13 @@ The encoder q(z | image, caption) is a strided conv stack; the decoder p(image |
 with residual conv blocks that read the caption twice: FiLM (a per-channel scale and shift from the pooled caption)
 and cross-attention from every grid cell to the caption's tokens (so "a red circle left of a blue square" can put
 each colour in its place). Learnt positions on the decoder's first grid give the attention queries a place.
-The objective is the negative ELBO per pixel: a Gaussian reconstruction term plus the KL to N(0, I), whose weight
+The objective is the negative ELBO per pixel: a Gaussian reconstruction term plus the KL to the prior, whose weight
 ramps up from 0 over `kl_warmup_steps` training steps (the KL warm-up that keeps the latent from collapsing early).
+
+The prior is `prior=conditional` (default): p(z | caption), a Gaussian whose mean and variance a small network reads
+from the pooled caption (Sohn et al. 2015), so sampling draws the latents that images of *that* caption have; with
+`prior=standard` it is N(0, I), and a latent sampled from it describes a random scene that the caption barely steers.
+Samples draw z = mean + `temperature` · std · noise from the prior (temperature < 1: more typical images).
 """
 
 from __future__ import annotations
@@ -20,6 +25,15 @@ from cmvl.errors import ConfigError
 from cmvl.models.attention import MultiHeadAttention
 from cmvl.models.generators.base import GeneratorLosses, ImageGenerator, Progress, check_image_size, no_progress, randn
 from cmvl.models.tokens import Tokens
+
+PRIORS = ("conditional", "standard")
+
+
+def gaussian_kl(
+    mean: torch.Tensor, log_var: torch.Tensor, prior_mean: torch.Tensor, prior_log_var: torch.Tensor
+) -> torch.Tensor:
+    """KL(N(mean, e^log_var) || N(prior_mean, e^prior_log_var)) per latent dimension."""
+    return 0.5 * (prior_log_var - log_var + (log_var.exp() + (mean - prior_mean).square()) / prior_log_var.exp() - 1)
 
 
 def _groups(channels: int) -> int:
@@ -71,6 +85,8 @@ class ConditionalVAE(ImageGenerator):
         kl_warmup_steps: int = 500,
         recon_sigma: float = 0.1,
         cond_dropout: float = 0.0,
+        prior: str = "conditional",
+        temperature: float = 1.0,
     ) -> None:
         super().__init__(image_size=image_size, dim=dim)
         check_image_size(image_size, 2**levels, f"generator=cvae with levels={levels}")
@@ -80,6 +96,12 @@ class ConditionalVAE(ImageGenerator):
                 f"cond_dropout in [0, 1) (got {recon_sigma}, {kl_weight}, {kl_warmup_steps}, {latent_dim}, "
                 f"{cond_dropout})"
             )
+        if prior not in PRIORS or temperature < 0:
+            raise ConfigError(
+                f"generator: prior must be one of {', '.join(PRIORS)} and temperature >= 0 (got {prior!r}, "
+                f"{temperature})"
+            )
+        self.prior, self.temperature = prior, temperature
         self.latent_dim, self.levels, self.kl_weight = latent_dim, levels, kl_weight
         self.kl_warmup_steps, self.recon_sigma, self.cond_dropout = kl_warmup_steps, recon_sigma, cond_dropout
         self.grid = image_size // 2**levels
@@ -111,6 +133,9 @@ class ConditionalVAE(ImageGenerator):
         self.to_image = nn.Sequential(
             nn.GroupNorm(_groups(channels), channels), nn.SiLU(), nn.Conv2d(channels, 3, 3, padding=1)
         )
+        # p(z | caption): mean and log-variance from the pooled caption (prior=conditional only).
+        if prior == "conditional":
+            self.prior_net = nn.Sequential(nn.Linear(dim, 2 * dim), nn.SiLU(), nn.Linear(2 * dim, 2 * latent_dim))
         # Training steps seen, for the KL warm-up: a buffer, so a checkpoint (and an exact resume) carries it.
         self.register_buffer("steps_seen", torch.zeros((), dtype=torch.int64))
 
@@ -122,6 +147,14 @@ class ConditionalVAE(ImageGenerator):
         for block, upsample in zip(self.blocks, self.upsamples, strict=True):
             x = upsample(block(x, pooled, cond))
         return torch.tanh(self.to_image(x))
+
+    def prior_stats(self, pooled_BD: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The prior's mean and log-variance (B×latent_dim, float32) for pooled captions; zeros for N(0, I)."""
+        if self.prior == "standard":
+            zeros = torch.zeros(pooled_BD.shape[0], self.latent_dim, device=pooled_BD.device)
+            return zeros, zeros
+        mean, log_var = self.prior_net(pooled_BD).float().chunk(2, dim=1)
+        return mean, log_var.clamp(-12.0, 8.0)
 
     def kl_scale(self) -> torch.Tensor:
         """The KL weight at this training step: kl_weight · min(1, steps / kl_warmup_steps), as a tensor (no sync)."""
@@ -147,7 +180,8 @@ class ConditionalVAE(ImageGenerator):
         pixels = images[0].numel()
         # Gaussian log-likelihood with a fixed sigma, up to a constant; per pixel, so sizes compare.
         reconstruction = (recon - images.float()).square().flatten(1).sum(1) / (2 * self.recon_sigma**2 * pixels)
-        kl = 0.5 * (mean.square() + log_var.exp() - 1 - log_var).sum(1) / pixels
+        prior_mean, prior_log_var = self.prior_stats(pooled)
+        kl = gaussian_kl(mean, log_var, prior_mean, prior_log_var).sum(1) / pixels
         return GeneratorLosses(loss=reconstruction + kl_scale * kl, reconstruction=reconstruction)
 
     def sample(
@@ -162,10 +196,15 @@ class ConditionalVAE(ImageGenerator):
     ) -> torch.Tensor:
         del steps  # one decoder pass
         scale = self.default_guidance if guidance_scale is None else guidance_scale
-        z = randn((cond.feats.shape[0], self.latent_dim), generator, cond.feats)
+        noise = randn((cond.feats.shape[0], self.latent_dim), generator, cond.feats).float()
+
+        def latent(tokens: Tokens) -> torch.Tensor:
+            mean, log_var = self.prior_stats(tokens.pooled_mean())
+            return (mean + self.temperature * torch.exp(0.5 * log_var) * noise).to(tokens.feats.dtype)
+
         for _ in progress(range(1), 1):
-            images = self.decode(z, cond)
-            if scale != 1.0:  # guidance in image space: uncond + s · (cond - uncond), with the same latent
-                base = self.decode(z, uncond)
+            images = self.decode(latent(cond), cond)
+            if scale != 1.0:  # guidance in image space: uncond + s · (cond - uncond), from the same noise
+                base = self.decode(latent(uncond), uncond)
                 images = (base + scale * (images - base)).clamp(-1, 1)
         return images
