@@ -20,7 +20,7 @@ train: $(STAMP)
 # (e.g. the resume tests' reference runs) are built once. -rs: each skipped test is named with its reason (the web
 # page's browser test skips without chromium).
 test: $(STAMP)
-	$(PY) -m pytest -q -rs -n auto --dist loadfile $(ARGS)
+	$(PY) -m pytest -q -rs -n auto --dist loadfile --durations=30 $(ARGS)
 
 # The built wheel, installed into a fresh virtualenv outside the checkout, trains and evaluates (about a minute).
 check-wheel: $(STAMP)
