@@ -151,6 +151,15 @@ class StepCheckpoint(ModelCheckpoint):
             save_last(self, trainer, candidates)
 
 
+def trainer_arguments(cfg: DictConfig) -> tuple[dict[str, Any], bool]:
+    """The Trainer's keyword arguments from `cfg.trainer`, less cmvl's own settings: `requeue` (returned beside them)
+    and `fsdp` (strategy=fsdp becomes the block-sharded strategy that section describes)."""
+    arguments = OmegaConf.to_container(cfg.trainer, resolve=True)
+    requeue = bool(arguments.pop("requeue", False))
+    pop_fsdp_settings(arguments)
+    return arguments, requeue
+
+
 def run_training(cfg: DictConfig, *, load_teacher: Callable[..., Teacher] | None = None) -> dict[str, Any]:
     """One training job. `load_teacher(cfg, task, tokenizer)`: the teacher of `distill.teacher`
     (`cmvl.distill.load_teacher`, which the training package does not import: it restores runs with `cmvl.run`)."""
@@ -184,9 +193,7 @@ def run_training(cfg: DictConfig, *, load_teacher: Callable[..., Teacher] | None
         for logger in loggers:
             if isinstance(logger, ResumableCSVLogger):
                 logger.resume_from(int(checkpoint["global_step"]))
-    trainer_args = OmegaConf.to_container(cfg.trainer, resolve=True)
-    requeue_on_stop = bool(trainer_args.pop("requeue", False))  # cmvl's setting, not a Trainer argument
-    pop_fsdp_settings(trainer_args)  # strategy=fsdp: the block-sharded strategy its `fsdp` section describes
+    trainer_args, requeue_on_stop = trainer_arguments(cfg)
     check_torchrun_world(trainer_args.get("devices"), trainer_args.get("num_nodes", 1))
     plugins: list[Any] = [AtomicCheckpointIO()]
     if SLURMEnvironment.detect():  # cmvl saves and requeues on SLURM's signal (trainer.requeue), never Lightning

@@ -12,7 +12,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from hydra.utils import get_class
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from cmvl.config.budget import task_budget
 from cmvl.config.callbacks import callback_nodes, monitor_arguments
@@ -24,6 +24,7 @@ from cmvl.config.preflight import preflight
 from cmvl.errors import ConfigError
 from cmvl.models.tokens import FusionOutput, Tokens
 from cmvl.training.build import build_source
+from cmvl.training.train import trainer_arguments
 from tests.choice_helpers import TEXTS, offline_overrides, save_tiny_models
 from tests.conftest import TINY_WORLD
 
@@ -178,8 +179,7 @@ def _optim(cfg: DictConfig) -> None:
 
 
 def _trainer(cfg: DictConfig) -> None:
-    arguments = OmegaConf.to_container(cfg.trainer, resolve=True)
-    arguments.pop("requeue", None)  # cmvl's own setting
+    arguments, _ = trainer_arguments(cfg)  # as cmvl train builds them (less requeue; fsdp's strategy)
     arguments["max_epochs"] = arguments["max_epochs"] or task_budget(cfg)
     trainer = pl.Trainer(**arguments, logger=False, enable_checkpointing=False, default_root_dir=cfg.paths.output_dir)
     assert trainer.max_epochs >= 1

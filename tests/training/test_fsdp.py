@@ -5,11 +5,11 @@ equal to one process and to DDP, is in tests/training/test_ddp.py (it shares tha
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from cmvl.config.compose import compose_config
 from cmvl.errors import ConfigError
-from cmvl.training.fsdp import BlockShardedStrategy, block_modules, pop_fsdp_settings, shard_by_block
+from cmvl.training.fsdp import BlockShardedStrategy, block_modules, shard_by_block
+from cmvl.training.train import trainer_arguments as cmvl_trainer_arguments
 from tests.conftest import TINY_TRAINING, TINY_WORLD, assert_one_line_error, cli_in_process, load_checkpoint_file
 
 BLOCKS = tuple(compose_config(["trainer=fsdp"]).trainer.fsdp.blocks)
@@ -17,10 +17,7 @@ SIZES = [o for o in TINY_TRAINING if o.startswith(("model.", "vision.", "text.")
 
 
 def trainer_arguments(*overrides: str) -> dict:
-    cfg = compose_config(list(overrides))
-    arguments = OmegaConf.to_container(cfg.trainer, resolve=True)
-    pop_fsdp_settings(arguments)
-    return arguments
+    return cmvl_trainer_arguments(compose_config(list(overrides)))[0]
 
 
 def test_trainer_fsdp_builds_the_block_sharded_strategy():
@@ -154,12 +151,16 @@ TORCHRUN_ENV = {
 @pytest.mark.parametrize("trainer", ["ddp", "fsdp"])
 def test_under_torchrun_lightning_takes_the_ranks_from_its_variables(monkeypatch, trainer):
     import pytorch_lightning as pl
+    from lightning_utilities.core.rank_zero import rank_zero_only
     from pytorch_lightning.plugins.environments import TorchElasticEnvironment
 
     from cmvl.training.torchrun import check_torchrun_world
 
     for key, value in TORCHRUN_ENV.items():
         monkeypatch.setenv(key, value)
+    # The Trainer sets the process-wide rank_zero_only.rank to its global rank (3 here), which would silence every
+    # later rank-zero log line, CSV row and progress bar of this test process: put back after the test.
+    monkeypatch.setattr(rank_zero_only, "rank", rank_zero_only.rank)
     arguments = trainer_arguments(f"trainer={trainer}", "trainer.accelerator=cpu", "trainer.num_nodes=2")
     check_torchrun_world(arguments["devices"], arguments["num_nodes"])  # 2 × 2 = WORLD_SIZE: accepted
     built = pl.Trainer(**{k: v for k, v in arguments.items() if k != "requeue"}, logger=False)
