@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
+import json
 import os
 import subprocess
 import sys
@@ -188,3 +190,22 @@ def dataset_untouched(monkeypatch: pytest.MonkeyPatch, *watched: Path):
         yield opened
     finally:
         active[0] = False
+
+
+def exported(checkpoint: Path, out: Path, *args: str) -> dict:
+    """`cmvl export ckpt=checkpoint out=out *args` in process: it succeeds, checks its parity, and writes the
+    manifest returned."""
+    result = cli_in_process("export", f"ckpt={checkpoint}", f"out={out}", *args, cwd=out.parent)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "parity on" in result.stdout
+    return json.loads((out / "cmvl_export.json").read_text())
+
+
+def script_module(name: str):
+    """scripts/<name>.py imported as a module named `name` for the test (a generator for a fixture to yield from)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    yield module
+    del sys.modules[spec.name]

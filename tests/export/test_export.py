@@ -16,7 +16,7 @@ import torch
 import cmvl
 from cmvl.export.graph import ExportableModel
 from cmvl.inference.inputs import run_images, run_texts
-from tests.conftest import assert_one_line_error, cli_in_process
+from tests.conftest import assert_one_line_error, cli_in_process, exported
 
 CLIENT = Path(__file__).with_name("onnx_client.py")
 
@@ -31,17 +31,10 @@ def run(checkpoint):
     return cmvl.load_run(checkpoint)
 
 
-def _export(checkpoint: Path, out: Path, *args: str) -> dict:
-    result = cli_in_process("export", f"ckpt={checkpoint}", f"out={out}", *args, cwd=out.parent)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "parity on" in result.stdout
-    return json.loads((out / "cmvl_export.json").read_text())
-
-
 @pytest.fixture(scope="module")
 def onnx_dir(checkpoint, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("export") / "onnx"
-    _export(checkpoint, out, "format=onnx", "exporter=torchscript")
+    exported(checkpoint, out, "format=onnx", "exporter=torchscript")
     return out
 
 
@@ -80,7 +73,7 @@ def test_a_client_without_torch_or_cmvl_gets_pytorchs_answers(onnx_dir, run, tin
 
 
 def test_torch_export_program_has_a_dynamic_batch_and_text_length(checkpoint, run, tmp_path):
-    manifest = _export(checkpoint, tmp_path / "pt2", "format=torch_export")
+    manifest = exported(checkpoint, tmp_path / "pt2", "format=torch_export")
     assert manifest["parity"]["max_abs_diff"]["logits"] <= 1e-4
     program = torch.export.load(tmp_path / "pt2" / "model.pt2").module()
     images = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
@@ -92,7 +85,7 @@ def test_torch_export_program_has_a_dynamic_batch_and_text_length(checkpoint, ru
 
 
 def test_safetensors_is_read_by_load_run(checkpoint, run, tmp_path):
-    _export(checkpoint, tmp_path / "st", "format=safetensors")
+    exported(checkpoint, tmp_path / "st", "format=safetensors")
     shared = tmp_path / "st" / "model.safetensors"
     assert not shared.read_bytes().startswith(b"PK")  # not a (pickle-bearing) torch zip file
     restored = cmvl.load_run(shared)

@@ -14,7 +14,7 @@ import torch
 
 import cmvl
 from cmvl.export.caption_graph import CaptionEncoder, CaptionStep, caption_decoder
-from tests.conftest import TINY_TRAINING, TINY_WORLD_ANY_TASK, cli_in_process
+from tests.conftest import TINY_TRAINING, TINY_WORLD_ANY_TASK, cli_in_process, exported
 
 CLIENT = Path(__file__).with_name("caption_client.py")
 
@@ -30,17 +30,10 @@ def checkpoint(tiny_world, tmp_path_factory) -> Path:
     return run_dir / "checkpoints" / "last.ckpt"
 
 
-def _export(checkpoint: Path, out: Path, *args: str) -> dict:
-    result = cli_in_process("export", f"ckpt={checkpoint}", f"out={out}", *args, cwd=out.parent)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "parity on" in result.stdout
-    return json.loads((out / "cmvl_export.json").read_text())
-
-
 @pytest.fixture(scope="module")
 def onnx_dir(checkpoint, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("export") / "onnx"
-    _export(checkpoint, out, "format=onnx", "exporter=torchscript")
+    exported(checkpoint, out, "format=onnx", "exporter=torchscript")
     return out
 
 
@@ -93,7 +86,7 @@ def test_the_cached_step_is_the_decoders_forward(checkpoint):
 
 @pytest.mark.parametrize("fmt", ["torch_export", "safetensors"])
 def test_torch_export_and_safetensors_of_a_captioning_run(checkpoint, tmp_path, fmt):
-    manifest = _export(checkpoint, tmp_path / fmt, f"format={fmt}", "parity_batches=1")
+    manifest = exported(checkpoint, tmp_path / fmt, f"format={fmt}", "parity_batches=1")
     assert all(value <= 1e-4 for value in manifest["parity"]["max_abs_diff"].values())
     if fmt == "safetensors":
         restored = cmvl.load_run(tmp_path / fmt / "model.safetensors")

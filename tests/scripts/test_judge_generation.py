@@ -4,26 +4,19 @@ line (correctness only: no score of a tiny model is a threshold here)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 
 import pytest
 
 from cmvl.config.compose import compose_config
 from cmvl.training.train import run_training
-from tests.conftest import REPO, TINY_TRAINING, TINY_WORLD_ANY_TASK
+from tests.conftest import TINY_TRAINING, TINY_WORLD_ANY_TASK, script_module
 
 
 @pytest.fixture(scope="module")
 def judging():
-    spec = importlib.util.spec_from_file_location("judge_generation", REPO / "scripts" / "judge_generation.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
+    yield from script_module("judge_generation")
 
 
 def test_the_prompts_are_the_worlds_first_captions(judging, tiny_world):
