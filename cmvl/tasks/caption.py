@@ -153,7 +153,7 @@ class CaptionTask(Task):
         )
 
     def _memory(self, model: VisionLanguageModel, batch: Batch) -> Tokens:
-        return model.encode_images(batch.images).select(batch.image_index)
+        return model.encode_images(batch.images, batch.image_index)
 
     def forward(self, model: VisionLanguageModel, batch: Batch) -> TeacherForced:
         memory, decoder = self._memory(model, batch), model.heads[self.name]

@@ -7,7 +7,9 @@ trains the weights, as in FreeLB. For the tasks whose loss is on logits (VQA, ta
 `steps: 0` trains exactly as without it (the same code path: nothing here runs).
 
 The hook is `VisionLanguageModel.perturbation`: a callable the model passes its projected tokens through
-(`TokenPerturbation.on(model)` sets it for one forward). `cmvl eval attack=embedding` uses the same perturbation.
+(`TokenPerturbation.on(model)` sets it for one forward), the vision tokens once per row (question, caption), so
+each row's perturbation is its own however its image's rows are split between batches or DDP processes. `cmvl
+eval attack=embedding` uses the same perturbation.
 """
 
 from __future__ import annotations

@@ -122,6 +122,44 @@ def test_two_processes_train_and_score_like_one(tmp_path, cache_dir):
     assert all(torch.equal(v, sharded["model." + k]) for k, v in initial.weights.items())
 
 
+def test_two_processes_train_adversarially_like_one(tmp_path, tiny_world):
+    """adversarial.steps=2 (norm bound and KL on): 2 DDP processes × batch 8 train one process × batch 16's weights.
+    The batches are grouped by image (VQA's default), and some images' questions fall on both ranks of a global
+    batch; each question's vision tokens get their own perturbation (`VisionLanguageModel.encode_images`), so no
+    rank's ascent depends on the other's share. (Perturbed per image, these weights differed by ~1e-3.)"""
+    import torch
+
+    from cmvl.config.compose import compose_config
+    from cmvl.training.train import run_training
+
+    common = [
+        *TINY_WORLD,
+        *TINY_TRAINING,
+        "trainer.accelerator=cpu",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=3",
+        "trainer.limit_val_batches=0",
+        "samples.count=0",
+        "data.group_by_image=true",
+        "adversarial.steps=2",
+        "adversarial.step_size=0.5",
+        "adversarial.norm_bound=0.8",
+        "adversarial.kl_weight=1",
+    ]
+    run_training(compose_config([*common, "data.batch_size=16", f"paths.output_dir={tmp_path / 'one'}"]))
+    two = run_cli(
+        "train", *common, "trainer=ddp", "data.batch_size=8", f"paths.output_dir={tmp_path / 'two'}", cwd=tmp_path
+    )
+    assert two.returncode == 0, two.stderr[-3000:]
+    single, ddp = (load_checkpoint_file(tmp_path / r / "checkpoints/last.ckpt")["state_dict"] for r in ("one", "two"))
+    assert single.keys() == ddp.keys()
+    # Adam moves a weight by up to ~lr (3e-4) a step, so another perturbation shows far above 1e-5; the normalised
+    # ascent steps carry rounding to ~1e-6 (the attention key biases, see above, to ~1e-5).
+    for key in single:
+        tolerance = 1e-4 if key.endswith("attn.k_proj.bias") else 1e-5
+        torch.testing.assert_close(ddp[key], single[key], rtol=0, atol=tolerance, msg=key)
+
+
 def step_losses(run_dir) -> list[float]:
     """train/loss_step of every logged step of a run's metrics.csv."""
     import csv

@@ -78,15 +78,17 @@ class VisionLanguageModel(ModelFamily):
     ) -> tuple[Tokens, Tokens]:
         """Each of the U images is encoded once; `image_index` (B) picks the image of each of the B texts
         (None: image i goes with text i)."""
-        vision = self.encode_images(images)
-        if image_index is not None:
-            vision = vision.select(image_index)
-        return vision, self.encode_texts(input_ids, attention_mask)
+        return self.encode_images(images, image_index), self.encode_texts(input_ids, attention_mask)
 
-    def encode_images(self, images: torch.Tensor) -> Tokens:
-        """uint8 images U×3×H×W → vision tokens at `model.dim` (with the encoder's grid, where it has one)."""
+    def encode_images(self, images: torch.Tensor, image_index: torch.Tensor | None = None) -> Tokens:
+        """uint8 images U×3×H×W → vision tokens at `model.dim` (with the encoder's grid, where it has one); with
+        `image_index` (B), the tokens of each row's image. The perturbation hook sees the rows' tokens, so an
+        adversarial perturbation belongs to one row (question, caption), not to every row of its image in the
+        batch: a row's perturbation does not depend on which other rows of its image share its batch, or its
+        process under DDP."""
         v = self.part("vision")(normalize_images(images, self.image_mean, self.image_std))
-        return self._perturbed("vision", v.with_feats(self.vision_proj(v.feats)))
+        v = v.with_feats(self.vision_proj(v.feats))
+        return self._perturbed("vision", v if image_index is None else v.select(image_index))
 
     def encode_texts(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Tokens:
         """Token ids B×L → text tokens at `model.dim`."""
