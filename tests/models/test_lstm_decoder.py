@@ -95,9 +95,10 @@ class StandInModel(torch.nn.Module):
         self.pixels = torch.nn.Linear(16, DIM)
         self.heads = torch.nn.ModuleDict({"caption": head})
 
-    def encode_images(self, images):
+    def encode_images(self, images, image_index=None):
         feats = self.pixels(images.float().flatten(2)[:, :, :16] / 255)
-        return Tokens(feats, torch.ones(feats.shape[:2], dtype=torch.bool))
+        tokens = Tokens(feats, torch.ones(feats.shape[:2], dtype=torch.bool))
+        return tokens if image_index is None else tokens.select(image_index)
 
 
 def test_the_caption_loss_adds_the_weighted_regulariser_for_soft_attention():
