@@ -189,7 +189,7 @@ def bench_shards(samples: int, shard_size: int, size: int, shuffle_buffer: int) 
     import torch
 
     from cmvl.data.images import build_transform
-    from cmvl.data.shards import count_samples, decode_sample_image
+    from cmvl.data.shards import TarSamples, count_samples
     from cmvl.data.streaming import ShardStream, WorkerStream
 
     torch.set_num_threads(1)  # per core: the resize runs on one thread, as in a loader worker
@@ -204,7 +204,7 @@ def bench_shards(samples: int, shard_size: int, size: int, shuffle_buffer: int) 
         stream = ShardStream(
             shards,
             counts,
-            open_image=lambda data, name: decode_sample_image(data, name=name),
+            reader=TarSamples(),
             transform=transform,
             batch_size=1,
             seed=0,

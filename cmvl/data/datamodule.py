@@ -333,10 +333,11 @@ class VLDataModule(pl.LightningDataModule):
         shards = self.source.train_shards
         workers = loader_workers(len(shards), world, self.num_workers)
         crop = self.image_cfg.get("random_crop_scale")
+        reader = self.source.train_reader(member.table_kind)
         stream = ShardStream(
             shards,
-            self.source.train_counts(),
-            open_image=self.source.open_image_bytes,
+            self.source.train_counts(member.table_kind),
+            reader=reader,
             transform=build_transform(image_size=self.image_cfg["size"], train=True, random_crop_scale=crop),
             batch_size=self.batch_size,
             seed=self.seed,
@@ -359,7 +360,7 @@ class VLDataModule(pl.LightningDataModule):
             batch_size=self.batch_size,
             drop_last=True,
             num_workers=workers,
-            collate_fn=StreamCollator(member, self.tokenizer, self.text_max_length, queries),
+            collate_fn=StreamCollator(member, reader.schema, self.tokenizer, self.text_max_length, queries),
             pin_memory=self.pin_memory,
             persistent_workers=workers > 0,
             worker_init_fn=self._worker_init,

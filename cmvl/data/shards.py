@@ -90,6 +90,27 @@ def decode_sample_image(data: bytes, *, name: str) -> Image.Image:
     return decode_image(io.BytesIO(data), name=name)
 
 
+class TarSamples:
+    """How the training stream reads tar shards (`cmvl.data.streaming.SampleReader`): webdataset's grouped samples,
+    decoded to an image and a `captions` row."""
+
+    errors = (tarfile.TarError, OSError, ValueError, EOFError)  # a truncated or garbled shard
+
+    def __init__(self) -> None:
+        from cmvl.data.sources.coco import CAPTIONS_SCHEMA
+
+        self.schema = CAPTIONS_SCHEMA
+
+    def read(self, shard: str, skip: int) -> Iterator[dict]:
+        return read_shard(shard, skip=skip)
+
+    def decode(self, raw: dict, shard: str) -> tuple[Image.Image, dict]:
+        sample = sample_fields(raw, where=shard)
+        image = decode_sample_image(sample.image, name=f"{shard}:{sample.key}")
+        row = {"image_id": sample.image_id, "image": "", "caption_id": sample.caption_id, "caption": sample.caption}
+        return image, row
+
+
 def read_shard(path: str, *, skip: int = 0) -> Iterator[dict]:
     """The grouped samples of one shard as webdataset reads them (a stream: one sample in memory at a time), after
     the first `skip` (read past, not decoded)."""

@@ -1,5 +1,7 @@
 """Training batches streamed from tar shards (`dataset=webdataset`): no table of the training split exists.
 
+The stream reads its shards through a `reader` (`SampleReader`: tar shards, `cmvl.data.shards.TarSamples`; a Hugging
+Face dataset's Arrow / Parquet pieces, `cmvl.data.sources.hf_stream.HFPieces`); everything below is the same for both.
 Each epoch the shards are put in a seeded random order (a pure function of `seed` and the epoch) and dealt out by
 shard, round robin, over every loader worker of every process (slot = rank × workers + worker). A worker reads its
 shards in turn through a shuffle buffer of `shuffle_buffer` samples (it holds the images' encoded bytes; decoding
@@ -21,32 +23,42 @@ the two ranks skipped.
 from __future__ import annotations
 
 import hashlib
-import tarfile
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
 from torch.utils.data import IterableDataset, get_worker_info
 
-from cmvl.data.shards import read_shard, sample_fields
-from cmvl.errors import DataError
+from cmvl.errors import ConfigError, DataError
 from cmvl.log import EVERY_RANK, get_logger
 
 log = get_logger(__name__)
 
 
+class SampleReader(Protocol):
+    """How a stream reads its shards: `read(shard, skip)` the shard's raw samples after the first `skip` (what the
+    shuffle buffer holds: encoded images), `decode(raw, shard)` one sample as (RGB image, row of the table `schema`)
+    or a `DataError` for an unreadable one; `errors`: what `read` raises when the rest of a shard is unreadable."""
+
+    schema: pa.Schema
+    errors: tuple[type[BaseException], ...]
+
+    def read(self, shard: str, skip: int) -> Iterator[Any]: ...
+
+    def decode(self, raw: Any, shard: str) -> tuple[Any, dict[str, Any]]: ...
+
+
 class ShardStream(IterableDataset):
     """The training stream of one process (`rank` of `world`) over `workers` loader workers (0: the main process).
-    Items are (image uint8 3×H×W, caption, image id, caption id). `open_image(bytes, name)` decodes an image (a
-    `DataError` for an unreadable one); `transform` resizes it."""
+    Items are (image uint8 3×H×W, row of `reader.schema`); `transform` resizes the image."""
 
     def __init__(
         self,
         shards: list[str],
         counts: list[int],
         *,
-        open_image: Callable[[bytes, str], Any],
+        reader: SampleReader,
         transform: Callable,
         batch_size: int,
         seed: int,
@@ -57,7 +69,7 @@ class ShardStream(IterableDataset):
         workers: int = 0,
     ) -> None:
         self.shards, self.counts = list(shards), np.asarray(counts, dtype=np.int64)
-        self.open_image, self.transform = open_image, transform
+        self.reader, self.transform = reader, transform
         self.seed, self.shuffle_buffer, self.max_bad_fraction = seed, shuffle_buffer, max_bad_fraction
         self.world, self.rank, self.workers = world, rank, workers
         self.slots = world * max(1, workers)
@@ -100,7 +112,7 @@ class WorkerStream:
         self.stream, self.epoch, self.slot = stream, epoch, slot
         self.consumed = self.yielded = self.bad = 0
         self.read = 0  # position in the current pass over this worker's shards of the next sample to read
-        self.buffer: list[tuple[int, dict, str]] = []  # (position in the pass, grouped sample, shard)
+        self.buffer: list[tuple[int, Any, str]] = []  # (position in the pass, raw sample, shard)
         self._restore: list[int] | None = None  # a loaded state's buffer positions, read back on the next item
         self._items: Iterator | None = None
 
@@ -130,8 +142,8 @@ class WorkerStream:
         mine = self.stream.epoch_shards(self.epoch, self.slot)
         return mine, np.concatenate([[0], np.cumsum(self.stream.counts[mine])])
 
-    def _raw(self, start: int, stop: int | None = None) -> Iterator[tuple[int, dict, str]]:
-        """(position, grouped sample, shard) of one pass over this worker's shards, positions `start` to `stop`."""
+    def _raw(self, start: int, stop: int | None = None) -> Iterator[tuple[int, Any, str]]:
+        """(position, raw sample, shard) of one pass over this worker's shards, positions `start` to `stop`."""
         mine, starts = self._pass()
         stop = int(starts[-1]) if stop is None else stop
         first = int(np.searchsorted(starts, start, side="right")) - 1
@@ -141,14 +153,14 @@ class WorkerStream:
             shard = self.stream.shards[mine[k]]
             skip = max(0, start - int(starts[k]))
             try:
-                for i, raw in enumerate(read_shard(shard, skip=skip), start=int(starts[k]) + skip):
+                for i, raw in enumerate(self.stream.reader.read(shard, skip), start=int(starts[k]) + skip):
                     if i >= stop:
                         return
                     yield i, raw, shard
-            except (tarfile.TarError, OSError, ValueError, EOFError) as err:  # a truncated or garbled shard
+            except self.stream.reader.errors as err:  # a truncated or garbled shard
                 self._skip(DataError(f"shard {shard}: unreadable from here on ({err}); reading the next shard"))
 
-    def _reread(self, positions: list[int]) -> list[tuple[int, dict, str]]:
+    def _reread(self, positions: list[int]) -> list[tuple[int, Any, str]]:
         """The buffered samples of a saved state, read again from their shards (each shard from its start to the
         last one needed: usually the last shard or two that the pass read)."""
         if not positions:
@@ -192,7 +204,7 @@ class WorkerStream:
                 yield from self._take(out)
             self.read = 0  # the next pass
 
-    def _take(self, entry: tuple[int, dict, str]) -> Iterator[tuple]:
+    def _take(self, entry: tuple[int, Any, str]) -> Iterator[tuple]:
         """One sample out of the buffer: decoded and yielded, or skipped and counted as unreadable."""
         self.consumed += 1
         item = self._decode(entry[1], entry[2])
@@ -200,14 +212,13 @@ class WorkerStream:
             self.yielded += 1
             yield item
 
-    def _decode(self, raw: dict, shard: str) -> tuple | None:
+    def _decode(self, raw: Any, shard: str) -> tuple | None:
         try:
-            sample = sample_fields(raw, where=shard)
-            image = self.stream.transform(self.stream.open_image(sample.image, f"{shard}:{sample.key}"))
+            image, row = self.stream.reader.decode(raw, shard)
+            return self.stream.transform(image), row
         except DataError as err:
             self._skip(err)
             return None
-        return image, sample.caption, sample.image_id, sample.caption_id
 
     def _skip(self, err: DataError) -> None:
         """Counts a corrupt sample (or a shard's unreadable rest) against `data.max_bad_fraction` of the samples
@@ -222,35 +233,41 @@ class WorkerStream:
         log.warning(f"skipped {err} ({self.bad} of at most {allowed})", extra=EVERY_RANK)
 
 
-def stream_table(items: list[tuple]) -> pa.Table:
-    """A batch of streamed items as rows of the `captions` table (what a task reads its texts and targets from)."""
-    from cmvl.data.sources.coco import CAPTIONS_SCHEMA
-
-    _, captions, image_ids, caption_ids = zip(*items)
-    columns = {"image_id": image_ids, "image": [""] * len(items), "caption_id": caption_ids, "caption": captions}
-    return pa.table(columns, schema=CAPTIONS_SCHEMA)
+def stream_table(items: list[tuple], schema: pa.Schema) -> pa.Table:
+    """A batch of streamed items as rows of their table (`captions`, `qa`: what a task reads its texts and targets
+    from)."""
+    return pa.Table.from_pylist([row for _, row in items], schema=schema)
 
 
 class StreamCollator:
     """Makes a `Batch` of streamed items as the table-backed `Collator` does, from a table of just these rows: the
     task's texts (tokenised here, per batch) and targets."""
 
-    def __init__(self, member, tokenizer, text_max_length: int, queries=None) -> None:
-        self.member, self.tokenizer, self.text_max_length, self.queries = member, tokenizer, text_max_length, queries
+    def __init__(self, member, schema: pa.Schema, tokenizer, text_max_length: int, queries=None) -> None:
+        self.member, self.schema, self.queries = member, schema, queries
+        self.tokenizer, self.text_max_length = tokenizer, text_max_length
 
     def __call__(self, items: list[tuple]):
         from cmvl.data.datamodule import Collator, Sample
         from cmvl.data.text import TokenizedTexts
 
-        table = self.member.rows(stream_table(items), train=True)
+        table = self.member.rows(stream_table(items, self.schema), train=True)
         texts = self.member.texts(table)
         tokens = None if texts is None else TokenizedTexts(self.tokenizer, texts, self.text_max_length)
         samples = [
             Sample(image, None if texts is None else texts[i], None if tokens is None else tokens.row(i), i, image_id)
-            for i, (image, _, image_id, _) in enumerate(items)
+            for i, (image, image_id) in enumerate((image, row["image_id"]) for image, row in items)
         ]
         collate = Collator(tokens, self.member.targets(table), self.member.name, self.queries)
         return collate(samples)
+
+
+def check_stream_settings(shuffle_buffer: Any, vocabulary_samples: Any) -> None:
+    """A streamed source's `dataset.shuffle_buffer` and `dataset.vocabulary_samples`, refused in one line if bad."""
+    if not isinstance(shuffle_buffer, int) or isinstance(shuffle_buffer, bool) or shuffle_buffer < 0:
+        raise ConfigError(f"dataset.shuffle_buffer={shuffle_buffer}: must be an integer >= 0")
+    if not isinstance(vocabulary_samples, int) or isinstance(vocabulary_samples, bool) or vocabulary_samples < 1:
+        raise ConfigError(f"dataset.vocabulary_samples={vocabulary_samples}: must be an integer >= 1")
 
 
 def loader_workers(shards: int, world: int, requested: int) -> int:

@@ -16,11 +16,12 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 
 from cmvl.data.images import build_transform
 from cmvl.data.shard_writer import write_shards
-from cmvl.data.shards import count_samples
+from cmvl.data.shards import TarSamples, count_samples
 from cmvl.data.sources.webdataset_shards import WebDatasetSource
 from cmvl.data.streaming import ShardStream, WorkerStream
 from cmvl.errors import DataError
 from tests.conftest import TINY_TRAINING, TINY_WORLD_ANY_TASK, cli_in_process
+from tests.stream_helpers import preempted_and_resumed
 
 SHARD_SIZE = 50  # the tiny world's 300 training captions: 6 shards
 
@@ -46,14 +47,14 @@ def _stream(source: WebDatasetSource, shards=None, counts=None, **settings) -> S
     return ShardStream(
         shards or source.train_shards,
         counts or source.train_counts(),
-        open_image=source.open_image_bytes,
+        reader=TarSamples(),
         transform=build_transform(image_size=16, train=True),
         **options,
     )
 
 
 def _ids(items) -> list[int]:
-    return [caption_id for *_, caption_id in items]
+    return [row["caption_id"] for _, row in items]
 
 
 def _loader(stream: ShardStream) -> StatefulDataLoader:
@@ -169,7 +170,7 @@ def test_corrupt_samples_are_skipped_and_counted_up_to_the_bad_fraction(shards, 
     with caplog.at_level(logging.WARNING):
         items = list(WorkerStream(stream, epoch=0, slot=0))
     skipped = [r.getMessage() for r in caplog.records if r.getMessage().startswith("skipped")]
-    assert len(items) == 51 and "a good one" in [caption for _, caption, *_ in items]
+    assert len(items) == 51 and "a good one" in [row["caption"] for _, row in items]
     assert len(skipped) == 2 and "unreadable image" in skipped[0] and "(1 of at most 2)" in skipped[0]
     assert "no caption" in skipped[1]
     too_many = _stream(source, files, counts, batch_size=51, max_bad_fraction=0.02, shuffle_buffer=0)
@@ -192,19 +193,8 @@ def _train_overrides(shards: dict[str, str], run_dir: Path, *extra: str, task: s
 
 
 def test_retrieval_trains_on_shards_and_a_preempted_run_resumes_exactly(shards, tmp_path):
-    from cmvl.config.compose import compose_config
-    from cmvl.errors import UserError
-    from cmvl.training.train import run_training
-
-    run_dir, captions = tmp_path / "run", tmp_path / "captions.txt"
-    run = _train_overrides(
-        shards, run_dir, "trainer.limit_train_batches=4", "extra_target_prefixes=[tests.]",
-        "+callbacks.texts._target_=tests.stream_helpers.RecordCaptions", f"+callbacks.texts.path={captions}",
-    )  # fmt: skip
-    stop = ["+callbacks.stop._target_=tests.resume_helpers.SignalAtStep", "+callbacks.stop.step=3"]
-    with pytest.raises(UserError, match="preempted: saved step 3"):
-        run_training(compose_config([*run, *stop]))
-    summary = run_training(compose_config([*run, "resume=auto"]))
+    run = _train_overrides(shards, tmp_path / "run", "trainer.limit_train_batches=4")
+    summary, trained = preempted_and_resumed(run, step=3, texts=tmp_path / "captions.txt")
     assert summary["global_step"] == 8
 
     # what the two runs trained on: the stream's first 4 batches of epochs 0 and 1, each batch once
@@ -212,8 +202,8 @@ def test_retrieval_trains_on_shards_and_a_preempted_run_resumes_exactly(shards, 
     expected = []
     for epoch in (0, 1):
         items = iter(WorkerStream(stream, epoch=epoch, slot=0))
-        expected += [" | ".join(next(items)[1] for _ in range(16)) for _ in range(4)]
-    assert captions.read_text().splitlines() == expected
+        expected += [" | ".join(next(items)[1]["caption"] for _ in range(16)) for _ in range(4)]
+    assert trained == expected
 
 
 CAPTION_RUN = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "task.beam_size=1", "task.meteor=never"]

@@ -94,8 +94,8 @@ class Source(ABC):
 
     name: str = "source"
     images_on_disk: bool = True  # image values are files under `image_root` (false: images inside the dataset)
-    # True: the training split is streamed (`cmvl.data.streaming`; `train_shards`, `train_counts`, `shuffle_buffer`,
-    # `open_image_bytes`), and its table holds only a bounded sample for the tokenizer and the task's fit
+    # True: the training split is streamed (`cmvl.data.streaming`; `train_shards`, `train_counts(kind)`,
+    # `shuffle_buffer`, `train_reader(kind)`), and its table holds only a bounded sample for the tokenizer and fit
     streams_training: bool = False
     kinds: frozenset[str] = frozenset()
     splits: tuple[str, ...] = ("train", "val", "test")

@@ -15,10 +15,10 @@ from typing import Any
 import pyarrow as pa
 from PIL import Image
 
-from cmvl.data.shards import decode_sample_image, expand_patterns, index_shard, read_located_image, shard_counts
+from cmvl.data.shards import TarSamples, expand_patterns, index_shard, read_located_image, shard_counts
 from cmvl.data.sources.base import Source
 from cmvl.data.sources.coco import CAPTIONS_SCHEMA
-from cmvl.errors import ConfigError
+from cmvl.data.streaming import check_stream_settings
 
 EVAL_SPLITS = ("val", "test")
 
@@ -43,10 +43,7 @@ class WebDatasetSource(Source):
         vocabulary_samples: int = 20000,
     ) -> None:
         super().__init__(split=split)
-        if not isinstance(shuffle_buffer, int) or shuffle_buffer < 0:
-            raise ConfigError(f"dataset.shuffle_buffer={shuffle_buffer}: must be an integer >= 0")
-        if not isinstance(vocabulary_samples, int) or vocabulary_samples < 1:
-            raise ConfigError(f"dataset.vocabulary_samples={vocabulary_samples}: must be an integer >= 1")
+        check_stream_settings(shuffle_buffer, vocabulary_samples)
         self.patterns = {"train": train, "val": val, "test": test}
         self.splits = self.splits_for(self.patterns)
         self.shuffle_buffer, self.vocabulary_samples = shuffle_buffer, vocabulary_samples
@@ -61,8 +58,9 @@ class WebDatasetSource(Source):
     def image_root(self) -> Path:
         return Path(self.train_shards[0]).parent
 
-    def train_counts(self) -> list[int]:
+    def train_counts(self, kind: str = "captions") -> list[int]:
         """Samples per training shard (`cmvl.data.shards.shard_counts`), once per process."""
+        del kind  # captions, the only kind
         if self._counts is None:
             self._counts = shard_counts(self.train_shards)
         return self._counts
@@ -71,8 +69,10 @@ class WebDatasetSource(Source):
         return read_located_image(image)
 
     @staticmethod
-    def open_image_bytes(data: bytes, name: str) -> Image.Image:
-        return decode_sample_image(data, name=name)
+    def train_reader(kind: str) -> TarSamples:
+        """How the training stream reads the shards (`cmvl.data.streaming`)."""
+        del kind  # captions, the only kind
+        return TarSamples()
 
     def _read(self, kind: str, split: str) -> pa.Table:
         del kind  # captions, the only kind
