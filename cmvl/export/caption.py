@@ -25,7 +25,7 @@ from cmvl.export.caption_graph import (
     caption_decoder,
     greedy_decode,
 )
-from cmvl.export.formats import parity_summary, save_safetensors
+from cmvl.export.formats import parity_summary, save_dynamo_onnx, save_safetensors
 from cmvl.export.graph import GraphSignature
 from cmvl.models.tokens import Tokens
 
@@ -124,9 +124,8 @@ def _write_onnx(
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the exporters' tracer and deprecation notices, not the user's business
         if exporter == "dynamo":
-            torch.onnx.export(_program(module, inputs, names_in), opset_version=opset, dynamo=True, **names).save(
-                str(path)
-            )
+            program = _program(module, inputs, names_in)
+            save_dynamo_onnx(program, path, names, dynamic_shapes=_dynamic_shapes(names_in), opset=opset)
         else:
             axes = {n: {BATCH_AXES[n]: "batch"} for n in (*names_in, *names_out) if n in BATCH_AXES}
             torch.onnx.export(

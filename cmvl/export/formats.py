@@ -74,8 +74,8 @@ def write_onnx(
         warnings.simplefilter("ignore")  # the exporters' tracer and deprecation notices, not the user's business
         if exporter == "dynamo":
             program = export_program(graph, example, max_text_length)
-            onnx_program = torch.onnx.export(program, opset_version=opset, dynamo=True, **names)
-            onnx_program.save(str(path))
+            shapes = torch_dynamic_shapes(graph.signature, max_text_length)
+            save_dynamo_onnx(program, path, names, dynamic_shapes=shapes, opset=opset)
         else:
             torch.onnx.export(
                 graph, example, str(path), dynamic_axes=dynamic_axes(graph.signature), opset_version=opset,
@@ -87,6 +87,16 @@ def write_onnx(
         return session.run(None, {name: t.numpy() for name, t in zip(graph.signature.inputs, inputs)})
 
     return run
+
+
+def save_dynamo_onnx(program, path: Path, names: dict[str, list[str]], *, dynamic_shapes: dict, opset: int) -> None:
+    """A `torch.export` program as an ONNX file with `torch.onnx.export(dynamo=True)`. `dynamic_shapes` (the program's
+    own, by input name) names the graph's symbolic dimensions as the manifest does ("batch", "text_length") instead of
+    the tracer's symbols ("s34"); the exporter's progress lines are not printed."""
+    onnx_program = torch.onnx.export(
+        program, dynamic_shapes=dynamic_shapes, opset_version=opset, dynamo=True, verbose=False, **names
+    )
+    onnx_program.save(str(path))
 
 
 def write_safetensors(run: Run, checkpoint: dict, graph: ExportableModel, folder: Path) -> Runner:
