@@ -66,7 +66,8 @@ def build_manifest(
                 "antialias": True,
                 "skip_if_same_size": True,
                 "library": "torchvision.transforms.v2.Resize on the uint8 tensor; Pillow's Image.resize(size, "
-                "Image.BILINEAR) agrees to about one grey level",
+                "Image.BILINEAR) agrees to one grey level (some pixels differ); cmvl/serve/resize.py is the "
+                "same pixels in NumPy",
             },
             "normalise_inside_graph": True,
             "mean": [float(m) for m in cfg.data.image.mean],

@@ -1,7 +1,7 @@
 """The ONNX backend: a `cmvl export format=onnx` folder served with onnxruntime, tokenizers, Pillow and NumPy only
 (no torch is imported). It follows the folder's `cmvl_export.json` as any client does: images decoded as training
-decodes them (`cmvl.data.decoding`), resized with Pillow's bilinear filter (the manifest's stated equivalent of
-torchvision's, about one grey level apart), texts tokenised, truncated and padded as the manifest says; answers in
+decodes them (`cmvl.data.decoding`), resized to the same pixels as training's torchvision resize
+(cmvl/serve/resize.py, in NumPy), texts tokenised, truncated and padded as the manifest says; answers in
 `cmvl predict`'s record format. It serves VQA exports (a classifier's answers); no explanation maps (they need the
 model's gradients: torch)."""
 
@@ -17,6 +17,7 @@ from PIL import Image
 from cmvl.errors import ConfigError, UserError
 from cmvl.serve.model import ModelCard
 from cmvl.serve.requests import ServeRequest
+from cmvl.serve.resize import resize_like_training
 
 MANIFEST_NAME = "cmvl_export.json"  # as cmvl/export/manifest.py writes it (that module imports torch)
 SERVED_TASKS = ("vqa",)
@@ -96,7 +97,7 @@ class OnnxModel:
                 records[k] = {"error": str(err)}
         if texts:
             rows = list(texts)
-            images = np.stack([self._pixels(requests[k].image) for k in rows])
+            images = np.stack([self.pixels(requests[k].image) for k in rows])
             ids, mask = self._padded([texts[k] for k in rows])
             (logits,) = self.session.run(["logits"], {"images": images, "input_ids": ids, "attention_mask": mask})
             for k, row in zip(rows, logits):
@@ -122,11 +123,10 @@ class OnnxModel:
             raise UserError(f"question {question!r:.60}: none of its words is in the model's vocabulary")
         return ids
 
-    def _pixels(self, image: Image.Image) -> np.ndarray:
+    def pixels(self, image: Image.Image) -> np.ndarray:
+        """The graph's uint8 3×H×W, resized as training resizes (cmvl/serve/resize.py: torchvision's pixels)."""
         height, width = self.manifest["image"]["size"]
-        if image.size != (width, height):
-            image = image.resize((width, height), Image.Resampling.BILINEAR)
-        return np.asarray(image, dtype=np.uint8).transpose(2, 0, 1)
+        return resize_like_training(np.asarray(image, dtype=np.uint8), height, width)
 
     def _padded(self, rows: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
         text = self.manifest["text"]
