@@ -53,6 +53,8 @@ when full). With token= (or the CMVL_SERVE_TOKEN environment variable) every rou
         Option("max_body_bytes", "the largest request body (413 beyond)", integer(1), 8 << 20, "BYTES"),
         Option("max_pixels", "the largest image, width x height (422 beyond)", integer(1), 4096 * 4096, "N"),
         Option("max_text_chars", "the longest question / phrase (422 beyond)", integer(1), 1000, "N"),
+        Option("max_explains", "POST /explain requests running at once (503 beyond)", integer(1), 2, "N"),
+        Option("explain_timeout_s", "seconds a POST /explain client waits (504 after)", integer(1), 60, "S"),
         Option("graceful_timeout", "seconds SIGTERM waits for the requests in flight", integer(1), 30, "S"),
     ),
     overrides="overrides of the checkpoint's config (evaluation options), as cmvl predict takes them",
@@ -127,7 +129,8 @@ def _serve(opened: Any, keys: dict[str, Any], token: str | None, listening: sock
 
     limits = Limits(
         max_body_bytes=keys["max_body_bytes"], max_pixels=keys["max_pixels"], max_text_chars=keys["max_text_chars"],
-        max_queue=keys["max_queue"],
+        max_queue=keys["max_queue"], max_explains=keys["max_explains"],
+        explain_timeout_s=float(keys["explain_timeout_s"]),
     )  # fmt: skip
     settings = ServeSettings(
         limits=limits, max_batch_size=keys["max_batch_size"], max_wait_ms=float(keys["max_wait_ms"]), token=token

@@ -25,6 +25,7 @@ from starlette.datastructures import UploadFile
 from cmvl.errors import UserError, one_line
 from cmvl.log import log
 from cmvl.serve.batching import BatchQueue, QueueFull
+from cmvl.serve.explaining import ExplainSlots
 from cmvl.serve.limits import Limits, Refused
 from cmvl.serve.metrics import ServeMetrics
 from cmvl.serve.model import OpenedModel, ServedModel
@@ -53,6 +54,7 @@ class Service:
         self.queue: BatchQueue | None = None
         self.load_error: str | None = None
         self.loaded = threading.Event()
+        self.explains = ExplainSlots(settings.limits.max_explains, settings.limits.explain_timeout_s)
 
     def load(self, on_error: Callable[[str], None]) -> None:
         try:
@@ -83,6 +85,7 @@ class Service:
     def stop(self) -> None:
         if self.queue is not None:
             self.queue.stop()
+        self.explains.stop()
 
 
 def create_app(
@@ -151,7 +154,7 @@ def create_app(
         asked = await read_request(request, settings.limits)
         method = asked.fields.get("method", settings.explain_method)
         try:
-            return JSONResponse(await run_in_threadpool(model.explain, asked, method))
+            return JSONResponse(await service.explains.run(model.explain, asked, method))
         except UserError as err:
             raise Refused(422, one_line(err)) from None
 

@@ -17,15 +17,19 @@ class Limits:
     max_pixels: int = 4096 * 4096  # an image's width × height, read from its header before decoding: 422 above it
     max_text_chars: int = 1000  # a question or phrase: 422 above it
     max_queue: int = 256  # requests waiting for a batch: 503 when full (memory stays bounded)
+    max_explains: int = 2  # POST /explain requests running or waiting for the model: 503 beyond (serve/explaining.py)
+    explain_timeout_s: float = 60.0  # how long a POST /explain client waits: 504 after it
 
     def __post_init__(self) -> None:
-        for name in ("max_body_bytes", "max_pixels", "max_text_chars", "max_queue"):
+        for name in ("max_body_bytes", "max_pixels", "max_text_chars", "max_queue", "max_explains"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
+        if not self.explain_timeout_s > 0:
+            raise ValueError("explain_timeout_s must be > 0")
 
 
 class Refused(Exception):
-    """A request the service does not answer: `status` (401, 404, 413, 422, 503), the one-line reason and, where
+    """A request the service does not answer: `status` (401, 404, 413, 422, 503, 504), the one-line reason and, where
     a limit of `Limits` was passed, its name."""
 
     def __init__(self, status: int, message: str, *, limit: str | None = None) -> None:
