@@ -91,9 +91,10 @@ def finished_tiny_run(tmp_path_factory, tiny_world):
     step00000006.ckpt) for the tests that only read a finished run or are refused by one (run dirs, resume settings,
     one per session instead of one per file): its run directory, with what the command printed beside it
     (`train.out`). A test that would change it copies it first; at the end of the session the fixture checks that
-    none of its files changed."""
+    none of its files changed. Trained in-process: every worker that builds it has imported torch already, and the
+    subprocess CLI is trained by the tests about processes (signals, DDP, sweeps)."""
     run_dir = tmp_path_factory.mktemp("finished") / "run"
-    result = run_cli("train", *TINY_WORLD, *TINY_TRAINING, f"hydra.run.dir={run_dir}", cwd=run_dir.parent)
+    result = cli_in_process("train", *TINY_WORLD, *TINY_TRAINING, f"hydra.run.dir={run_dir}", cwd=run_dir.parent)
     assert result.returncode == 0, result.stderr[-3000:]
     (run_dir.parent / "train.out").write_text(result.stdout)
     before = run_files(run_dir)
@@ -102,8 +103,9 @@ def finished_tiny_run(tmp_path_factory, tiny_world):
 
 
 def cli_in_process(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    """`cmvl ARGS` through the same `main()` in this process: for commands that stop before training (errors,
-    `data info`, help), without paying a fresh interpreter's torch import. Output is what the command prints."""
+    """`cmvl ARGS` through the same `main()` in this process: for refusals, `data info`, help and training runs whose
+    test is not about the process, without paying a fresh interpreter's torch, Lightning and transformers imports
+    (several seconds each on 2 busy cores). Output is what the command prints."""
     out, err = io.StringIO(), io.StringIO()
     previous = os.getcwd()
     code = 0

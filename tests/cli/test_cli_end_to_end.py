@@ -1,4 +1,5 @@
-"""The real CLI in a subprocess: train a few steps → eval the checkpoint → the same number; sweeps; errors."""
+"""The real CLI: train a few steps (in a subprocess, the session's shared run) → eval the checkpoint → the same number;
+sweeps; errors (in-process, but for one refusal by a fresh interpreter)."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ def evaluated(finished_tiny_run, tmp_path_factory) -> tuple[Path, object]:
     """`cmvl eval` of its best checkpoint, once for the tests that read what it wrote: the output folder and the
     command's result."""
     out = tmp_path_factory.mktemp("eval")
-    result = run_cli("eval", f"ckpt={finished_tiny_run / 'checkpoints' / 'best.ckpt'}", f"out={out}", cwd=out)
+    result = cli_in_process("eval", f"ckpt={finished_tiny_run / 'checkpoints' / 'best.ckpt'}", f"out={out}", cwd=out)
     assert result.returncode == 0, result.stderr[-3000:]
     return out, result
 
@@ -74,7 +75,7 @@ def test_predictions_file_rescored_officially_gives_the_same_accuracy(evaluated,
 
 
 def test_eval_test_split_and_bad_override(trained_run, tmp_path):
-    ok = run_cli(
+    ok = cli_in_process(
         "eval",
         f"ckpt={trained_run / 'checkpoints' / 'last.ckpt'}",
         "dataset.split=test",
@@ -88,6 +89,7 @@ def test_eval_test_split_and_bad_override(trained_run, tmp_path):
 
 
 def test_unknown_group_choice_exits_2_with_the_choices(tmp_path):
+    """In a fresh interpreter: the process itself exits 2 with one line (the other refusals below run in-process)."""
     result = run_cli("train", "fusion=atention", cwd=tmp_path)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
@@ -102,13 +104,13 @@ def test_unknown_key_and_bad_value_exit_2(tmp_path):
         ("data.batch_size=0", "data.batch_size"),
         ("text=hf", "text.encoder.name is required"),
     ]:
-        result = run_cli("train", override, cwd=tmp_path)
+        result = cli_in_process("train", override, cwd=tmp_path)
         assert result.returncode == 2, (override, result.stderr)
         assert needle in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
 def test_sweep_value_is_validated_before_any_job_runs(tmp_path):
-    result = run_cli("train", "-m", "fusion=concat,atention", cwd=tmp_path)
+    result = cli_in_process("train", "-m", "fusion=concat,atention", cwd=tmp_path)
     assert result.returncode == 2 and "atention" in result.stderr
     assert not (tmp_path / "multirun").exists()
 
@@ -130,10 +132,10 @@ def test_help_lists_groups(tmp_path):
 
 def test_data_shapes_command(tmp_path):
     out = tmp_path / "world"
-    result = run_cli("data", "shapes", f"out={out}", "images=8", "size=32", "seed=1", cwd=tmp_path)
+    result = cli_in_process("data", "shapes", f"out={out}", "images=8", "size=32", "seed=1", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert (out / "v2_mscoco_train_annotations.json").exists() and (out / "annotations" / "captions_val.json").exists()
-    again = run_cli("data", "shapes", f"out={out}", cwd=tmp_path)
+    again = cli_in_process("data", "shapes", f"out={out}", cwd=tmp_path)
     assert again.returncode == 2 and "not empty" in again.stderr
 
 

@@ -7,7 +7,7 @@ import re
 
 from PIL import Image
 
-from tests.conftest import FIXTURES, TINY_WORLD, cli_in_process, run_cli
+from tests.conftest import FIXTURES, TINY_WORLD, cli_in_process
 
 VG = FIXTURES / "visual_genome"
 
@@ -28,18 +28,18 @@ def test_prepare_writes_a_resized_resumable_copy_that_trains(tmp_path, cache_dir
     split_file.write_text(json.dumps({"train": [4], "val": [5], "test": [5]}))
     dataset = ["dataset=visual_genome", f"dataset.root={VG}", f"dataset.split_file={split_file}"]
     out = tmp_path / "vg64"
-    first = run_cli("data", "prepare", f"out={out}", "size=64", "workers=2", *dataset, cwd=tmp_path)
+    first = cli_in_process("data", "prepare", f"out={out}", "size=64", "workers=2", *dataset, cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-2000:]
     assert "wrote 2 images" in first.stdout and f"dataset.images={out}" in first.stdout
     for name in ("4.jpg", "5.jpg"):
         with Image.open(VG / "VG_100K" / name) as original, Image.open(out / "VG_100K" / name) as small:
             assert min(small.size) == 64
             assert abs(small.width / small.height - original.width / original.height) < 0.02
-    again = run_cli("data", "prepare", f"out={out}", "size=64", *dataset, cwd=tmp_path)
+    again = cli_in_process("data", "prepare", f"out={out}", "size=64", *dataset, cwd=tmp_path)
     assert again.returncode == 0 and "wrote 0 images" in again.stdout
     run_dir = tmp_path / "run"
     small = ["trainer=debug", "data.num_workers=0", "task.min_answer_count=1", "model.dim=32"]
-    train = run_cli("train", *dataset, f"dataset.images={out}", *small, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    train = cli_in_process("train", *dataset, f"dataset.images={out}", *small, f"hydra.run.dir={run_dir}", cwd=tmp_path)
     assert train.returncode == 0, train.stderr[-3000:]
     assert (run_dir / "checkpoints" / "best.ckpt").is_file()
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import assert_one_line_error, cli_in_process, run_cli
+from tests.conftest import assert_one_line_error, cli_in_process
 from tests.inference.test_search import other_checkpoint, tiny_retrieval_checkpoint
 
 
@@ -20,7 +20,7 @@ def checkpoint(cache_dir, tiny_world) -> Path:
 @pytest.fixture(scope="module")
 def index(checkpoint, tiny_world, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("cli-index") / "index"
-    result = run_cli("index", f"ckpt={checkpoint}", f"images={tiny_world / 'val'}", f"out={out}", cwd=out.parent)
+    result = cli_in_process("index", f"ckpt={checkpoint}", f"images={tiny_world / 'val'}", f"out={out}", cwd=out.parent)
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"indexed 20 images (20 embedded now, 0 unreadable): {out}" in result.stdout
     return out

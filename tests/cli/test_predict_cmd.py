@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import assert_one_line_error, cli_in_process, run_cli
+from tests.conftest import assert_one_line_error, cli_in_process
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,7 @@ def test_one_image_prints_the_top_answers_end_to_end(best, photos):
     from cmvl.predict.pipeline import predict
     from cmvl.run import load_run
 
-    result = run_cli(
+    result = cli_in_process(
         "predict",
         f"ckpt={best}",
         f"image={photos / 'a.jpg'}",
