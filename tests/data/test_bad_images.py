@@ -66,7 +66,7 @@ def test_evaluation_never_substitutes_and_a_worker_error_reads_as_one_line(image
 def test_a_training_run_with_a_truncated_an_empty_and_a_missing_image_completes(tiny_world, tmp_path):
     import shutil
 
-    from tests.conftest import TINY_TRAINING, TINY_WORLD, run_cli
+    from tests.conftest import TINY_TRAINING, TINY_WORLD, cli_in_process
 
     images = tmp_path / "images"
     for split in ("train", "val", "test"):
@@ -77,7 +77,7 @@ def test_a_training_run_with_a_truncated_an_empty_and_a_missing_image_completes(
     third.unlink()  # gone after start-up checks
     # 300 rows in batches of 10: one epoch reads every training image
     common = [*TINY_WORLD, *TINY_TRAINING, f"dataset.images={images}", "trainer.limit_train_batches=null"]
-    result = run_cli(
+    result = cli_in_process(
         "train", *common, "trainer.max_epochs=1", "data.batch_size=10", "data.max_bad_fraction=0.1", cwd=tmp_path
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -88,6 +88,6 @@ def test_a_training_run_with_a_truncated_an_empty_and_a_missing_image_completes(
     # Evaluation refuses instead: an unreadable validation image is an error with one line, exit 2.
     (images / "val" / sorted(p.name for p in (images / "val").iterdir())[0]).write_bytes(b"")
     [best] = tmp_path.glob("outputs/*/*/checkpoints/best.ckpt")
-    evaluated = run_cli("eval", f"ckpt={best}", f"dataset.images={images}", cwd=tmp_path)
+    evaluated = cli_in_process("eval", f"ckpt={best}", f"dataset.images={images}", cwd=tmp_path)
     assert evaluated.returncode == 2
     assert evaluated.stderr.strip().splitlines()[-1].startswith("cmvl: error: unreadable image:")

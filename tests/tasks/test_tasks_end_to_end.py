@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 
 from cmvl.metrics.caption import java_available
-from tests.conftest import FIXTURES, TINY_TRAINING, TINY_WORLD_ANY_TASK, cli_in_process, load_checkpoint_file, run_cli
+from tests.conftest import FIXTURES, TINY_TRAINING, TINY_WORLD_ANY_TASK, cli_in_process, load_checkpoint_file
 
 # task → (monitored metric, the keys of one predictions record)
 TASKS = {
@@ -20,7 +20,7 @@ TASKS = {
 
 
 def _train(run_dir: Path, *overrides: str) -> dict:
-    result = run_cli("train", *overrides, f"hydra.run.dir={run_dir}", cwd=run_dir.parent)
+    result = cli_in_process("train", *overrides, f"hydra.run.dir={run_dir}", cwd=run_dir.parent)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads((run_dir / "summary.json").read_text())
 

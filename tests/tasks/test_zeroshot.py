@@ -13,7 +13,7 @@ import torch.nn.functional as F
 import cmvl
 from cmvl.tasks.zeroshot import BUILTIN_TEMPLATES, ZeroShotTask
 from cmvl.training.build import build_datamodule
-from tests.conftest import FIXTURES, TINY_TRAINING, TINY_WORLD_ANY_TASK, assert_one_line_error, cli_in_process, run_cli
+from tests.conftest import FIXTURES, TINY_TRAINING, TINY_WORLD_ANY_TASK, assert_one_line_error, cli_in_process
 from tests.data.sources.test_image_folder import make_image_folder
 
 SHAPES = ["circle", "square", "triangle"]
@@ -22,7 +22,7 @@ SHAPES = ["circle", "square", "triangle"]
 @pytest.fixture(scope="module")
 def retrieval_ckpt(tmp_path_factory, tiny_world):
     base = tmp_path_factory.mktemp("zeroshot")
-    result = run_cli(
+    result = cli_in_process(
         "train",
         *TINY_WORLD_ANY_TASK,
         *TINY_TRAINING,

@@ -10,7 +10,7 @@ import pytest
 
 from cmvl.data.sources.visual_genome import VisualGenomeSource, image_split_share
 from cmvl.errors import ConfigError
-from tests.conftest import FIXTURES, cli_in_process, run_cli
+from tests.conftest import FIXTURES, cli_in_process
 
 REAL = FIXTURES / "visual_genome"
 REAL_QA = {d["qas"][0]["image_id"]: d["qas"] for d in json.loads((REAL / "question_answers.json").read_text())}
@@ -63,7 +63,7 @@ def test_vqa_on_visual_genome_through_the_cli(tmp_path, cache_dir, split_file):
     run_dir = tmp_path / "run"
     overrides = ["dataset=visual_genome", f"dataset.root={REAL}", f"dataset.split_file={split_file}"]
     small = ["trainer=debug", "data.num_workers=0", "task.min_answer_count=1", "model.dim=32"]
-    result = run_cli("train", *overrides, *small, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    result = cli_in_process("train", *overrides, *small, f"hydra.run.dir={run_dir}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     evaluated = cli_in_process("eval", f"ckpt={run_dir / 'checkpoints' / 'best.ckpt'}", cwd=tmp_path)
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]

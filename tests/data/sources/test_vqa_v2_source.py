@@ -12,7 +12,7 @@ import pytest
 import cmvl.data.sources.vqa_v2 as vqa_v2
 from cmvl.data.sources.vqa_v2 import VQAv2Source
 from cmvl.errors import ConfigError, DataError
-from tests.conftest import FIXTURES, cli_in_process, run_cli
+from tests.conftest import FIXTURES, cli_in_process
 
 REAL = FIXTURES / "vqa_v2"
 REAL_QUESTIONS = json.loads((REAL / "v2_OpenEnded_mscoco_val2014_questions.json").read_text())
@@ -91,7 +91,7 @@ def test_train_then_eval_val_and_test_dev_through_the_cli(tmp_path, cache_dir):
     root = _official_folder(tmp_path / "vqa")
     run_dir = tmp_path / "run"
     common = ["data.num_workers=0", "task.min_answer_count=1", "data.batch_size=2", "model.dim=32"]
-    result = run_cli(
+    result = cli_in_process(
         "train",
         "dataset=vqa_v2",
         f"dataset.root={root}",
