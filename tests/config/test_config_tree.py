@@ -16,7 +16,7 @@ from cmvl.config.legacy import drop_moved_keys
 from cmvl.config.paths import CONF_DIR, config_groups
 from cmvl.config.preflight import preflight
 from cmvl.errors import ConfigError
-from tests.conftest import TINY_TRAINING, TINY_WORLD, assert_one_line_error, cli_in_process, run_cli
+from tests.conftest import TINY_TRAINING, TINY_WORLD, assert_one_line_error, cli_in_process
 
 
 @pytest.mark.parametrize(
@@ -61,7 +61,7 @@ def test_callbacks_take_the_tasks_metric_and_stop_early(tmp_path, tiny_world):
     """callbacks=[...] adds Lightning's callbacks to cmvl's own: early stopping on the task's metric (no
     improvement can be big enough here, so it stops after `patience` validations), the LR monitor (one, not
     cmvl's default one as well) and a deeper model summary."""
-    result = run_cli(
+    result = cli_in_process(
         "train",
         *TINY_WORLD,
         *TINY_TRAINING,
@@ -88,7 +88,7 @@ def test_an_experiment_recipe_composes_and_trains(tmp_path, tiny_world):
     cfg = compose_config(["experiment=vqa_generate"])
     assert cfg.task.answer_mode == "generate" and cfg.trainer.max_epochs == 3
     assert compose_config(["experiment=vqa_generate", "trainer.max_epochs=7"]).trainer.max_epochs == 7
-    result = run_cli(
+    result = cli_in_process(
         "train",
         "experiment=vqa_generate",
         *TINY_WORLD,

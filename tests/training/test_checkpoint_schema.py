@@ -20,7 +20,6 @@ from tests.conftest import (
     assert_one_line_error,
     cli_in_process,
     load_checkpoint_file,
-    run_cli,
 )
 
 # A multitask holds every kind of converted weight: the fusion's attention and the caption decoder's layers.
@@ -49,7 +48,7 @@ TORCH_DECODER_NAMES = {
 @pytest.fixture(scope="module")
 def trained(tiny_world, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("schema")
-    result = run_cli("train", *MULTITASK, f"hydra.run.dir={root / 'run'}", cwd=root)
+    result = cli_in_process("train", *MULTITASK, f"hydra.run.dir={root / 'run'}", cwd=root)
     assert result.returncode == 0, result.stderr[-3000:]
     return root / "run" / "checkpoints" / "last.ckpt"
 
@@ -128,7 +127,7 @@ def test_a_version_1_checkpoint_resumes(trained, tmp_path):
     older = tmp_path / "older.ckpt"
     torch.save(_version_1(load_checkpoint_file(trained), torch_modules=False), older)
     run_dir = tmp_path / "run"
-    result = run_cli(
+    result = cli_in_process(
         "train", *MULTITASK, "trainer.max_epochs=2", f"resume={older}", f"hydra.run.dir={run_dir}", cwd=tmp_path
     )
     assert result.returncode == 0, result.stderr[-3000:]

@@ -21,7 +21,6 @@ from tests.conftest import (
     assert_one_line_error,
     cli_in_process,
     load_checkpoint_file,
-    run_cli,
 )
 
 
@@ -87,7 +86,7 @@ def test_a_new_run_starts_from_the_weights_and_nothing_else(source, tmp_path):
     other weight starts at the source's (a learning rate of 1e-12 keeps them there through one step); the step,
     optimizer and task state are the new run's own; the tokenizer is the source's (the same text.tokenizer)."""
     run_dir = tmp_path / "new"
-    result = run_cli(
+    result = cli_in_process(
         "train",
         *TINY_WORLD_ANY_TASK,
         *TINY_TRAINING,

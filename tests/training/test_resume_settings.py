@@ -12,7 +12,7 @@ import pytest
 
 from cmvl.errors import ConfigError
 from cmvl.training.resume_settings import check_loop_settings
-from tests.conftest import TINY_TRAINING, TINY_WORLD, assert_one_line_error, cli_in_process, run_cli, run_files
+from tests.conftest import TINY_TRAINING, TINY_WORLD, assert_one_line_error, cli_in_process, run_files
 
 TRAIN = ["train", *TINY_WORLD, *TINY_TRAINING]  # 2 epochs of 3 steps of batch 16
 
@@ -60,7 +60,7 @@ def test_another_tasks_checkpoint_is_refused_before_its_weights_are_loaded(finis
 def test_budget_logging_and_loader_settings_may_change(finished_run, tmp_path):
     run_dir = tmp_path / "run"
     shutil.copytree(finished_run, run_dir)
-    result = run_cli(
+    result = cli_in_process(
         *TRAIN,
         "resume=auto",
         f"hydra.run.dir={run_dir}",

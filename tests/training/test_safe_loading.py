@@ -11,7 +11,7 @@ import torch
 
 from cmvl.data.sources.coco import COCOSource
 from cmvl.errors import DataError
-from tests.conftest import TINY_WORLD, cli_in_process, run_cli
+from tests.conftest import TINY_WORLD, cli_in_process
 
 
 class _RunsCodeOnLoad:
@@ -28,7 +28,7 @@ def test_a_checkpoint_that_runs_code_is_refused(tmp_path):
     torch.save({"state_dict": _RunsCodeOnLoad(str(marker)), "cmvl": {}}, evil)
     result = cli_in_process("eval", f"ckpt={evil}", cwd=tmp_path)
     assert result.returncode == 2 and f"not a readable checkpoint: {evil}" in result.stderr
-    resumed = run_cli(
+    resumed = cli_in_process(
         "train", *TINY_WORLD, "trainer=debug", f"resume={evil}", f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path
     )
     assert resumed.returncode == 2 and "Traceback" not in resumed.stderr

@@ -3,7 +3,7 @@
 from PIL import Image
 
 from cmvl.training.samples import CELL, COLUMNS
-from tests.conftest import TINY_TRAINING, TINY_WORLD_ANY_TASK, run_cli
+from tests.conftest import TINY_TRAINING, TINY_WORLD_ANY_TASK, cli_in_process, run_cli
 
 
 def _image_size(path) -> tuple[int, int]:
@@ -39,7 +39,7 @@ def test_all_loggers_pictures_and_curves(tmp_path, cache_dir):
     assert list((wandb_run / "files" / "media" / "images").rglob("*.png"))
 
     out = tmp_path / "again.png"
-    plotted = run_cli("plot", f"run={run_dir}", f"out={out}", cwd=tmp_path)
+    plotted = cli_in_process("plot", f"run={run_dir}", f"out={out}", cwd=tmp_path)
     assert plotted.returncode == 0 and _image_size(out) == (800, 900)
-    missing = run_cli("plot", f"run={tmp_path / 'nowhere'}", cwd=tmp_path)
+    missing = cli_in_process("plot", f"run={tmp_path / 'nowhere'}", cwd=tmp_path)
     assert missing.returncode == 2 and "metrics.csv" in missing.stderr and "Traceback" not in missing.stderr

@@ -13,21 +13,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import REPO, TINY_TRAINING, TINY_WORLD, run_cli
+from tests.conftest import REPO, TINY_TRAINING, TINY_WORLD, cli_in_process, run_cli
 
 MONITOR = "val/vqa/acc"
 
 
-def _train(run_dir: Path, *extra: str):
-    return run_cli(
-        "train",
-        *TINY_WORLD,
-        *TINY_TRAINING,  # epochs of 3 steps
-        f"hydra.run.dir={run_dir}",
-        *extra,
-        cwd=run_dir.parent,
-        env_extra={"PYTHONPATH": str(REPO)},
-    )
+def _train(run_dir: Path, *extra: str, fresh_process: bool = False):
+    """A tiny run (epochs of 3 steps), in-process unless `fresh_process` (a run that a signal stops)."""
+    args = ("train", *TINY_WORLD, *TINY_TRAINING, f"hydra.run.dir={run_dir}", *extra)
+    if fresh_process:
+        return run_cli(*args, cwd=run_dir.parent, env_extra={"PYTHONPATH": str(REPO)})
+    return cli_in_process(*args, cwd=run_dir.parent)
 
 
 def _validations(run_dir: Path) -> list[tuple[int, int]]:
@@ -63,7 +59,7 @@ def test_a_run_shorter_than_an_epoch_validates_and_keeps_a_best_checkpoint(short
 
 def test_eval_of_the_best_checkpoint_reproduces_the_final_validation(short_run, tmp_path):
     summary = json.loads((short_run / "summary.json").read_text())
-    result = run_cli("eval", f"ckpt={short_run / 'checkpoints' / 'best.ckpt'}", f"out={tmp_path}", cwd=tmp_path)
+    result = cli_in_process("eval", f"ckpt={short_run / 'checkpoints' / 'best.ckpt'}", f"out={tmp_path}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "metrics.json").read_text())["metrics"]
     assert math.isclose(metrics[MONITOR], summary["best_score"], abs_tol=1e-6)
@@ -93,6 +89,7 @@ def test_a_preempted_run_saves_and_exits_without_validating(tmp_path, cache_dir)
         "extra_target_prefixes=[tests.]",
         "+callbacks.kill._target_=tests.resume_helpers.SignalAtStep",
         "+callbacks.kill.step=1",
+        fresh_process=True,
     )
     assert result.returncode == 3, result.stderr[-3000:]
     assert _validations(run_dir) == []
