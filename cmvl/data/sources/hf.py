@@ -95,11 +95,8 @@ class HFSource(Source):
         if not isinstance(streaming, bool):
             raise ConfigError(f"dataset.streaming={streaming}: must be true or false")
         check_stream_settings(shuffle_buffer, vocabulary_samples)
-        self.streams_training, self.shuffle_buffer, self.vocabulary_samples = (
-            streaming,
-            shuffle_buffer,
-            vocabulary_samples,
-        )
+        self.streams_training = streaming
+        self.shuffle_buffer, self.vocabulary_samples = shuffle_buffer, vocabulary_samples
         self.path = path
         self.split_names = dict(split_names or DEFAULT_SPLIT_NAMES)
         self.splits = self.splits_for({"split_names": self.split_names})
@@ -110,6 +107,8 @@ class HFSource(Source):
         if streaming and "train" not in self.split_names:
             raise ConfigError("dataset.streaming=true streams the train split; dataset.split_names has none")
         self.train_files = split_files(path, self.split_names["train"]) if streaming else []
+        if streaming:
+            self._column_name("train", "image")  # every streamed sample needs it: refused before anything runs
         self.data = load_hf_dataset(path, splits=self._table_splits() if streaming else None)
         missing = [name for name in self._table_splits() if name not in self.data]
         if missing:
@@ -138,7 +137,9 @@ class HFSource(Source):
     # The streamed training split (`cmvl.data.streaming`): its pieces, samples per piece, and how to read them.
     def _train_pieces(self) -> list[tuple[str, int]]:
         if self._pieces is None:
-            self._pieces = [piece for file in self.train_files for piece in file_pieces(file)]
+            self._pieces = [piece for file in self.train_files for piece in file_pieces(file) if piece[1]]
+            if not self._pieces:
+                raise DataError(f"dataset.path={self.path}: split '{self.split_names['train']}' holds no rows")
         return self._pieces
 
     @property

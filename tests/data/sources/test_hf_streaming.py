@@ -231,12 +231,10 @@ def test_an_unreadable_image_is_skipped_and_counted(tmp_path, caplog, cache_dir)
     [
         ({"streaming": "yes"}, "dataset.streaming=yes: must be true or false"),
         ({"image": "photo"}, "dataset.columns.image=photo: no such column in split 'train'"),
-        ({"extra": "data.group_by_image=true"}, "data.group_by_image=true: dataset=hf streams samples"),
     ],
 )
 def test_bad_streaming_settings_are_refused_in_one_line(qa_folder, tmp_path, settings, message, cache_dir):
-    extra = [settings.pop("extra")] if "extra" in settings else []
-    run = _overrides(qa_folder, f"paths.output_dir={tmp_path / 'run'}", *extra, **settings)
+    run = _overrides(qa_folder, f"paths.output_dir={tmp_path / 'run'}", **settings)
     done = cli_in_process("train", *run, cwd=tmp_path)
     assert done.returncode == 2 and message in done.stderr, done.stderr[-2000:]
     lines = [line for line in done.stderr.strip().splitlines() if not line.startswith("cmvl: run directory")]
