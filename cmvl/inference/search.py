@@ -31,6 +31,7 @@ from cmvl.inference.inputs import ImageInput, known_token_count, run_images, run
 from cmvl.log import get_logger
 from cmvl.models.tokens import Tokens
 from cmvl.tasks.retrieval import match_logits
+from cmvl.text_files import read_user_text
 
 log = get_logger(__name__)
 
@@ -216,14 +217,7 @@ def search_texts(
 def read_text_lines(path: str | Path) -> tuple[list[str], list[int]]:
     """The non-empty lines of a UTF-8 text file (trailing whitespace removed) and their 1-based line numbers."""
     path = Path(path).expanduser()
-    try:
-        content = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"texts={path}: no such file") from None
-    except IsADirectoryError:
-        raise UserError(f"texts={path}: is a folder; give a text file with one text per line") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise UserError(f"texts={path}: not a readable UTF-8 text file ({str(err).splitlines()[0]})") from None
+    content = read_user_text(path, "texts", folder_hint="give a text file with one text per line")
     rows = [(n, line.rstrip()) for n, line in enumerate(content.splitlines(), start=1) if line.strip()]
     return [text for _, text in rows], [n for n, _ in rows]
 

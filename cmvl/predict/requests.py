@@ -17,6 +17,7 @@ from typing import Any
 
 from cmvl.errors import DataError, UserError
 from cmvl.predict.images import ImageInput
+from cmvl.text_files import read_user_text
 
 # The request fields that carry a sample's text (each task reads at most one: `Task.predict_input`); any other
 # field of a JSON line (an id of the user's) is copied into its record unchanged.
@@ -45,14 +46,8 @@ def read_jsonl(path: Path) -> list[Request | RequestError]:
     """The requests of a JSON-lines file, one per non-blank line (an image path is relative to the file's folder).
     A line that is no JSON object, or has no `image` string or a text that is not a string, is in the list as the
     `RequestError` naming its line number (the caller stops there, or records it and goes on)."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise DataError(f"input={path}: no such file") from None
-    except IsADirectoryError:
-        raise DataError(f"input={path}: is a folder; for a folder of images use images={path}") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise DataError(f"input={path}: cannot be read ({type(err).__name__}: {err})") from None
+    hint = f"for a folder of images use images={path}"
+    lines = read_user_text(path, "input", folder_hint=hint, error=DataError).splitlines()
     requests: list[Request | RequestError] = []
     for number, line in enumerate(lines, start=1):
         if line.strip():
