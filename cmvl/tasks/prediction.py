@@ -11,7 +11,7 @@ takes a request's own `queries`; otherwise a batch carries the task's own (`Task
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from PIL import Image
@@ -70,21 +70,36 @@ class Result:
 
 
 @dataclass(frozen=True)
-class AnswerResult(Result):
+class RankedResult(Result):
+    """Labels ranked best first, each with its score: VQA's answers and a classifier's classes. One shape, two sets
+    of names, both public (`result.answers` / `.answer`, `result.classes` / `.label`, and the same keys in predict's
+    records), so each subclass names its list field (`RANKED`) and the record key of the best label (`BEST`)."""
+
+    RANKED: ClassVar[str]
+    BEST: ClassVar[str]
+
+    def ranked(self) -> list[ScoredLabel]:
+        return getattr(self, self.RANKED)
+
+    def to_json(self) -> dict[str, Any]:
+        ranked = self.ranked()
+        return {"task": self.task, self.BEST: ranked[0].label, self.RANKED: [asdict(a) for a in ranked]}
+
+    def lines(self) -> list[str]:
+        return [_scored(a) for a in self.ranked()]
+
+
+@dataclass(frozen=True)
+class AnswerResult(RankedResult):
     """VQA: the most probable answers, best first. A classifier's scores are its sigmoid outputs (each answer's
     predicted VQA score, trained with BCE on the soft scores: they need not sum to 1); a written answer has none."""
 
+    RANKED, BEST = "answers", "answer"
     answers: list[ScoredLabel] = field(default_factory=list)
 
     @property
     def answer(self) -> str:
         return self.answers[0].label
-
-    def to_json(self) -> dict[str, Any]:
-        return {"task": self.task, "answer": self.answer, "answers": [asdict(a) for a in self.answers]}
-
-    def lines(self) -> list[str]:
-        return [_scored(a) for a in self.answers]
 
 
 @dataclass(frozen=True)
@@ -174,20 +189,15 @@ class GeneratedImage(Result):
 
 
 @dataclass(frozen=True)
-class ClassesResult(Result):
+class ClassesResult(RankedResult):
     """Classification: the most probable classes, best first, with their softmax probabilities."""
 
+    RANKED, BEST = "classes", "label"
     classes: list[ScoredLabel] = field(default_factory=list)
 
     @property
     def label(self) -> str:
         return self.classes[0].label
-
-    def to_json(self) -> dict[str, Any]:
-        return {"task": self.task, "label": self.label, "classes": [asdict(c) for c in self.classes]}
-
-    def lines(self) -> list[str]:
-        return [_scored(c) for c in self.classes]
 
 
 def _scored(item: ScoredLabel) -> str:
