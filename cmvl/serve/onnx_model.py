@@ -128,6 +128,9 @@ class OnnxModel:
         height, width = self.manifest["image"]["size"]
         return resize_like_training(np.asarray(image, dtype=np.uint8), height, width)
 
+    # tests/export/onnx_client.py pads and resizes from the same manifest on purpose without this code: it stands for
+    # a user's client, which imports no cmvl (its test checks that), so the two are kept apart, not folded. It
+    # resizes with Pillow (the manifest's near equivalent); this service reproduces training's pixels.
     def _padded(self, rows: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
         text = self.manifest["text"]
         length = max(len(r) for r in rows)

@@ -1,6 +1,11 @@
 """A client of a `cmvl export format=onnx` folder that uses only onnxruntime, tokenizers, Pillow and NumPy (no torch,
 no cmvl): it follows cmvl_export.json to answer VQA questions about image files.
 
+`cmvl serve backend=onnx` (cmvl/serve/onnx_model.py) decodes, pads and resizes from the same manifest with code of
+its own on purpose: this file is what a user writes with cmvl absent, so it imports nothing of cmvl and the two are
+not folded into one. It resizes with Pillow's bilinear filter, which the manifest names as within one grey level of
+training's resize; the service computes training's exact pixels (cmvl/serve/resize.py).
+
     python onnx_client.py EXPORT_DIR requests.json   # [{"image": "a.png", "question": "..."}, ...] → answers on stdout
 """
 
