@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -106,3 +107,28 @@ def test_a_decoder_that_is_not_the_transformer_is_refused(checkpoint):
     )
     with pytest.raises(UserError, match="task.decoder=lstm is not exportable yet"):
         caption_decoder(run.model, run.task)
+
+
+def test_the_dynamo_exporter_names_the_dimensions_as_the_manifest_does(tmp_path):
+    """The default exporter (torch.onnx.export(dynamo=True), which the captioning test above does not run: about 16 s
+    of CPU for the two real graphs) on a stand-in step with a cache whose batch is its second axis: the ONNX graph's
+    symbolic dimension is `batch` as in cmvl_export.json, not the tracer's symbol, and another batch size runs."""
+    import onnxruntime
+
+    from cmvl.export.formats import save_dynamo_onnx
+
+    class Step(torch.nn.Module):
+        def forward(self, token, cache):
+            return token * 2, cache + token[None, :, None].float()
+
+    batch = torch.export.Dim("batch", min=1, max=1 << 16)
+    shapes = {"token": {0: batch}, "cache": {1: batch}}
+    example = {"token": torch.ones(3, dtype=torch.long), "cache": torch.zeros(2, 3, 4)}
+    program = torch.export.export(Step(), (), kwargs=example, dynamic_shapes=shapes, strict=False)
+    names = {"input_names": ["token", "cache"], "output_names": ["doubled", "cache_out"]}
+    save_dynamo_onnx(program, tmp_path / "step.onnx", names, dynamic_shapes=shapes, opset=18)
+    session = onnxruntime.InferenceSession(str(tmp_path / "step.onnx"), providers=["CPUExecutionProvider"])
+    assert [i.shape for i in session.get_inputs()] == [["batch"], [2, "batch", 4]]
+    assert [o.shape for o in session.get_outputs()] == [["batch"], [2, "batch", 4]]
+    doubled, cache = session.run(None, {"token": np.array([1, 2, 3, 4, 5]), "cache": np.zeros((2, 5, 4), np.float32)})
+    assert doubled.tolist() == [2, 4, 6, 8, 10] and cache[1, 4].tolist() == [5.0] * 4
