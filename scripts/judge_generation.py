@@ -2,16 +2,21 @@
 trained on real images (no downloaded weights).
 
     .venv/bin/python scripts/judge_generation.py ckpt=GEN.ckpt judge=DETECTOR.ckpt [retrieval=RETRIEVAL.ckpt] \\
-        [n=4] [seed=0] [threshold=0.5] [split=val] [limit=0] [out=report.json]
+        [n=4] [seed=0] [threshold=auto] [split=val] [limit=0] [out=report.json]
 
 - `judge=`: a `task=detection task.queries=phrases` checkpoint trained on the real shapes world (queries "red
   circle", …). An image's objects are the judge's grid tokens whose best query scores >= `threshold` (overlapping
   boxes, IoU > 0.5, merged by NMS), each with the colour and shape its best query names and its box centre.
-- The judge's own accuracy on the split's real images comes first, per attribute: each true object is matched to
-  a found one (Hungarian on centre distance, within the object's half-extent); colour / shape: the matched object's
+  `threshold=auto` (the default) picks it on the real images of `split` with one or two objects (the scenes the
+  prompts ask for): the grid value 0.05, 0.10, ..., 0.95 with the highest lowest per-attribute accuracy (ties: the
+  middle one of the best).
+- The judge's own accuracy on real images comes first, per attribute, measured on the world's other held-out split
+  (test, or val when split=test: images the threshold was not chosen on), on its images of one or two objects (the
+  scenes it judges; `all_images`: on every image, up to the world's 5 objects): each true object is matched to a
+  found one (Hungarian on centre distance, within the object's half-extent); colour / shape: the matched object's
   colour / shape is right (unmatched: wrong); count: as many found objects as true ones; position: for every pair of
   true objects apart horizontally by more than 5% of the side (as the captions' relations), the matched objects are
-  in the same left/right order. The judge counts only where each of these is >= 98%.
+  in the same left/right order. The judge counts only where each of these is >= 98% on one or two objects.
 - The prompts: the first caption of every split image with one or two objects ("A red circle.", "A red circle and a
   blue square.", the objects listed left to right). `n` images per prompt from `seed`. Per image: single-object
   prompts: colour / shape / attribute (both) of the best-scored found object, count (exactly one found); two-object
@@ -45,6 +50,12 @@ from torchvision.ops import box_convert, nms
 from cmvl.cli.args import Option, Spec, integer, parse, path, probability, wants_help
 from cmvl.errors import UserError
 
+
+def threshold_value(text: str) -> float | str:
+    """An option type: `auto` or a probability."""
+    return "auto" if text == "auto" else probability(text)
+
+
 SPEC = Spec(
     "judge_generation",
     "Judges a task=generation run on the shapes world with a detector trained on real images (and a retrieval run).",
@@ -59,7 +70,13 @@ SPEC = Spec(
         Option("retrieval", "a task=retrieval checkpoint of the same world (image-text agreement)", path, None, "PATH"),
         Option("n", "images generated per prompt", integer(1, 256), 4, "N"),
         Option("seed", "seed of the generations", integer(0, 2**63 - 1), 0, "S"),
-        Option("threshold", "judge score at which a grid token is an object", probability, 0.5, "P"),
+        Option(
+            "threshold",
+            "judge score at which a grid token is an object (auto: chosen on the real images of split)",
+            threshold_value,
+            "auto",
+            "P|auto",
+        ),
         Option("split", "the real split whose images and captions are used", str, "val", "SPLIT"),
         Option("limit", "at most this many prompts (0 = all)", integer(0), 0, "N"),
         Option("out", "where to write the report (JSON, atomically)", path, None, "JSON"),
@@ -74,10 +91,12 @@ SPEC = Spec(
         Option("grid_rows", "prompts per kind (one object, two objects) in the grid", integer(1, 32), 4, "N"),
     ),
 )
+THRESHOLD_GRID = tuple(round(0.05 * k, 2) for k in range(1, 20))
 POSITION_MARGIN = 0.05  # share of the side two objects' centres must be apart to have a left/right order
 NMS_IOU = 0.5
 REQUIRED_JUDGE_ACCURACY = 0.98
 BATCH = 128
+Detections = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # one image's per-token best score, query, xyxy box
 
 
 @dataclass(frozen=True)
@@ -156,7 +175,7 @@ def load_pixels(files: list[Path], size: int) -> torch.Tensor:
 class Judge:
     """A phrase detector restored from its checkpoint: `find(images)` lists each image's objects."""
 
-    def __init__(self, run, threshold: float) -> None:
+    def __init__(self, run, threshold: float = 0.5) -> None:
         from cmvl.inference.inputs import run_texts
         from cmvl.tasks.detection import DetectionTask
 
@@ -184,8 +203,10 @@ class Judge:
         return resized.round().clamp(0, 255).to(torch.uint8)
 
     @torch.inference_mode()
-    def find(self, images: torch.Tensor) -> list[list[Thing]]:
-        found: list[list[Thing]] = []
+    def detect(self, images: torch.Tensor) -> list[Detections]:
+        """Per image, every grid token's best query score, that query and its xyxy box (pixels): the judge's
+        output before any threshold."""
+        detected = []
         model, task = self.run.model, self.run.task
         for start in range(0, len(images), BATCH):
             chunk = self.fit_size(images[start : start + BATCH]).to(self.run.device)
@@ -195,18 +216,25 @@ class Judge:
             )
             scores, query = torch.sigmoid(out.logits.float()).max(dim=-1)  # B×N
             boxes = box_convert(out.boxes.float().clamp(0, 1), "cxcywh", "xyxy") * self.size
-            for row in range(len(chunk)):
-                keep = (scores[row] >= self.threshold).nonzero().flatten()
-                keep = keep[nms(boxes[row, keep], scores[row, keep], NMS_IOU)]
-                things = []
-                for k in keep.tolist():
-                    x0, y0, x1, y1 = boxes[row, k].tolist()
-                    color, shape = self.pairs[int(query[row, k])]
-                    things.append(
-                        Thing(color, shape, (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) / 2, float(scores[row, k]))
-                    )
-                found.append(things)
+            detected += [(scores[row].cpu(), query[row].cpu(), boxes[row].cpu()) for row in range(len(chunk))]
+        return detected
+
+    def things(self, detected: list[Detections], threshold: float) -> list[list[Thing]]:
+        """Each image's objects: the tokens scoring >= `threshold`, overlaps merged by NMS."""
+        found = []
+        for scores, query, boxes in detected:
+            keep = (scores >= threshold).nonzero().flatten()
+            keep = keep[nms(boxes[keep], scores[keep], NMS_IOU)]
+            things = []
+            for k in keep.tolist():
+                x0, y0, x1, y1 = boxes[k].tolist()
+                color, shape = self.pairs[int(query[k])]
+                things.append(Thing(color, shape, (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) / 2, float(scores[k])))
+            found.append(things)
         return found
+
+    def find(self, images: torch.Tensor) -> list[list[Thing]]:
+        return self.things(self.detect(images), self.threshold)
 
 
 class JudgeFeatures(nn.Module):
@@ -269,6 +297,38 @@ def judge_accuracy(images: list[RealImage], found: list[list[Thing]], side: int)
         "objects": objects,
         "pairs": pairs,
     }
+
+
+def lowest_accuracy(accuracy: dict[str, float]) -> float:
+    """The lowest of colour, shape, count and position (position only where some pair of objects had an order)."""
+    return min(
+        accuracy[key] for key in ("color", "shape", "count", "position") if key != "position" or accuracy["pairs"]
+    )
+
+
+def choose_threshold(images: list[RealImage], detected: list[Detections], judge: Judge) -> float:
+    """The grid threshold whose lowest per-attribute accuracy on these real images is highest (ties: the middle
+    one of the best, away from both edges of the plateau)."""
+    lowest = [lowest_accuracy(judge_accuracy(images, judge.things(detected, t), judge.size)) for t in THRESHOLD_GRID]
+    best = [t for t, value in zip(THRESHOLD_GRID, lowest, strict=True) if value == max(lowest)]
+    return best[len(best) // 2]
+
+
+def one_or_two(images: list[RealImage]) -> list[int]:
+    """Indices of the scenes of one or two objects: those the prompts are drawn from."""
+    return [k for k, im in enumerate(images) if len(im.objects) in (1, 2)]
+
+
+def judge_on_real(judge: Judge, split: str) -> dict:
+    """The judge's accuracy on the real images of `split` (see the module docstring)."""
+    images = read_real_split(world_root(judge.run), split)
+    found = judge.find(load_pixels([im.file for im in images], judge.size))
+    kept = one_or_two(images)
+    judged = judge_accuracy([images[k] for k in kept], [found[k] for k in kept], judge.size)
+    judged["counts"] = lowest_accuracy(judged) >= REQUIRED_JUDGE_ACCURACY
+    judged["split"] = split
+    judged["all_images"] = judge_accuracy(images, found, judge.size)
+    return judged
 
 
 def prompt_scores(asked: list[tuple[str, str]], things: list[Thing]) -> dict[str, bool]:
@@ -353,15 +413,17 @@ def judge_generation(args: dict) -> dict:
             f"judge_generation: ckpt={args['ckpt']} is a task={generator.task.name} checkpoint; "
             "give a task=generation one"
         )
-    judge = Judge(cmvl.load_run(args["judge"]), args["threshold"])
+    judge = Judge(cmvl.load_run(args["judge"]))
     retrieval = retrieval_model(cmvl.load_run(args["retrieval"])) if args["retrieval"] else None
     real = read_real_split(world_root(judge.run), args["split"])
     real_pixels = load_pixels([im.file for im in real], judge.size)
-    judged = judge_accuracy(real, judge.find(real_pixels), judge.size)
-    counts = judged["color"], judged["shape"], judged["count"], judged["position"]
-    judged["counts"] = min(counts) >= REQUIRED_JUDGE_ACCURACY
+    chosen = one_or_two(real)
+    judge.threshold = args["threshold"]
+    if judge.threshold == "auto":
+        judge.threshold = choose_threshold([real[k] for k in chosen], judge.detect(real_pixels[chosen]), judge)
+    other_split = "test" if args["split"] != "test" else "val"
+    judged = judge_on_real(judge, other_split)
 
-    chosen = [k for k, im in enumerate(real) if len(im.objects) in (1, 2)]
     chosen = chosen[: args["limit"]] if args["limit"] else chosen
     prompts = [real[k].caption for k in chosen]
     asked = [[(o.color, o.shape) for o in real[k].objects] for k in chosen]
@@ -390,7 +452,6 @@ def judge_generation(args: dict) -> dict:
     # FD-judge's reference: the prompts' own real images; the ceiling's FD-judge is that of other real images of
     # one or two objects (the world's other held-out split), an independent sample of the same scenes.
     reference = real_pixels[chosen]
-    other_split = "test" if args["split"] != "test" else "val"
     others = [im for im in read_real_split(world_root(judge.run), other_split) if len(im.objects) in (1, 2)]
     other_pixels = load_pixels([im.file for im in others[: len(chosen)]], judge.size)
     for name, (images, pairs) in sources.items():
@@ -407,7 +468,8 @@ def judge_generation(args: dict) -> dict:
         "prompts": len(prompts),
         "n": n,
         "seed": args["seed"],
-        "threshold": args["threshold"],
+        "threshold": judge.threshold,
+        "threshold_chosen_on": args["split"] if args["threshold"] == "auto" else None,
         "split": args["split"],
         "ckpt": str(args["ckpt"]),
         "judge": str(args["judge"]),
@@ -459,11 +521,15 @@ COLUMNS = [
 
 
 def markdown(report: dict) -> str:
-    j = report["judge_on_real"]
+    j, every = report["judge_on_real"], report["judge_on_real"]["all_images"]
+    chosen = f"chosen on {report['threshold_chosen_on']}" if report["threshold_chosen_on"] else "given"
     lines = [
-        f"judge on {j['images']} real {report['split']} images ({j['objects']} objects, {j['pairs']} ordered "
-        f"pairs): colour {j['color']:.3f}, shape {j['shape']:.3f}, count {j['count']:.3f}, position "
-        f"{j['position']:.3f} ({'counts' if j['counts'] else 'below 0.98 somewhere: the judge does not count'})",
+        f"judge threshold {report['threshold']:.2f} ({chosen}); on the {j['images']} real {j['split']} images of "
+        f"one or two objects ({j['objects']} objects, {j['pairs']} ordered pairs): colour {j['color']:.3f}, shape "
+        f"{j['shape']:.3f}, count {j['count']:.3f}, position {j['position']:.3f} "
+        f"({'counts' if j['counts'] else 'below 0.98 somewhere: the judge does not count'}); on all "
+        f"{every['images']}: colour {every['color']:.3f}, shape {every['shape']:.3f}, count {every['count']:.3f}, "
+        f"position {every['position']:.3f}",
         "",
         "| images | " + " | ".join(name for key, name in COLUMNS) + " |",
         "|---|" + "---|" * len(COLUMNS),

@@ -8,6 +8,7 @@ import json
 import math
 
 import pytest
+import torch
 
 from cmvl.config.compose import compose_config
 from cmvl.training.train import run_training
@@ -97,7 +98,16 @@ def checkpoints(tiny_world, tmp_path_factory):
     return paths
 
 
-def test_the_report_end_to_end_on_tiny_checkpoints(judging, checkpoints, tmp_path, capsys):
+def test_threshold_auto_takes_the_middle_of_the_thresholds_with_the_best_lowest_accuracy(judging, tmp_path):
+    judge = object.__new__(judging.Judge)
+    judge.pairs, judge.size = [("red", "circle"), ("blue", "square")], 32
+    truth = judging.RealImage(1, tmp_path / "x.png", [judging.Thing("red", "circle", 5, 5, r=3)], "A red circle.")
+    # The red circle scores 0.92, a blue square that is not there 0.28: right from 0.3 up to 0.9 (the middle: 0.6).
+    detected = (torch.tensor([0.92, 0.28]), torch.tensor([0, 1]), torch.tensor([[2.0, 2, 8, 8], [20, 20, 26, 26]]))
+    assert judging.choose_threshold([truth], [detected], judge) == 0.6
+
+
+def test_the_report_end_to_end_on_tiny_checkpoints(judging, checkpoints, tiny_world, tmp_path, capsys):
     out = tmp_path / "report.json"
     args = [
         f"ckpt={checkpoints['generation']}",
@@ -111,7 +121,8 @@ def test_the_report_end_to_end_on_tiny_checkpoints(judging, checkpoints, tmp_pat
     assert json.loads(out.read_text()) == json.loads(json.dumps(report))
     printed = capsys.readouterr().out
     assert "FD-judge" in printed and "real images (ceiling)" in printed and "shuffled prompts (floor)" in printed
-    assert report["prompts"] == 3 and report["judge_on_real"]["images"] == 20
+    judged_real = len(judging.one_or_two(judging.read_real_split(tiny_world, "test")))  # threshold chosen on val
+    assert report["prompts"] == 3 and report["judge_on_real"]["images"] == judged_real > 0
     rows = report["rows"]
     assert [rows[k]["images"] for k in rows] == [3, 6, 6]
     for row in rows.values():
