@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from tests.conftest import TINY_TRAINING, TINY_WORLD, load_checkpoint_file, run_cli
+from tests.conftest import TINY_TRAINING, TINY_WORLD, cli_in_process, load_checkpoint_file, run_cli
 from tests.tasks.test_multitask import ALL_TASKS
 
 
@@ -67,7 +67,7 @@ def test_two_processes_train_and_score_like_one(tmp_path, cache_dir):
         "data.group_by_image=false",  # rows, not whole images: the global batch is split mid-image too
         "trainer.log_every_n_steps=1",
     ]
-    one = run_cli("train", *common, "data.batch_size=16", f"paths.output_dir={tmp_path / 'one'}", cwd=tmp_path)
+    one = cli_in_process("train", *common, "data.batch_size=16", f"paths.output_dir={tmp_path / 'one'}", cwd=tmp_path)
     assert one.returncode == 0, one.stderr[-3000:]
     two = run_cli(
         "train", *common, "trainer=ddp", "data.batch_size=8", f"paths.output_dir={tmp_path / 'two'}", cwd=tmp_path

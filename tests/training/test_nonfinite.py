@@ -9,11 +9,21 @@ import pytest
 import torch
 
 from cmvl.training.nonfinite import EXIT_NONFINITE, NonFiniteGuard, NonFiniteLoss
-from tests.conftest import REPO, TINY_TRAINING, TINY_WORLD, load_checkpoint_file, run_cli, same_training_state
+from tests.conftest import (
+    REPO,
+    TINY_TRAINING,
+    TINY_WORLD,
+    cli_in_process,
+    load_checkpoint_file,
+    run_cli,
+    same_training_state,
+)
 
 
-def _train(tmp_path, *overrides: str, nan_steps: list[int], rank: int = 0, timeout: int = 300):
-    return run_cli(
+def _train(tmp_path, *overrides: str, nan_steps: list[int], rank: int = 0, timeout: int | None = None):
+    """A tiny run whose loss is NaN at `nan_steps` on process `rank`: in a fresh interpreter with a `timeout` (a DDP
+    run, whose ranks Lightning relaunches), in-process otherwise."""
+    args = (
         "train",
         *TINY_WORLD,
         *TINY_TRAINING,
@@ -28,10 +38,10 @@ def _train(tmp_path, *overrides: str, nan_steps: list[int], rank: int = 0, timeo
         f"+callbacks.nan.rank={rank}",
         f"paths.output_dir={tmp_path / 'run'}",
         *overrides,
-        cwd=tmp_path,
-        env_extra={"PYTHONPATH": str(REPO)},
-        timeout=timeout,
     )
+    if timeout is None:
+        return cli_in_process(*args, cwd=tmp_path)
+    return run_cli(*args, cwd=tmp_path, env_extra={"PYTHONPATH": str(REPO)}, timeout=timeout)
 
 
 def _checkpoint(tmp_path, step: int) -> dict:
@@ -103,8 +113,6 @@ def test_skip_budget_and_state_round_trip():
 
 
 def test_bad_settings_are_refused_before_anything_runs(tmp_path):
-    from tests.conftest import cli_in_process
-
     result = cli_in_process("train", "nonfinite_loss.action=ignore", cwd=tmp_path)
     assert result.returncode == 2
     assert "nonfinite_loss.action=ignore: must be one of stop, skip" in result.stderr

@@ -26,9 +26,19 @@ RUN = [
 ]
 
 
-def _train(run_dir: Path | None, *extra: str, ids_file: Path, workers: int = 0, cwd: Path | None = None, env=None):
-    """A run in `run_dir`, or (None) in the default outputs/<date>/<time> under `cwd`."""
-    return run_cli(
+def _train(
+    run_dir: Path | None,
+    *extra: str,
+    ids_file: Path,
+    workers: int = 0,
+    cwd: Path | None = None,
+    env=None,
+    fresh_process: bool = False,
+):
+    """A run in `run_dir`, or (None) in the default outputs/<date>/<time> under `cwd`: in a fresh interpreter with
+    `fresh_process` or `env` (a run that a signal stops, a SLURM job), in-process otherwise (the resumed and reference
+    runs: what the process does is not what they test, and bit-identical ends across processes are then shown too)."""
+    args = (
         "train",
         *TINY_WORLD,
         *RUN,
@@ -38,9 +48,10 @@ def _train(run_dir: Path | None, *extra: str, ids_file: Path, workers: int = 0, 
         "+callbacks.ids._target_=tests.resume_helpers.RecordSampleIds",
         f"+callbacks.ids.path={ids_file}",
         *extra,
-        cwd=cwd or run_dir.parent,
-        env_extra={"PYTHONPATH": str(REPO), **(env or {})},
     )
+    if fresh_process or env is not None:
+        return run_cli(*args, cwd=cwd or run_dir.parent, env_extra={"PYTHONPATH": str(REPO), **(env or {})})
+    return cli_in_process(*args, cwd=cwd or run_dir.parent)
 
 
 def _final_state(run_dir: Path) -> dict:
@@ -91,6 +102,7 @@ def _stop(run_dir: Path, ids: Path, stop_step: int, signal_name: str, workers: i
         f"+callbacks.kill.signal_name={signal_name}",
         ids_file=ids,
         workers=workers,
+        fresh_process=True,
     )
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from cmvl.run_files import SUMMARY_FILE
 from cmvl.training.preemption import EXIT_PREEMPTED, PreemptionCallback
-from tests.conftest import TINY_TRAINING, TINY_WORLD, assert_one_line_error, run_cli
+from tests.conftest import TINY_TRAINING, TINY_WORLD, assert_one_line_error, cli_in_process, run_cli
 
 
 def test_second_ctrl_c_aborts_at_once(tmp_path):
@@ -55,7 +55,7 @@ def test_sigterm_in_validation_saves_exits_3_and_resumes(tiny_world, tmp_path):
     assert str(run_dir / "checkpoints" / "step00000003.ckpt") in line
     assert not (run_dir / SUMMARY_FILE).exists()
 
-    resumed = run_cli("train", *common, "resume=auto", cwd=tmp_path, env_extra=env)
+    resumed = cli_in_process("train", *common, "resume=auto", cwd=tmp_path)  # the signal was the stopped process's
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "(global step 3)" in resumed.stderr
     assert json.loads((run_dir / SUMMARY_FILE).read_text())["global_step"] == 6
