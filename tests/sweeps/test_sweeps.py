@@ -34,7 +34,7 @@ def _assert_png(path: Path, size: tuple[int, int] | None = None) -> None:
 
 def test_optuna_search_runs_its_trials_and_reports_them(tmp_path, cache_dir):
     sweep_dir = tmp_path / "optuna"
-    result = run_cli(
+    result = cli_in_process(  # the basic launcher runs the trials in the sweep's own process
         "train", "hparams_search=vqa_optuna", "hydra.sweeper.n_trials=3", *TINY, f"hydra.sweep.dir={sweep_dir}",
         cwd=tmp_path,
     )  # fmt: skip
@@ -53,7 +53,7 @@ def test_optuna_search_runs_its_trials_and_reports_them(tmp_path, cache_dir):
     _assert_png(sweep_dir / "plots" / "fusion.png", (600, 400))
     assert "hparams_search" not in reproduce_line(report.best)
 
-    again = run_cli("sweep", "report", f"dir={sweep_dir}", cwd=tmp_path)
+    again = cli_in_process("sweep", "report", f"dir={sweep_dir}", cwd=tmp_path)
     assert again.returncode == 0 and "reproduce: cmvl train" in again.stdout
 
 
@@ -95,7 +95,7 @@ def test_an_interrupted_grid_sweep_finishes_without_rerunning_finished_jobs(tmp_
     assert (first / "summary.json").exists() and not (second / "summary.json").exists()
     finished_at = (first / "summary.json").stat().st_mtime_ns
 
-    result = subprocess.run(_sweep_command(sweep_dir), cwd=tmp_path, env=env, capture_output=True, text=True)
+    result = cli_in_process(*_sweep_command(sweep_dir)[3:], cwd=tmp_path)  # re-run: in-process (the basic launcher)
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"{first} finished in an earlier run of this sweep; not run again" in result.stderr
     assert (first / "summary.json").stat().st_mtime_ns == finished_at
