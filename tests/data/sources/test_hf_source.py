@@ -13,7 +13,7 @@ from PIL import Image
 from cmvl.data.sources.hf import HFSource
 from cmvl.data.sources.shapes import ShapesSource
 from cmvl.errors import DataError
-from tests.conftest import TINY_SPEC, cli_in_process, run_cli
+from tests.conftest import TINY_SPEC, cli_in_process
 
 
 @pytest.fixture(scope="module")
@@ -80,13 +80,13 @@ def test_vqa_on_an_hf_dataset_through_the_cli(hf_folder, tmp_path, cache_dir):
         "dataset.columns.question_id=qid",
     ]
     small = ["trainer=debug", "data.num_workers=0", "task.min_answer_count=1", "model.dim=32", "vision.image_size=32"]
-    trained = run_cli("train", *dataset, *small, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    trained = cli_in_process("train", *dataset, *small, f"hydra.run.dir={run_dir}", cwd=tmp_path)
     assert trained.returncode == 0, trained.stderr[-3000:]
     evaluated = cli_in_process("eval", f"ckpt={run_dir / 'checkpoints' / 'best.ckpt'}", cwd=tmp_path)
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     predictions = json.loads((run_dir / "checkpoints" / "predictions_vqa_val.json").read_text())
     assert len(predictions) == TINY_SPEC.images["val"] * TINY_SPEC.questions_per_image
-    prepare = run_cli("data", "prepare", f"out={tmp_path / 'x'}", *dataset, cwd=tmp_path)
+    prepare = cli_in_process("data", "prepare", f"out={tmp_path / 'x'}", *dataset, cwd=tmp_path)
     assert prepare.returncode == 2 and "keeps its images inside the dataset" in prepare.stderr
 
 
