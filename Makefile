@@ -17,10 +17,11 @@ train: $(STAMP)
 	$(VENV)/bin/cmvl train $(ARGS)
 
 # One pytest worker per core (pytest-xdist); a test file's tests stay on one worker, so its module fixtures
-# (e.g. the resume tests' reference runs) are built once. -rs: each skipped test is named with its reason (the web
-# page's browser test skips without chromium).
+# (e.g. the resume tests' reference runs) are built once; --no-loadscope-reorder hands out the files in the order
+# tests/conftest.py sorts them (the slowest few first, so no worker ends alone on one). -rs: each skipped test is
+# named with its reason (the web page's browser test skips without chromium).
 test: $(STAMP)
-	$(PY) -m pytest -q -rs -n auto --dist loadfile --durations=30 $(ARGS)
+	$(PY) -m pytest -q -rs -n auto --dist loadfile --no-loadscope-reorder --durations=30 $(ARGS)
 
 # The built wheel, installed into a fresh virtualenv outside the checkout, trains and evaluates (about a minute).
 check-wheel: $(STAMP)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import importlib.util
 import io
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -52,6 +54,38 @@ TINY_TRAINING = [
     "text.encoder.intermediate_size=64",
     "text.tokenizer.vocab_size=200",
 ]
+
+
+# `make test` hands whole files to its 2 workers (--dist loadfile, --no-loadscope-reorder). pytest-xdist's own order
+# (files with the most tests first) leaves the files of a few slow tests, each a chain of fresh interpreters that
+# signals, DDP and sweeps need, to the end of the queue, where one worker runs the last of them while the other
+# waits. These go first instead, slowest first (the idle CI run's order); every other file follows in xdist's order.
+SLOW_FILES_FIRST = (
+    "tests/training/test_resume.py",
+    "tests/training/test_ddp.py",
+    "tests/sweeps/test_sweeps.py",
+    "tests/training/test_nonfinite.py",
+    "tests/models/test_pretrained_decoder.py",
+    "tests/training/test_sigint.py",
+    "tests/training/test_tracking.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Files in SLOW_FILES_FIRST's order, then by how many tests they hold (most first), each file's tests in their
+    own order."""
+
+    def file_of(item: pytest.Item) -> str:
+        return item.nodeid.split("::")[0]
+
+    counts = collections.Counter(map(file_of, items))
+
+    def rank(item: pytest.Item) -> tuple[int, int]:
+        path = file_of(item)
+        first = SLOW_FILES_FIRST.index(path) if path in SLOW_FILES_FIRST else len(SLOW_FILES_FIRST)
+        return first, -counts[path]
+
+    items.sort(key=rank)  # stable: within a rank, collection order
 
 
 @pytest.fixture(autouse=True)
@@ -105,9 +139,12 @@ def finished_tiny_run(tmp_path_factory, tiny_world):
 def cli_in_process(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     """`cmvl ARGS` through the same `main()` in this process: for refusals, `data info`, help and training runs whose
     test is not about the process, without paying a fresh interpreter's torch, Lightning and transformers imports
-    (several seconds each on 2 busy cores). Output is what the command prints."""
+    (several seconds each on 2 busy cores). Output is what the command prints. The root logger's handlers are left
+    as they were, as at a process's exit: Hydra's job log (`<run>/train_job.log`) would otherwise take every later
+    line of this process into that run's folder."""
     out, err = io.StringIO(), io.StringIO()
     previous = os.getcwd()
+    root_handlers = list(logging.getLogger().handlers)
     code = 0
     try:
         os.chdir(cwd)
@@ -119,6 +156,10 @@ def cli_in_process(*args: str, cwd: Path) -> subprocess.CompletedProcess:
         code = exit_.code if isinstance(exit_.code, int) else 1
     finally:
         os.chdir(previous)
+        for handler in logging.getLogger().handlers:
+            if handler not in root_handlers:
+                handler.close()
+        logging.getLogger().handlers[:] = root_handlers
     return subprocess.CompletedProcess(["cmvl", *args], code, out.getvalue(), err.getvalue())
 
 
