@@ -36,6 +36,13 @@ and feed-forward channels (a smaller model.ckpt), unstructured zeroes single wei
         Option(
             "prune.finetune_batches", "method=prune: at most N batches per fine-tuning epoch", integer(1), None, "N"
         ),
+        Option(
+            "prune.finetune_lr",
+            "method=prune: fine-tuning learning rate (default: the run's last, optim lr x min_lr_ratio)",
+            positive_float,
+            None,
+            "X",
+        ),
         Option("calibration_batches", "method=int8_static: training batches for calibration", integer(1), 4, "N"),
         Option("batch_sizes", "latency is measured at these batch sizes", batch_sizes, "[1,32]", "[B,...]"),
         Option("repeats", "timed calls per latency measurement", integer(1), 20, "N"),
@@ -60,6 +67,7 @@ def compress_command(args: list[str]) -> None:
         prune_amount=parsed["prune.amount"],
         finetune_epochs=parsed["prune.finetune_epochs"],
         finetune_batches=parsed["prune.finetune_batches"],
+        finetune_lr=parsed["prune.finetune_lr"],
         calibration_batches=parsed["calibration_batches"],
         batch_sizes=batch_sizes(sizes) if isinstance(sizes, str) else sizes,
         repeats=parsed["repeats"],

@@ -1,5 +1,7 @@
-"""A short fine-tune of a pruned model on its run's training split (AdamW at the run's peak learning rate, no
-schedule), so the remaining weights make up for the removed ones."""
+"""A short fine-tune of a pruned model on its run's training split, so the remaining weights make up for the removed
+ones: AdamW at a constant learning rate, by default the one the run ended its schedule at (`optim.optimizer.lr` ×
+`optim.scheduler.min_lr_ratio`). The run's peak rate, applied at once to a converged model, undoes more than the
+fine-tune recovers (the default VQA model pruned by 30%: 58.71% before one epoch at 3e-4, 58.08% after)."""
 
 from __future__ import annotations
 
@@ -11,15 +13,24 @@ from cmvl.progress import track
 from cmvl.run import Run
 
 
-def finetune(run: Run, model: torch.nn.Module, *, epochs: int, max_batches: int | None = None) -> None:
+def finetune_lr(run: Run) -> float:
+    """The learning rate the run's schedule ends at (its peak without a scheduler)."""
+    optim = run.config.optim
+    scheduler = optim.get("scheduler")
+    return float(optim.optimizer.lr) * float(scheduler.get("min_lr_ratio", 1.0) if scheduler else 1.0)
+
+
+def finetune(
+    run: Run, model: torch.nn.Module, *, epochs: int, max_batches: int | None = None, lr: float | None = None
+) -> None:
     """Trains `model` (the run's model, pruned) for `epochs` passes over the run's training split (at most
-    `max_batches` batches each; None: all), in place."""
+    `max_batches` batches each; None: all) at learning rate `lr` (None: `finetune_lr(run)`), in place."""
     from cmvl.training.build import build_datamodule
 
     datamodule = build_datamodule(run.config, task=run.task, tokenizer=run.tokenizer)
     loader = datamodule.train_dataloader()
     optimizer = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad], lr=float(run.config.optim.optimizer.lr)
+        [p for p in model.parameters() if p.requires_grad], lr=finetune_lr(run) if lr is None else lr
     )
     model.train()
     for epoch in range(epochs):

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import io
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,7 @@ class CompressSettings:
     prune_amount: float = 0.3
     finetune_epochs: int = 0
     finetune_batches: int | None = None  # at most this many batches per fine-tuning epoch (None: all)
+    finetune_lr: float | None = None  # None: the run's last learning rate (cmvl.compress.finetune.finetune_lr)
     calibration_batches: int = 4  # int8_static: training batches that calibrate the activation ranges
     batch_sizes: tuple[int, ...] = (1, 32)
     repeats: int = 20  # timed calls per latency
@@ -53,6 +55,10 @@ def compress_checkpoint(path: Path, out: Path, settings: CompressSettings) -> di
     checkpoint = load_checkpoint(path)
     cfg = run_config(checkpoint, [])
     original = restore_run(path, checkpoint, cfg, device=torch.device("cpu"))
+    if settings.method == "prune" and settings.finetune_epochs and settings.finetune_lr is None:
+        from cmvl.compress.finetune import finetune_lr
+
+        settings = dataclasses.replace(settings, finetune_lr=finetune_lr(original))  # recorded in the report
     batches = split_batches(original, "val")
     with staged_folder(out, "compress") as staging:
         if settings.method == "int8_static":
@@ -109,7 +115,10 @@ def _prune(original: Run, model: torch.nn.Module, settings: CompressSettings) ->
     if settings.finetune_epochs:
         from cmvl.compress.finetune import finetune
 
-        finetune(original, model, epochs=settings.finetune_epochs, max_batches=settings.finetune_batches)
+        finetune(
+            original, model, epochs=settings.finetune_epochs, max_batches=settings.finetune_batches,
+            lr=settings.finetune_lr,
+        )  # fmt: skip
     prune.make_permanent(model)
 
 
@@ -151,6 +160,8 @@ def _settings_record(settings: CompressSettings) -> dict[str, Any]:
         record["finetune_epochs"] = settings.finetune_epochs
         if settings.finetune_epochs and settings.finetune_batches is not None:
             record["finetune_batches"] = settings.finetune_batches
+        if settings.finetune_epochs:
+            record["finetune_lr"] = settings.finetune_lr
     if settings.method == "int8_static":
         record["calibration_batches"] = settings.calibration_batches
     return record

@@ -74,8 +74,12 @@ def test_an_int8_checkpoint_is_not_exported_to_onnx(int8_dir, tmp_path):
 def test_structured_pruning_removes_heads_and_channels_and_reloads(checkpoint, tmp_path):
     report = _compress(checkpoint, tmp_path / "pruned", "method=prune", "prune.amount=0.5", "prune.finetune_epochs=1")
     assert report["compressed"]["parameters"] < report["original"]["parameters"]
-    assert report["settings"] == {"method": "prune", "kind": "structured", "amount": 0.5, "finetune_epochs": 1}
     original, pruned = cmvl.load_run(checkpoint), cmvl.load_run(tmp_path / "pruned" / "model.ckpt")
+    optim = original.config.optim  # the fine-tune runs at the rate the run's schedule ended at
+    last_lr = float(optim.optimizer.lr) * float(optim.scheduler.min_lr_ratio)
+    assert report["settings"] == {
+        "method": "prune", "kind": "structured", "amount": 0.5, "finetune_epochs": 1, "finetune_lr": last_lr
+    }  # fmt: skip
     heads = [(a.heads, b.heads) for a, b in zip(*(
         [m for m in r.model.modules() if isinstance(m, MultiHeadAttention)] for r in (original, pruned)))]  # fmt: skip
     assert heads and all(after == before // 2 for before, after in heads)
