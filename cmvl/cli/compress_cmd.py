@@ -43,7 +43,7 @@ and feed-forward channels (a smaller model.ckpt), unstructured zeroes single wei
             None,
             "X",
         ),
-        Option("calibration_batches", "method=int8_static: training batches for calibration", integer(1), 4, "N"),
+        Option("calibration_batches", "method=int8_static: training batches for calibration", integer(1), 32, "N"),
         Option("batch_sizes", "latency is measured at these batch sizes", batch_sizes, "[1,32]", "[B,...]"),
         Option("repeats", "timed calls per latency measurement", integer(1), 20, "N"),
     ),

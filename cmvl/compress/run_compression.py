@@ -37,7 +37,9 @@ class CompressSettings:
     finetune_epochs: int = 0
     finetune_batches: int | None = None  # at most this many batches per fine-tuning epoch (None: all)
     finetune_lr: float | None = None  # None: the run's last learning rate (cmvl.compress.finetune.finetune_lr)
-    calibration_batches: int = 4  # int8_static: training batches that calibrate the activation ranges
+    # int8_static: training batches that calibrate the activation ranges (on the default VQA model 4 cost 0.57 points
+    # of accuracy, 32 cost 0.14)
+    calibration_batches: int = 32
     batch_sizes: tuple[int, ...] = (1, 32)
     repeats: int = 20  # timed calls per latency
 

@@ -63,6 +63,23 @@ def test_int8_checkpoint_loads_safely_and_cmvl_eval_scores_it(int8_dir, tmp_path
     assert scores["metrics"]["val/vqa/acc"] == pytest.approx(report["compressed"]["metrics"]["acc"], abs=1e-6)
 
 
+def test_int8_static_writes_a_quantised_onnx_model_beside_its_float_one(checkpoint, tmp_path):
+    """ONNX Runtime's static quantiser: the float ONNX model scores as PyTorch does, the int8 one is smaller and
+    carries QDQ nodes, and the report records the calibration."""
+    import onnx
+
+    out = tmp_path / "static"
+    report = _compress(checkpoint, out, "method=int8_static", "calibration_batches=2")
+    assert "onnxruntime" in report["library"] and report["settings"] == {
+        "method": "int8_static", "calibration_batches": 2
+    }  # fmt: skip
+    assert report["original"]["metrics"] == pytest.approx(report["original"]["pytorch_metrics"], abs=1e-6)
+    assert report["compressed"]["size_mb"] < report["original"]["size_mb"]
+    assert {"model.onnx", "model.float.onnx", "cmvl_export.json"} <= {p.name for p in out.iterdir()}
+    ops = {node.op_type for node in onnx.load(str(out / "model.onnx")).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+
+
 def test_an_int8_checkpoint_is_not_exported_to_onnx(int8_dir, tmp_path):
     result = cli_in_process(
         "export", f"ckpt={int8_dir / 'model.ckpt'}", "format=onnx", f"out={tmp_path / 'o'}", cwd=tmp_path
