@@ -20,18 +20,15 @@ def finetune_lr(run: Run) -> float:
     return float(optim.optimizer.lr) * float(scheduler.get("min_lr_ratio", 1.0) if scheduler else 1.0)
 
 
-def finetune(
-    run: Run, model: torch.nn.Module, *, epochs: int, max_batches: int | None = None, lr: float | None = None
-) -> None:
+def finetune(run: Run, model: torch.nn.Module, *, epochs: int, lr: float, max_batches: int | None = None) -> None:
     """Trains `model` (the run's model, pruned) for `epochs` passes over the run's training split (at most
-    `max_batches` batches each; None: all) at learning rate `lr` (None: `finetune_lr(run)`), in place."""
+    `max_batches` batches each; None: all) at learning rate `lr` (the caller's choice, by default `finetune_lr(run)`,
+    so that the report records the rate used), in place."""
     from cmvl.training.build import build_datamodule
 
     datamodule = build_datamodule(run.config, task=run.task, tokenizer=run.tokenizer)
     loader = datamodule.train_dataloader()
-    optimizer = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad], lr=finetune_lr(run) if lr is None else lr
-    )
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
     model.train()
     for epoch in range(epochs):
         total = len(loader) if max_batches is None else min(max_batches, len(loader))

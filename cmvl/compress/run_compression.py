@@ -117,9 +117,10 @@ def _prune(original: Run, model: torch.nn.Module, settings: CompressSettings) ->
     if settings.finetune_epochs:
         from cmvl.compress.finetune import finetune
 
+        assert settings.finetune_lr is not None  # compress_checkpoint resolves the default before pruning
         finetune(
-            original, model, epochs=settings.finetune_epochs, max_batches=settings.finetune_batches,
-            lr=settings.finetune_lr,
+            original, model, epochs=settings.finetune_epochs, lr=settings.finetune_lr,
+            max_batches=settings.finetune_batches,
         )  # fmt: skip
     prune.make_permanent(model)
 
